@@ -1,0 +1,259 @@
+//! CPU ops over `[batch, features]` matrices.
+//!
+//! `linear` and `matmul` go through `gemm` on raw row-major slices, so a weight stored in
+//! PyTorch's `nn.Linear` layout (`[out, in]`) is used in place, transposed by strides,
+//! never copied. The element-wise ops work in place on their input.
+
+use ndarray::{Array2, ArrayView2, Axis, Zip};
+
+use crate::device::CpuDevice;
+use crate::error::KernelError;
+
+/// Below this many multiply-adds a GEMM runs on one thread: waking a pool costs more than
+/// it saves (a batch-1 GEMV of the default MLP is ~200k).
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// `y = x · wᵀ + b` with `w` in `[out, in]` layout (PyTorch `nn.Linear`).
+pub fn linear(
+    device: &CpuDevice,
+    x: ArrayView2<'_, f32>,
+    weight: &[f32],
+    out_features: usize,
+    bias: Option<&[f32]>,
+) -> Result<Array2<f32>, KernelError> {
+    let k = x.ncols();
+    check_len("linear", out_features * k, weight.len())?;
+    // wᵀ is [k, n]: element (depth d, column c) is w[c * k + d].
+    gemm_into(device, x, weight, out_features, (1, k as isize), bias)
+}
+
+/// `y = x · w` with `w` in `[in, out]` layout (numpy / scikit-learn `coefs_`).
+pub fn matmul(
+    device: &CpuDevice,
+    x: ArrayView2<'_, f32>,
+    weight: &[f32],
+    out_features: usize,
+) -> Result<Array2<f32>, KernelError> {
+    let k = x.ncols();
+    check_len("matmul", out_features * k, weight.len())?;
+    gemm_into(
+        device,
+        x,
+        weight,
+        out_features,
+        (out_features as isize, 1),
+        None,
+    )
+}
+
+fn check_len(op: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(KernelError::Shape { op, expected, got })
+    }
+}
+
+/// `dst[m, n] = x[m, k] · rhs[k, n] (+ bias)`, where `rhs_strides` = (row stride, column
+/// stride) of `rhs` in elements.
+fn gemm_into(
+    device: &CpuDevice,
+    x: ArrayView2<'_, f32>,
+    rhs: &[f32],
+    n: usize,
+    (rhs_rs, rhs_cs): (isize, isize),
+    bias: Option<&[f32]>,
+) -> Result<Array2<f32>, KernelError> {
+    let x = x.as_standard_layout();
+    let (m, k) = x.dim();
+    let mut dst = match bias {
+        Some(b) => {
+            check_len("bias", n, b.len())?;
+            let row = ArrayView2::from_shape((1, n), b).expect("length checked above");
+            row.broadcast((m, n))
+                .expect("a [1, n] row broadcasts to [m, n]")
+                .to_owned()
+        }
+        None => Array2::zeros((m, n)),
+    };
+    if m == 0 || n == 0 {
+        return Ok(dst);
+    }
+    let parallelism = if m * n * k >= PARALLEL_MIN_MACS {
+        device.parallelism()
+    } else {
+        gemm::Parallelism::None
+    };
+    let lhs = x.as_slice().expect("standard layout is contiguous");
+    let dst_slice = dst.as_slice_mut().expect("a fresh array is contiguous");
+    let (lhs_ptr, rhs_ptr, dst_ptr) = (
+        lhs.as_ptr() as usize,
+        rhs.as_ptr() as usize,
+        dst_slice.as_mut_ptr() as usize,
+    );
+    let read_dst = bias.is_some();
+    device.install(|| {
+        // SAFETY: `lhs` is m×k row-major (k = columns), `rhs` holds k·n elements addressed
+        // by the caller-checked strides, and `dst` is m×n row-major; all three live until
+        // this closure returns and `dst` is not aliased. Pointers travel as `usize` only to
+        // cross into the pool's threads.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst_ptr as *mut f32,
+                1,
+                n as isize,
+                read_dst,
+                lhs_ptr as *const f32,
+                1,
+                k as isize,
+                rhs_ptr as *const f32,
+                rhs_cs,
+                rhs_rs,
+                if read_dst { 1.0 } else { 0.0 },
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    });
+    Ok(dst)
+}
+
+/// `x += t`, with `t` one value per column, broadcast over the rows.
+pub fn add_row(x: &mut Array2<f32>, t: &[f32]) -> Result<(), KernelError> {
+    check_len("add", x.ncols(), t.len())?;
+    let row = ArrayView2::from_shape((1, t.len()), t).expect("length checked above");
+    *x += &row;
+    Ok(())
+}
+
+pub fn relu(x: &mut Array2<f32>) {
+    x.mapv_inplace(|v| v.max(0.0));
+}
+
+pub fn sigmoid(x: &mut Array2<f32>) {
+    x.mapv_inplace(|v| 1.0 / (1.0 + (-v).exp()));
+}
+
+pub fn tanh(x: &mut Array2<f32>) {
+    x.mapv_inplace(f32::tanh);
+}
+
+/// GELU as PyTorch's `nn.GELU()`: exact (`erf`) by default, or its `tanh` approximation.
+pub fn gelu(x: &mut Array2<f32>, tanh_approximation: bool) {
+    if tanh_approximation {
+        const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+        x.mapv_inplace(|v| 0.5 * v * (1.0 + (C * (v + 0.044_715 * v * v * v)).tanh()));
+    } else {
+        x.mapv_inplace(|v| 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2)));
+    }
+}
+
+/// Softmax over each row, shifted by the row's maximum so large logits cannot overflow.
+pub fn softmax(x: &mut Array2<f32>) {
+    Zip::from(x.axis_iter_mut(Axis(0))).for_each(|mut row| {
+        let max = row.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        row.mapv_inplace(|v| (v - max).exp());
+        let sum = row.sum();
+        row.mapv_inplace(|v| v / sum);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn reference_matmul(x: &[f64], w: &[f64], m: usize, k: usize, n: usize, transposed: bool) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|d| x[i * k + d] * if transposed { w[j * k + d] } else { w[d * n + j] })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    fn pseudo_random(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check_gemm(threads: usize, m: usize, k: usize, n: usize) {
+        let device = CpuDevice::new(threads).unwrap();
+        let x = pseudo_random(m * k, 1);
+        let w = pseudo_random(n * k, 2);
+        let b = pseudo_random(n, 3);
+        let xv = ArrayView2::from_shape((m, k), &x).unwrap();
+        let to64 = |v: &[f32]| v.iter().map(|&f| f as f64).collect::<Vec<_>>();
+
+        let y = linear(&device, xv, &w, n, Some(&b)).unwrap();
+        let expect = reference_matmul(&to64(&x), &to64(&w), m, k, n, true);
+        for (i, (got, want)) in y.iter().zip(&expect).enumerate() {
+            let want = want + b[i % n] as f64;
+            assert!((*got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "linear {m}x{k}x{n} [{i}]: {got} vs {want}");
+        }
+        let y = matmul(&device, xv, &w, n).unwrap();
+        let expect = reference_matmul(&to64(&x), &to64(&w), m, k, n, false);
+        for (got, want) in y.iter().zip(&expect) {
+            assert!((*got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()));
+        }
+    }
+
+    #[test]
+    fn gemm_matches_float64_reference_on_serving_shapes() {
+        for &(m, k, n) in &[(1, 1, 1), (1, 784, 256), (7, 33, 5), (32, 784, 256), (64, 128, 96)] {
+            check_gemm(1, m, k, n);
+            check_gemm(2, m, k, n);
+        }
+    }
+
+    #[test]
+    fn wrong_weight_length_is_an_error_not_a_panic() {
+        let device = CpuDevice::new(1).unwrap();
+        let x = Array2::<f32>::zeros((2, 3));
+        let err = linear(&device, x.view(), &[0.0; 5], 2, None).unwrap_err();
+        assert!(err.to_string().contains("expected 6"), "{err}");
+    }
+
+    #[test]
+    fn activations_match_their_definitions() {
+        let mut x = array![[-2.0f32, 0.0, 3.0]];
+        relu(&mut x);
+        assert_eq!(x, array![[0.0, 0.0, 3.0]]);
+
+        let mut x = array![[0.0f32, 1.0]];
+        sigmoid(&mut x);
+        assert!((x[[0, 0]] - 0.5).abs() < 1e-7 && (x[[0, 1]] - 0.731_058_6).abs() < 1e-6);
+
+        // torch.nn.GELU()(torch.tensor([1.0, -0.5])) and approximate="tanh"
+        let mut x = array![[1.0f32, -0.5]];
+        gelu(&mut x, false);
+        assert!((x[[0, 0]] - 0.841_344_7).abs() < 1e-6 && (x[[0, 1]] + 0.154_268_6).abs() < 1e-6);
+        let mut x = array![[1.0f32]];
+        gelu(&mut x, true);
+        assert!((x[[0, 0]] - 0.841_192).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_survive_large_logits() {
+        let mut x = array![[1000.0f32, 1000.0], [0.0, (2.0f32).ln()]];
+        softmax(&mut x);
+        assert_eq!(x.row(0).to_vec(), vec![0.5, 0.5]);
+        assert!((x[[1, 1]] - 2.0 / 3.0).abs() < 1e-6);
+    }
+}
