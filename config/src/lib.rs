@@ -1,0 +1,377 @@
+//! `prism-config`: the deployment file.
+//!
+//! A TOML file declares the server and its deployments (see `config/README.md` for every
+//! key). [`Config::from_file`] / [`Config::parse`] read it once into validated types with
+//! no `Option`s left; every error names the file, the key and the reason. With no file,
+//! [`Config::embedded_default`] serves the two built-in models.
+
+mod raw;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use prism_kernels::{DType, LayerSpec};
+
+/// The embedded default deployment file.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// A deployment file that cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The file (or `<embedded default>`).
+    pub source_name: String,
+    /// The key at fault, as a path: `deployments[1] (digits).batching.max_batch_size`.
+    pub key: String,
+    pub reason: String,
+}
+
+/// A validated deployment file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from, for messages: a path or `<embedded default>`.
+    pub source_name: String,
+    pub server: ServerConfig,
+    pub deployments: Vec<Deployment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub http_addr: SocketAddr,
+    /// Largest request body accepted, in bytes (default 64 MiB).
+    pub max_request_bytes: usize,
+    /// After SIGTERM / Ctrl-C: how long accepted requests may take to finish (default 30 s).
+    pub shutdown_timeout: Duration,
+}
+
+/// One deployment: a model served by `num_replicas` actors behind one batcher.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub name: String,
+    pub num_replicas: usize,
+    pub fallback: Fallback,
+    pub model: ModelSource,
+    pub input: TensorSpec,
+    pub output: TensorSpec,
+    pub actor: ActorOptions,
+    pub batching: Batching,
+    pub fault_injection: FaultInjection,
+}
+
+/// What to do with a replica whose GPU ask cannot be met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Run it on the CPU instead.
+    Cpu,
+    /// Leave it pending.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A model built into the server (`celsius`, `mlp`).
+    Builtin(String),
+    /// Layers over the tensors of a safetensors file (the path resolved against the
+    /// deployment file's folder).
+    Layers { weights: PathBuf, layers: Vec<LayerSpec> },
+}
+
+/// A model input or output: `[-1, features]`, the first dimension being the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DType,
+    pub features: usize,
+}
+
+impl TensorSpec {
+    /// The V2 metadata shape: `[-1, features]`.
+    pub fn shape(&self) -> [i64; 2] {
+        [-1, self.features as i64]
+    }
+}
+
+/// The resources a replica asks for (logical, like Ray's) and its intra-op threads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActorOptions {
+    pub num_cpus: f64,
+    pub num_gpus: f64,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batching {
+    /// Most rows in one batch (a request of `[n, f]` counts `n`).
+    pub max_batch_size: usize,
+    /// Longest a batch waits for more requests after its first one arrived.
+    pub batch_wait_timeout: Duration,
+    /// Requests waiting for a batch beyond this get 503 at once.
+    pub max_queue_size: usize,
+}
+
+/// Deliberate failures and delays, for drills and tests (like Envoy's fault filter).
+/// Each execution of a batch fails with probability `error_rate` and is delayed by
+/// `delay` with probability `delay_rate`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FaultInjection {
+    pub error_rate: f64,
+    pub delay: Duration,
+    pub delay_rate: f64,
+}
+
+impl FaultInjection {
+    pub fn is_active(&self) -> bool {
+        self.error_rate > 0.0 || (self.delay_rate > 0.0 && !self.delay.is_zero())
+    }
+}
+
+impl Config {
+    /// The embedded default: `celsius` and `mlp` on 127.0.0.1:8000.
+    pub fn embedded_default() -> Config {
+        Config::parse(DEFAULT_TOML, "<embedded default>", None).expect("the embedded default deployment is valid. This is a bug.")
+    }
+
+    /// Reads and validates a deployment file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: path.display().to_string(),
+            key: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &path.display().to_string(), path.parent())
+    }
+
+    /// Validates a deployment file's text. `base_dir` is where relative weight paths
+    /// point (the file's folder); `None` means the current directory.
+    pub fn parse(text: &str, source_name: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            source_name: source_name.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        let file: raw::File = toml::from_str(text).map_err(|e| {
+            // toml's message names the line, the column and the key; keep it whole.
+            err("(syntax)", e.to_string().trim_end().to_owned())
+        })?;
+
+        let server = validate_server(&file.server).map_err(|(k, r)| err(&format!("server.{k}"), r))?;
+        if file.deployments.is_empty() {
+            return Err(err("deployments", "the file declares no deployments; add at least one [[deployments]] table".into()));
+        }
+        let mut names = HashSet::new();
+        let mut deployments = Vec::new();
+        for (i, d) in file.deployments.iter().enumerate() {
+            let at = format!("deployments[{i}] ({})", d.name);
+            let dep = validate_deployment(d, base_dir).map_err(|(k, r)| err(&format!("{at}.{k}"), r))?;
+            if !names.insert(dep.name.clone()) {
+                return Err(err(&format!("{at}.name"), format!("`{}` is declared twice; deployment names must be unique", dep.name)));
+            }
+            deployments.push(dep);
+        }
+        Ok(Config {
+            source_name: source_name.to_owned(),
+            server,
+            deployments,
+        })
+    }
+}
+
+/// A key (relative to the section being checked) and the reason it is wrong.
+type Invalid = (String, String);
+
+fn invalid<T>(key: &str, reason: impl fmt::Display) -> Result<T, Invalid> {
+    Err((key.to_owned(), reason.to_string()))
+}
+
+fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
+    let addr = s.http_addr.as_deref().unwrap_or("127.0.0.1:8000");
+    let http_addr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) => return invalid("http_addr", format!("expected an address like \"127.0.0.1:8000\", got {addr:?}")),
+    };
+    let max_request_bytes = match s.max_request_bytes {
+        None => 64 << 20,
+        Some(0) => return invalid("max_request_bytes", "must be at least 1"),
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    let shutdown_timeout = seconds("shutdown_timeout_s", s.shutdown_timeout_s.unwrap_or(30.0), 1.0)?;
+    Ok(ServerConfig {
+        http_addr,
+        max_request_bytes,
+        shutdown_timeout,
+    })
+}
+
+/// A duration from a number of `unit`-seconds, refusing negatives and non-numbers.
+fn seconds(key: &str, value: f64, unit: f64) -> Result<Duration, Invalid> {
+    if !value.is_finite() || value < 0.0 {
+        return invalid(key, format!("must be a non-negative number, got {value}"));
+    }
+    Ok(Duration::from_secs_f64(value * unit))
+}
+
+fn at_least(key: &str, value: Option<i64>, default: i64, min: i64) -> Result<usize, Invalid> {
+    let v = value.unwrap_or(default);
+    if v < min {
+        return invalid(key, format!("must be at least {min}, got {v}"));
+    }
+    Ok(v as usize)
+}
+
+fn fraction(key: &str, value: Option<f64>) -> Result<f64, Invalid> {
+    let v = value.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&v) {
+        return invalid(key, format!("must be between 0 and 1, got {v}"));
+    }
+    Ok(v)
+}
+
+fn validate_deployment(d: &raw::Deployment, base_dir: Option<&Path>) -> Result<Deployment, Invalid> {
+    let name_ok = !d.name.is_empty()
+        && d.name.len() <= 128
+        && d.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !d.name.starts_with('.');
+    if !name_ok {
+        return invalid("name", format!("{:?} is not a usable model name: use 1-128 letters, digits, '_', '-' or '.', not starting with '.'", d.name));
+    }
+    let num_replicas = at_least("num_replicas", d.num_replicas, 1, 1)?;
+    let fallback = match d.fallback.as_deref() {
+        None | Some("cpu") => Fallback::Cpu,
+        Some("none") => Fallback::None,
+        Some(other) => return invalid("fallback", format!("expected \"cpu\" or \"none\", got {other:?}")),
+    };
+
+    let num_cpus = d.actor.num_cpus.unwrap_or(1.0);
+    if !num_cpus.is_finite() || num_cpus < 0.0 {
+        return invalid("actor.num_cpus", format!("must be a non-negative number, got {num_cpus}"));
+    }
+    let num_gpus = d.actor.num_gpus.unwrap_or(0.0);
+    if !num_gpus.is_finite() || num_gpus < 0.0 || (num_gpus > 1.0 && num_gpus.fract() != 0.0) {
+        return invalid("actor.num_gpus", format!("must be a fraction up to 1 (like 0.25) or a whole number of GPUs, got {num_gpus}"));
+    }
+    let threads = at_least("actor.threads", d.actor.threads, 1, 1)?;
+    if threads > 1024 {
+        return invalid("actor.threads", format!("must be at most 1024, got {threads}"));
+    }
+
+    let max_batch_size = at_least("batching.max_batch_size", d.batching.max_batch_size, 32, 1)?;
+    let batch_wait_timeout = seconds("batching.batch_wait_timeout_ms", d.batching.batch_wait_timeout_ms.unwrap_or(2.0), 1e-3)?;
+    let max_queue_size = at_least("batching.max_queue_size", d.batching.max_queue_size, 1024, 1)?;
+
+    let fault_injection = match &d.fault_injection {
+        None => FaultInjection::default(),
+        Some(f) => FaultInjection {
+            error_rate: fraction("fault_injection.error_rate", f.error_rate)?,
+            delay: seconds("fault_injection.delay_ms", f.delay_ms.unwrap_or(0.0), 1e-3)?,
+            delay_rate: fraction("fault_injection.delay_rate", f.delay_rate.or(f.delay_ms.map(|_| 1.0)))?,
+        },
+    };
+
+    let (model, input, output) = validate_model(&d.model, base_dir)?;
+    Ok(Deployment {
+        name: d.name.clone(),
+        num_replicas,
+        fallback,
+        model,
+        input,
+        output,
+        actor: ActorOptions {
+            num_cpus,
+            num_gpus,
+            threads,
+        },
+        batching: Batching {
+            max_batch_size,
+            batch_wait_timeout,
+            max_queue_size,
+        },
+        fault_injection,
+    })
+}
+
+fn validate_model(m: &raw::Model, base_dir: Option<&Path>) -> Result<(ModelSource, TensorSpec, TensorSpec), Invalid> {
+    match (&m.builtin, &m.weights, &m.layers) {
+        (Some(name), None, None) => {
+            if m.inputs.is_some() || m.outputs.is_some() {
+                return invalid("model.inputs", "a built-in model has fixed inputs and outputs; remove `inputs` / `outputs`");
+            }
+            let (input, output) = match name.as_str() {
+                "celsius" => (1, 1),
+                "mlp" => (prism_kernels::builtin::MLP_SIZES[0], prism_kernels::builtin::MLP_SIZES[2]),
+                other => {
+                    return invalid(
+                        "model.builtin",
+                        format!("unknown built-in model {other:?}; built-ins are {}", prism_kernels::builtin::NAMES.join(", ")),
+                    );
+                }
+            };
+            let spec = |name: &str, features| TensorSpec {
+                name: name.into(),
+                datatype: DType::F32,
+                features,
+            };
+            Ok((ModelSource::Builtin(name.clone()), spec("INPUT0", input), spec("OUTPUT0", output)))
+        }
+        (None, Some(weights), Some(layers)) => {
+            if layers.is_empty() {
+                return invalid("model.layers", "must list at least one layer");
+            }
+            let weights = match base_dir {
+                Some(dir) if weights.is_relative() => dir.join(weights),
+                _ => weights.clone(),
+            };
+            let input = single_tensor("model.inputs", m.inputs.as_deref())?;
+            let output = single_tensor("model.outputs", m.outputs.as_deref())?;
+            Ok((
+                ModelSource::Layers {
+                    weights,
+                    layers: layers.clone(),
+                },
+                input,
+                output,
+            ))
+        }
+        (Some(_), _, _) => invalid("model", "set either `builtin`, or `weights` and `layers`, not both"),
+        (None, None, _) => invalid("model.weights", "missing: a model needs `builtin = \"...\"`, or `weights` (a safetensors file) and `layers`"),
+        (None, Some(_), None) => invalid("model.layers", "missing: list the layers to apply to the weights"),
+    }
+}
+
+fn single_tensor(key: &str, tensors: Option<&[raw::Tensor]>) -> Result<TensorSpec, Invalid> {
+    let tensors = match tensors {
+        None => return invalid(key, "missing: declare one tensor, like [{ name = \"INPUT0\", datatype = \"FP32\", shape = [-1, 64] }]"),
+        Some(t) => t,
+    };
+    let [t] = tensors else {
+        return invalid(key, format!("a layer model has exactly one tensor here, got {}", tensors.len()));
+    };
+    let key0 = format!("{key}[0]");
+    if t.name.is_empty() {
+        return invalid(&format!("{key0}.name"), "must not be empty");
+    }
+    let datatype = match t.datatype.parse::<DType>() {
+        Ok(d) if d.is_numeric() => d,
+        Ok(d) => return invalid(&format!("{key0}.datatype"), format!("{d} cannot feed a numeric model; use a numeric type such as FP32")),
+        Err(e) => return invalid(&format!("{key0}.datatype"), e),
+    };
+    let features = match t.shape.as_slice() {
+        [-1, f] if *f >= 1 => *f as usize,
+        other => {
+            return invalid(
+                &format!("{key0}.shape"),
+                format!("expected [-1, features]: a batch dimension, then a fixed width of at least 1; got {other:?}"),
+            );
+        }
+    };
+    Ok(TensorSpec {
+        name: t.name.clone(),
+        datatype,
+        features,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,81 @@
+//! The deployment file exactly as written: serde types, every key optional where the
+//! file may leave it out, unknown keys refused. [`crate::Config::parse`] turns these into
+//! the validated types once.
+
+use std::path::PathBuf;
+
+use prism_kernels::LayerSpec;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub deployments: Vec<Deployment>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Server {
+    pub http_addr: Option<String>,
+    pub max_request_bytes: Option<u64>,
+    pub shutdown_timeout_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Deployment {
+    pub name: String,
+    pub num_replicas: Option<i64>,
+    pub fallback: Option<String>,
+    pub model: Model,
+    #[serde(default)]
+    pub actor: Actor,
+    #[serde(default)]
+    pub batching: Batching,
+    pub fault_injection: Option<FaultInjection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Model {
+    pub builtin: Option<String>,
+    pub weights: Option<PathBuf>,
+    pub layers: Option<Vec<LayerSpec>>,
+    pub inputs: Option<Vec<Tensor>>,
+    pub outputs: Option<Vec<Tensor>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tensor {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Actor {
+    pub num_cpus: Option<f64>,
+    pub num_gpus: Option<f64>,
+    pub threads: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Batching {
+    pub max_batch_size: Option<i64>,
+    pub batch_wait_timeout_ms: Option<f64>,
+    pub max_queue_size: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FaultInjection {
+    pub error_rate: Option<f64>,
+    pub delay_ms: Option<f64>,
+    pub delay_rate: Option<f64>,
+}

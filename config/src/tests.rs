@@ -1,0 +1,94 @@
+use super::*;
+
+const DIGITS: &str = include_str!("../examples/digits.toml");
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.toml", Some(Path::new("/models")))
+}
+
+fn error(text: &str) -> String {
+    parse(text).expect_err("expected the file to be refused").to_string()
+}
+
+#[test]
+fn the_embedded_default_serves_celsius_and_mlp() {
+    let c = Config::embedded_default();
+    assert_eq!(c.server.http_addr, "127.0.0.1:8000".parse().unwrap());
+    let names: Vec<_> = c.deployments.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["celsius", "mlp"]);
+    assert_eq!(c.deployments[1].input.shape(), [-1, 784]);
+    assert_eq!(c.deployments[1].output.features, 10);
+}
+
+#[test]
+fn the_example_file_parses_with_paths_relative_to_it() {
+    let c = parse(DIGITS).unwrap();
+    let d = &c.deployments[0];
+    assert_eq!(d.num_replicas, 2);
+    assert_eq!(d.batching.batch_wait_timeout, Duration::from_millis(2));
+    assert_eq!(d.input.features, 64);
+    match &d.model {
+        ModelSource::Layers { weights, layers } => {
+            assert_eq!(weights, Path::new("/models/digits.safetensors"));
+            assert_eq!(layers.len(), 4);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused_with_the_file_and_the_key() {
+    let msg = error(&DIGITS.replace("max_queue_size", "max_queue_len"));
+    assert!(msg.starts_with("test.toml: "), "{msg}");
+    assert!(msg.contains("max_queue_len") && msg.contains("line"), "{msg}");
+
+    let msg = error(&DIGITS.replace("bias = \"fc1.bias\"", "bais = \"fc1.bias\""));
+    assert!(msg.contains("bais"), "{msg}");
+}
+
+#[test]
+fn impossible_values_name_the_key_and_the_reason() {
+    let cases = [
+        ("max_batch_size = 32", "max_batch_size = 0", "deployments[0] (digits).batching.max_batch_size: must be at least 1, got 0"),
+        ("num_gpus = 0 ", "num_gpus = 1.5 ", "actor.num_gpus: must be a fraction up to 1"),
+        ("shape = [-1, 64]", "shape = [64]", "model.inputs[0].shape: expected [-1, features]"),
+        ("datatype = \"FP32\", shape = [-1, 64]", "datatype = \"FLOAT\", shape = [-1, 64]", "unknown datatype `FLOAT`"),
+        ("fallback = \"cpu\"", "fallback = \"gpu\"", "fallback: expected \"cpu\" or \"none\""),
+        ("http_addr = \"127.0.0.1:8000\"", "http_addr = \"localhost\"", "server.http_addr: expected an address"),
+        ("batch_wait_timeout_ms = 2", "batch_wait_timeout_ms = -2", "must be a non-negative number"),
+    ];
+    for (from, to, want) in cases {
+        let text = DIGITS.replace(from, to);
+        assert_ne!(text, DIGITS, "the case {from:?} did not apply");
+        let msg = error(&text);
+        assert!(msg.contains(want), "{to}: {msg}");
+    }
+}
+
+#[test]
+fn model_sources_are_exclusive_and_complete() {
+    let builtin = "[[deployments]]\nname = \"m\"\n[deployments.model]\n";
+    assert!(error(&format!("{builtin}builtin = \"resnet\"")).contains("unknown built-in model \"resnet\"; built-ins are celsius, mlp"));
+    assert!(error(&format!("{builtin}builtin = \"mlp\"\nweights = \"w.safetensors\"")).contains("not both"));
+    assert!(error(&format!("{builtin}weights = \"w.safetensors\"")).contains("model.layers: missing"));
+    assert!(error(builtin).contains("model.weights: missing"));
+    let ok = parse(&format!("{builtin}builtin = \"celsius\"")).unwrap();
+    assert_eq!(ok.deployments[0].model, ModelSource::Builtin("celsius".into()));
+    assert_eq!(ok.deployments[0].batching.max_batch_size, 32);
+}
+
+#[test]
+fn names_must_be_unique_and_url_safe() {
+    let one = "[[deployments]]\nname = \"m\"\n[deployments.model]\nbuiltin = \"mlp\"\n";
+    assert!(error(&format!("{one}{one}")).contains("deployments[1] (m).name: `m` is declared twice"));
+    assert!(error(&one.replace("\"m\"", "\"a/b\"")).contains("is not a usable model name"));
+    assert!(error("").contains("declares no deployments"));
+}
+
+#[test]
+fn fault_injection_defaults_its_delay_rate_to_always() {
+    let text = format!("{DIGITS}\n[deployments.fault_injection]\ndelay_ms = 50\n");
+    let f = parse(&text).unwrap().deployments[0].fault_injection.clone();
+    assert_eq!((f.delay, f.delay_rate, f.error_rate), (Duration::from_millis(50), 1.0, 0.0));
+    assert!(error(&format!("{DIGITS}\n[deployments.fault_injection]\nerror_rate = 2\n")).contains("between 0 and 1"));
+}
