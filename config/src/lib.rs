@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use prism_kernels::{DType, LayerSpec};
+pub use prism_client::DType;
+pub use prism_kernels::LayerSpec;
 
 /// The embedded default deployment file.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");

@@ -11,14 +11,12 @@
 
 pub mod builtin;
 pub mod device;
-pub mod dtype;
 pub mod error;
 pub mod model;
 pub mod ops;
 pub mod weights;
 
 pub use device::{CpuDevice, Device, Location};
-pub use dtype::DType;
 pub use error::{KernelError, ModelError};
 pub use model::{GeluApproximation, Layer, LayerSpec, Model};
 pub use weights::{Weight, WeightFile};
