@@ -1,0 +1,100 @@
+//! `prism-server`: the serving process.
+//!
+//! `HTTP -> validate -> deployment queue -> batcher -> least-loaded replica -> kernels ->
+//! split -> respond`. The binary (`main.rs`) parses flags and calls [`run`]; tests call
+//! the same [`run`] (or [`Server::start`] and [`Server::serve`]) on `127.0.0.1:0`.
+
+pub mod batcher;
+pub mod codec;
+pub mod deployment;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod replica;
+pub mod stats;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use prism_config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use deployment::StartError;
+
+use crate::deployment::Deployment;
+use crate::http::AppState;
+use crate::metrics::Metrics;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("serving HTTP: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A server whose deployments are loaded and running, not yet listening.
+pub struct Server {
+    app: Arc<AppState>,
+    shutdown_timeout: std::time::Duration,
+}
+
+impl Server {
+    /// Loads every deployment's model and starts its replicas and batcher. A model that
+    /// cannot load stops everything, with the file and the reason. Must be called from
+    /// within a tokio runtime.
+    pub fn start(config: &Config) -> Result<Server, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let mut deployments = Vec::new();
+        for spec in &config.deployments {
+            deployments.push(Deployment::start(spec.clone(), &metrics)?);
+        }
+        Ok(Server {
+            app: Arc::new(AppState::new(deployments, metrics, config.server.max_request_bytes)),
+            shutdown_timeout: config.server.shutdown_timeout,
+        })
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes; then stops accepting
+    /// connections, answers every request already accepted (for up to
+    /// `server.shutdown_timeout_s`), drains the queues and stops the replicas.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let listener = listener.tap_io(|tcp| {
+            // Answers are small and latency matters: never wait to coalesce writes.
+            let _ = tcp.set_nodelay(true);
+        });
+        let (signalled_tx, mut signalled) = watch::channel(false);
+        let app = Arc::clone(&self.app);
+        let graceful = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; answering the requests already accepted");
+            app.stop_accepting();
+            let _ = signalled_tx.send(true);
+        };
+        let serve = axum::serve(listener, http::router(Arc::clone(&self.app))).with_graceful_shutdown(graceful);
+        let deadline = async {
+            let _ = signalled.wait_for(|s| *s).await;
+            tokio::time::sleep(self.shutdown_timeout).await;
+        };
+        tokio::select! {
+            result = serve => result?,
+            _ = deadline => tracing::warn!(
+                timeout_s = self.shutdown_timeout.as_secs_f64(),
+                "shutdown timeout passed with connections still open; closing the queues anyway"
+            ),
+        }
+        for d in &self.app.deployments {
+            d.join().await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Starts the deployments of `config` and serves them on `listener` until `shutdown`.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    Server::start(&config)?.serve(listener, shutdown).await
+}

@@ -1,1 +1,101 @@
-fn main() {}
+//! `prism-server`: serve the deployments of a file (or the embedded default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use prism_config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "prism-server", version, about = "A batch inference server speaking the KServe V2 protocol")]
+struct Args {
+    /// The deployment file (TOML). Without it, the embedded default (`celsius`, `mlp`).
+    #[arg(long, short = 'c', env = "PRISM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen here instead of the file's `server.http_addr`.
+    #[arg(long, env = "PRISM_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Print the embedded default deployment file and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// Check the deployment file (and load its models), then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", prism_config::DEFAULT_TOML);
+        return ExitCode::SUCCESS;
+    }
+    let mut config = match &args.config {
+        Some(path) => match Config::from_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::embedded_default(),
+    };
+    if let Some(addr) = args.http_addr {
+        config.server.http_addr = addr;
+    }
+    tracing::info!(config = %config.source_name, deployments = config.deployments.len(), "starting");
+    let server = match prism_server::Server::start(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{}: OK ({} deployments)", config.source_name, config.deployments.len());
+        return ExitCode::SUCCESS;
+    }
+    let addr = config.server.http_addr;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!("listening on http://{}", listener.local_addr().map_or(addr, |a| a));
+    match server.serve(listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

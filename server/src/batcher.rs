@@ -1,0 +1,473 @@
+//! Per-deployment batching, `ray.wait`-style.
+//!
+//! A batch leaves when
+//! * it holds `max_batch_size` rows, or
+//! * `batch_wait_timeout` has passed since its first request arrived, or
+//! * a replica is idle: the window is a bound, not a tax. A lone request on an idle
+//!   deployment goes at once; under load every replica is busy, requests pile up while
+//!   they work, and batches fill up by themselves. While all replicas are busy the window
+//!   still decides when a batch is handed over as the replica's next one (one batch is
+//!   prefetched per replica).
+//!
+//! The batcher is an actor: [`BatcherHandle`] is a cheap clone holding a sender, and one
+//! task owns the queue. Batch formation is a plain method on [`State`], unit-tested
+//! without channels or clocks.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Duration;
+
+use ndarray::Array2;
+use prometheus::IntGauge;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::error::InferError;
+
+/// What a request gets back: its rows of the model's output.
+pub type Reply = Result<Array2<f32>, InferError>;
+
+/// One request waiting for a batch.
+pub struct Entry {
+    /// `[rows, in_features]`.
+    pub input: Array2<f32>,
+    pub reply: oneshot::Sender<Reply>,
+    pub enqueued: Instant,
+}
+
+impl Entry {
+    pub fn rows(&self) -> usize {
+        self.input.nrows()
+    }
+}
+
+/// Requests that run together.
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    pub rows: usize,
+}
+
+/// The queue of one deployment and the rule that cuts batches from it.
+pub struct State {
+    queue: VecDeque<Entry>,
+    rows: usize,
+    max_batch_size: usize,
+    window: Duration,
+}
+
+impl State {
+    pub fn new(max_batch_size: usize, window: Duration) -> Self {
+        State {
+            queue: VecDeque::new(),
+            rows: 0,
+            max_batch_size,
+            window,
+        }
+    }
+
+    pub fn push(&mut self, entry: Entry) {
+        self.rows += entry.rows();
+        self.queue.push_back(entry);
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Removes the requests whose client has gone (the handler was dropped); returns how
+    /// many.
+    pub fn drop_cancelled(&mut self) -> usize {
+        let before = self.queue.len();
+        self.queue.retain(|e| !e.reply.is_closed());
+        self.rows = self.queue.iter().map(Entry::rows).sum();
+        before - self.queue.len()
+    }
+
+    /// When the oldest waiting request's window closes.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.queue.front().map(|e| e.enqueued + self.window)
+    }
+
+    /// The batch that may leave at `now`, if any. `replica_idle`: some replica has
+    /// nothing to do, so waiting would only add latency.
+    pub fn next_batch(&mut self, now: Instant, replica_idle: bool) -> Option<Batch> {
+        let deadline = self.deadline()?;
+        let full = self.rows >= self.max_batch_size;
+        if !(full || replica_idle || now >= deadline) {
+            return None;
+        }
+        let mut batch = Batch {
+            entries: Vec::new(),
+            rows: 0,
+        };
+        while let Some(front) = self.queue.front() {
+            // A request never exceeds max_batch_size alone (validated at the door), so
+            // the first one always fits.
+            if !batch.entries.is_empty() && batch.rows + front.rows() > self.max_batch_size {
+                break;
+            }
+            let entry = self.queue.pop_front().expect("front exists");
+            batch.rows += entry.rows();
+            batch.entries.push(entry);
+        }
+        self.rows -= batch.rows;
+        Some(batch)
+    }
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    QueueFull,
+    Closed,
+}
+
+/// A cheap handle to a deployment's batcher.
+#[derive(Clone)]
+pub struct BatcherHandle {
+    tx: mpsc::UnboundedSender<Entry>,
+    /// Requests accepted and not yet handed to a replica; bounded by `max_queue_size`.
+    queued: Arc<AtomicUsize>,
+    max_queue_size: usize,
+}
+
+impl BatcherHandle {
+    /// Queues `input`; the receiver yields its answer. Refuses at once when
+    /// `max_queue_size` requests are already waiting.
+    pub fn submit(&self, input: Array2<f32>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| (q < self.max_queue_size).then_some(q + 1))
+            .map_err(|_| SubmitError::QueueFull)?;
+        let (reply, rx) = oneshot::channel();
+        let entry = Entry {
+            input,
+            reply,
+            enqueued: Instant::now(),
+        };
+        if self.tx.send(entry).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Closed);
+        }
+        Ok(rx)
+    }
+
+    /// Requests waiting for a batch.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+/// Batches a replica may hold: the one it runs and one prefetched.
+const REPLICA_SLOTS: usize = 2;
+
+/// A replica as the batcher sees it: where to send batches and how many it holds.
+pub struct ReplicaSlot {
+    pub tx: SyncSender<Batch>,
+    pub outstanding: usize,
+    pub alive: bool,
+}
+
+/// Counts the batcher reports as it goes.
+pub struct Hooks {
+    pub queue_depth: IntGauge,
+    /// Called with the number of requests dropped because their client went away.
+    pub on_cancelled: Box<dyn Fn(usize) + Send>,
+    pub model: String,
+}
+
+/// The batcher task: owns the queue, cuts batches, hands them to the least-loaded
+/// replica.
+pub struct Batcher {
+    state: State,
+    rx: mpsc::UnboundedReceiver<Entry>,
+    done: mpsc::UnboundedReceiver<usize>,
+    replicas: Vec<ReplicaSlot>,
+    queued: Arc<AtomicUsize>,
+    hooks: Hooks,
+    /// Turns `true` when the server stops: take no more requests, run what is queued.
+    closing: watch::Receiver<bool>,
+}
+
+impl Batcher {
+    /// A batcher over `replicas`, each of which reports its index on `done` when it
+    /// finishes a batch. Returns the handle and the task to spawn.
+    pub fn new(
+        max_batch_size: usize,
+        window: Duration,
+        max_queue_size: usize,
+        replicas: Vec<SyncSender<Batch>>,
+        done: mpsc::UnboundedReceiver<usize>,
+        hooks: Hooks,
+        closing: watch::Receiver<bool>,
+    ) -> (BatcherHandle, Batcher) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let handle = BatcherHandle {
+            tx,
+            queued: Arc::clone(&queued),
+            max_queue_size,
+        };
+        let replicas = replicas
+            .into_iter()
+            .map(|tx| ReplicaSlot {
+                tx,
+                outstanding: 0,
+                alive: true,
+            })
+            .collect();
+        let batcher = Batcher {
+            state: State::new(max_batch_size, window),
+            rx,
+            done,
+            replicas,
+            queued,
+            hooks,
+            closing,
+        };
+        (handle, batcher)
+    }
+
+    /// The least-loaded live replica with a free slot.
+    fn pick_replica(&self) -> Option<usize> {
+        (0..self.replicas.len())
+            .filter(|&i| self.replicas[i].alive && self.replicas[i].outstanding < REPLICA_SLOTS)
+            .min_by_key(|&i| self.replicas[i].outstanding)
+    }
+
+    fn dequeued(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Hands out every batch that may leave now. `flush`: ignore the window (closing).
+    fn dispatch(&mut self, flush: bool) {
+        let cancelled = self.state.drop_cancelled();
+        if cancelled > 0 {
+            self.dequeued(cancelled);
+            (self.hooks.on_cancelled)(cancelled);
+        }
+        while let Some(i) = self.pick_replica() {
+            let idle = flush || self.replicas[i].outstanding == 0;
+            let Some(batch) = self.state.next_batch(Instant::now(), idle) else { break };
+            let n = batch.entries.len();
+            self.dequeued(n);
+            match self.replicas[i].tx.try_send(batch) {
+                Ok(()) => self.replicas[i].outstanding += 1,
+                Err(TrySendError::Full(_)) => unreachable!("a replica never holds more than {REPLICA_SLOTS} batches. This is a bug."),
+                Err(TrySendError::Disconnected(batch)) => {
+                    // The replica's thread is gone (it catches panics, so only at exit).
+                    self.replicas[i].alive = false;
+                    for e in batch.entries {
+                        let _ = e.reply.send(Err(InferError::ShuttingDown {
+                            model: self.hooks.model.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+        if self.pick_replica().is_none() && self.replicas.iter().all(|r| !r.alive) {
+            // No replica will ever run these: answer rather than leave them hanging.
+            let n = self.state.len();
+            while let Some(batch) = self.state.next_batch(Instant::now(), true) {
+                for e in batch.entries {
+                    let _ = e.reply.send(Err(InferError::ShuttingDown {
+                        model: self.hooks.model.clone(),
+                    }));
+                }
+            }
+            self.dequeued(n);
+        }
+        self.hooks.queue_depth.set(self.queued.load(Ordering::Acquire) as i64);
+    }
+
+    /// Runs until the server closes it (or every handle is dropped) and every request it
+    /// accepted has been handed to a replica.
+    pub async fn run(mut self) {
+        let mut open = true;
+        loop {
+            self.dispatch(!open);
+            if !open && self.state.is_empty() {
+                break;
+            }
+            // Sleep to the window's end only if a replica could take the batch then.
+            let deadline = self.pick_replica().and(self.state.deadline());
+            tokio::select! {
+                biased;
+                Some(i) = self.done.recv() => {
+                    self.replicas[i].outstanding -= 1;
+                    while let Ok(i) = self.done.try_recv() {
+                        self.replicas[i].outstanding -= 1;
+                    }
+                }
+                msg = self.rx.recv(), if open => match msg {
+                    Some(entry) => {
+                        self.state.push(entry);
+                        // Take the whole burst before deciding, so it can share a batch.
+                        while let Ok(entry) = self.rx.try_recv() {
+                            self.state.push(entry);
+                        }
+                    }
+                    None => open = false,
+                },
+                _ = self.closing.changed(), if open => {
+                    // Refuse new requests; those already sent are still received.
+                    self.rx.close();
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{Receiver, sync_channel};
+
+    fn entry(rows: usize, at: Instant) -> (Entry, oneshot::Receiver<Reply>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            Entry {
+                input: Array2::zeros((rows, 1)),
+                reply,
+                enqueued: at,
+            },
+            rx,
+        )
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_batch_waits_for_its_window_while_replicas_are_busy() {
+        let t0 = Instant::now();
+        let mut s = State::new(4, 2 * MS);
+        let _keep: Vec<_> = (0..3).map(|i| { let (e, rx) = entry(1, t0 + i * MS / 2); s.push(e); rx }).collect();
+        assert!(s.next_batch(t0 + MS, false).is_none(), "3 of 4 rows, window open, no idle replica");
+        let b = s.next_batch(t0 + 2 * MS, false).expect("the window of the first request closed");
+        assert_eq!((b.entries.len(), b.rows), (3, 3));
+        assert!(s.is_empty() && s.deadline().is_none());
+    }
+
+    #[test]
+    fn a_full_batch_leaves_at_once_and_never_exceeds_max_rows() {
+        let t0 = Instant::now();
+        let mut s = State::new(4, 100 * MS);
+        let _keep: Vec<_> = [2, 1, 2, 3].iter().map(|&r| { let (e, rx) = entry(r, t0); s.push(e); rx }).collect();
+        let b = s.next_batch(t0, false).expect("8 rows waiting, max 4");
+        assert_eq!(b.rows, 3, "2 + 1 fit, the next 2 would make 5");
+        let b = s.next_batch(t0, false).expect("5 rows still waiting");
+        assert_eq!(b.rows, 2);
+        assert!(s.next_batch(t0, false).is_none(), "3 rows: not full, window open");
+        assert_eq!(s.next_batch(t0, true).unwrap().rows, 3);
+    }
+
+    #[test]
+    fn an_idle_replica_takes_a_lone_request_without_waiting() {
+        let t0 = Instant::now();
+        let mut s = State::new(32, 2 * MS);
+        let (e, _rx) = entry(1, t0);
+        s.push(e);
+        assert_eq!(s.next_batch(t0, true).unwrap().rows, 1);
+    }
+
+    #[test]
+    fn requests_whose_client_left_are_dropped_before_batching() {
+        let t0 = Instant::now();
+        let mut s = State::new(8, MS);
+        let (a, rx_a) = entry(2, t0);
+        let (b, _rx_b) = entry(3, t0);
+        s.push(a);
+        s.push(b);
+        drop(rx_a);
+        assert_eq!(s.drop_cancelled(), 1);
+        assert_eq!(s.next_batch(t0 + MS, false).unwrap().rows, 3);
+    }
+
+    struct Harness {
+        handle: BatcherHandle,
+        replicas: Vec<Receiver<Batch>>,
+        done: mpsc::UnboundedSender<usize>,
+        _close: watch::Sender<bool>,
+    }
+
+    fn harness(replicas: usize, max_batch: usize, window: Duration, max_queue: usize) -> Harness {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..replicas).map(|_| sync_channel(REPLICA_SLOTS)).unzip();
+        let hooks = Hooks {
+            queue_depth: IntGauge::new("q", "q").unwrap(),
+            on_cancelled: Box::new(|_| {}),
+            model: "m".into(),
+        };
+        let (close, closing) = watch::channel(false);
+        let (handle, batcher) = Batcher::new(max_batch, window, max_queue, txs, done_rx, hooks, closing);
+        tokio::spawn(batcher.run());
+        Harness {
+            handle,
+            replicas: rxs,
+            done: done_tx,
+            _close: close,
+        }
+    }
+
+    /// Lets the batcher task run without moving the clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_actor_batches_by_size_and_by_timeout() {
+        let h = harness(1, 4, Duration::from_millis(5), 100);
+        let _r1 = h.handle.submit(Array2::zeros((1, 1))).unwrap();
+        settle().await;
+        let first = h.replicas[0].try_recv().expect("the idle replica takes the lone request at once");
+        assert_eq!(first.rows, 1);
+
+        // The replica is busy: the next requests wait for size or for the window.
+        let _rs: Vec<_> = (0..3).map(|_| h.handle.submit(Array2::zeros((1, 1))).unwrap()).collect();
+        settle().await;
+        assert!(h.replicas[0].try_recv().is_err(), "3 of 4 rows and the window open: it waits");
+        tokio::time::advance(Duration::from_millis(4)).await;
+        settle().await;
+        assert!(h.replicas[0].try_recv().is_err(), "4 ms < 5 ms window");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        let second = h.replicas[0].try_recv().expect("the window closed: prefetched into the busy replica");
+        assert_eq!(second.rows, 3);
+
+        // Both slots taken: a full batch waits for the replica, then leaves.
+        let _rs: Vec<_> = (0..4).map(|_| h.handle.submit(Array2::zeros((1, 1))).unwrap()).collect();
+        settle().await;
+        assert!(h.replicas[0].try_recv().is_err(), "the replica holds two batches already");
+        h.done.send(0).unwrap();
+        settle().await;
+        assert_eq!(h.replicas[0].try_recv().expect("a slot freed").rows, 4);
+        drop(first);
+        drop(second);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_refuses_at_once_and_frees_as_batches_leave() {
+        let h = harness(1, 1, Duration::from_millis(5), 2);
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(h.handle.submit(Array2::zeros((1, 1))).unwrap());
+            settle().await;
+        }
+        // Two batches went to the replica (running + prefetched), two wait in the queue.
+        assert_eq!(h.handle.queued(), 2);
+        assert_eq!(h.handle.submit(Array2::zeros((1, 1))).unwrap_err(), SubmitError::QueueFull);
+        let _ = h.replicas[0].try_recv().unwrap();
+        h.done.send(0).unwrap();
+        settle().await;
+        assert_eq!(h.handle.queued(), 1);
+        held.push(h.handle.submit(Array2::zeros((1, 1))).expect("a queue slot freed"));
+    }
+}

@@ -1,0 +1,206 @@
+//! From an HTTP body to a validated input matrix, and from the model's answer to a V2
+//! response, in JSON or with the binary tensor data extension.
+//!
+//! Every refusal names the input and says what was expected and what came.
+
+use bytes::Bytes;
+use ndarray::Array2;
+use prism_client::DType;
+use prism_client::v2::{self, InferRequest, InferResponse, Parameters, TensorData};
+use prism_config::Deployment as Spec;
+
+use crate::error::ApiError;
+
+/// A validated inference request.
+pub struct Decoded {
+    pub id: Option<String>,
+    /// `[rows, in_features]`.
+    pub input: Array2<f32>,
+    /// Whether the output is wanted in the binary part of the answer.
+    pub binary_output: bool,
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+/// Splits a body into its JSON header and binary part, reading
+/// `Inference-Header-Content-Length` when present.
+pub fn split_body(body: &Bytes, header_len: Option<&str>) -> Result<(Bytes, Bytes), ApiError> {
+    let Some(len) = header_len else {
+        return Ok((body.clone(), Bytes::new()));
+    };
+    let len: usize = len
+        .trim()
+        .parse()
+        .map_err(|_| bad(format!("{}: expected a byte count, got {len:?}", v2::HEADER_LENGTH)))?;
+    if len == 0 {
+        return Err(bad(format!(
+            "{} is 0 (a raw binary request without a JSON header), which Prism does not support; send a JSON header",
+            v2::HEADER_LENGTH
+        )));
+    }
+    if len > body.len() {
+        return Err(bad(format!(
+            "{} says the JSON header is {len} bytes, but the whole body is only {} bytes",
+            v2::HEADER_LENGTH,
+            body.len()
+        )));
+    }
+    Ok((body.slice(..len), body.slice(len..)))
+}
+
+/// Parses and validates a request for `spec`. `binary` is the part of the body after the
+/// JSON header (empty for a JSON-only request).
+pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, ApiError> {
+    let request: InferRequest =
+        serde_json::from_slice(header).map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
+    let model = &spec.name;
+    let want = &spec.input;
+
+    // Inputs: exactly the model's one input.
+    for (i, input) in request.inputs.iter().enumerate() {
+        if input.name != want.name {
+            return Err(bad(format!("model `{model}` has no input `{}`; its input is `{}`", input.name, want.name)));
+        }
+        if request.inputs[..i].iter().any(|p| p.name == input.name) {
+            return Err(bad(format!("input `{}` is given more than once", input.name)));
+        }
+    }
+    let Some(input) = request.inputs.first() else {
+        return Err(bad(format!("input `{}` is missing (the request has no inputs)", want.name)));
+    };
+    let name = &input.name;
+
+    let dtype: DType = input.datatype.parse().map_err(|e| bad(format!("input `{name}`: {e}")))?;
+    if !dtype.is_numeric() {
+        return Err(bad(format!(
+            "input `{name}`: datatype {dtype} cannot be converted to the model's {}; send a numeric datatype",
+            want.datatype
+        )));
+    }
+    let rows = match input.shape.as_slice() {
+        [rows, f] if *rows >= 1 && *f == want.features as i64 => *rows as usize,
+        other => {
+            return Err(bad(format!(
+                "input `{name}`: expected shape [-1, {}] (rows, then {} values per row), got {other:?}",
+                want.features, want.features
+            )));
+        }
+    };
+    if rows > spec.batching.max_batch_size {
+        return Err(bad(format!(
+            "input `{name}`: {rows} rows exceed the model's max_batch_size of {}; split the request",
+            spec.batching.max_batch_size
+        )));
+    }
+    let count = rows * want.features;
+    let shape = &input.shape;
+
+    let mut values = Vec::with_capacity(count);
+    match (&input.data, v2::binary_data_size(input.parameters.as_ref())) {
+        (Some(_), Some(_)) => return Err(bad(format!("input `{name}`: has both `data` and `binary_data_size`; send one"))),
+        (None, None) => {
+            return Err(bad(format!("input `{name}`: has no `data` (and no `binary_data_size` parameter for binary data)")));
+        }
+        (Some(data), None) => {
+            if !binary.is_empty() {
+                return Err(bad(format!(
+                    "the body has {} bytes of binary data after the JSON header, but no input has `binary_data_size`",
+                    binary.len()
+                )));
+            }
+            if data.len() != count {
+                return Err(bad(format!("input `{name}`: shape {shape:?} needs {count} values, got {}", data.len())));
+            }
+            match data {
+                TensorData::F32(v) => values.extend_from_slice(v),
+                TensorData::Numbers(v) => values.extend(v.iter().map(|&x| x as f32)),
+                TensorData::Bools(v) => values.extend(v.iter().map(|&b| f32::from(u8::from(b)))),
+                TensorData::Strings(_) => {
+                    return Err(bad(format!("input `{name}`: datatype {dtype} needs numbers, got strings")));
+                }
+            }
+        }
+        (None, Some(size)) => {
+            let elem = dtype.size().expect("numeric types have a size");
+            let need = (count * elem) as u64;
+            if size != need {
+                return Err(bad(format!(
+                    "input `{name}`: binary_data_size is {size} bytes, but shape {shape:?} of {dtype} needs {need} bytes"
+                )));
+            }
+            if (binary.len() as u64) < size {
+                return Err(bad(format!(
+                    "input `{name}`: the body ends after {} bytes of binary data, but binary_data_size announces {size} (truncated body?)",
+                    binary.len()
+                )));
+            }
+            if binary.len() as u64 > size {
+                return Err(bad(format!(
+                    "the body has {} bytes of binary data, but the inputs announce only {size}",
+                    binary.len()
+                )));
+            }
+            dtype.decode_le(binary, &mut values);
+        }
+    }
+    let input = Array2::from_shape_vec((rows, want.features), values).expect("the length was checked against the shape");
+
+    // Outputs: all of them unless named; binary when asked, per output or for all.
+    let binary_default = v2::bool_parameter(request.parameters.as_ref(), "binary_data_output").unwrap_or(false);
+    let mut binary_output = binary_default;
+    if let Some(outputs) = &request.outputs {
+        for o in outputs {
+            if o.name != spec.output.name {
+                return Err(bad(format!(
+                    "model `{model}` has no output `{}`; its output is `{}`",
+                    o.name, spec.output.name
+                )));
+            }
+            binary_output = v2::bool_parameter(o.parameters.as_ref(), "binary_data").unwrap_or(binary_default);
+        }
+    }
+    Ok(Decoded {
+        id: request.id,
+        input,
+        binary_output,
+    })
+}
+
+/// The answer, as `(JSON header, binary part)`; the binary part is empty for JSON.
+pub fn encode(spec: &Spec, version: &str, id: Option<String>, output: &Array2<f32>, binary: bool) -> (Vec<u8>, Vec<u8>) {
+    let dtype = spec.output.datatype;
+    let values = output.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| output.iter().copied().collect::<Vec<_>>().into());
+    let mut tail = Vec::new();
+    let (data, parameters) = if binary {
+        dtype.encode_le(&values, &mut tail);
+        let mut p = Parameters::new();
+        p.insert("binary_data_size".into(), tail.len().into());
+        (None, Some(p))
+    } else if dtype == DType::F32 {
+        (Some(TensorData::F32(values.into_owned())), None)
+    } else {
+        // Round-trip through the wire type so JSON shows what the binary form would hold.
+        let mut bytes = Vec::new();
+        dtype.encode_le(&values, &mut bytes);
+        let mut typed = Vec::new();
+        dtype.decode_le(&bytes, &mut typed);
+        (Some(TensorData::Numbers(typed.into_iter().map(f64::from).collect())), None)
+    };
+    let response = InferResponse {
+        model_name: spec.name.clone(),
+        model_version: Some(version.to_owned()),
+        id,
+        parameters: None,
+        outputs: vec![v2::InferOutput {
+            name: spec.output.name.clone(),
+            shape: vec![output.nrows() as i64, output.ncols() as i64],
+            datatype: dtype.to_string(),
+            parameters,
+            data,
+        }],
+    };
+    let header = serde_json::to_vec(&response).expect("a response always serializes");
+    (header, tail)
+}

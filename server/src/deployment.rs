@@ -1,0 +1,206 @@
+//! A deployment: a model, its replicas (actors) and the batcher in front of them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use ndarray::Array2;
+use prism_config::{Deployment as Spec, ModelSource};
+use prism_kernels::{Device, Model, WeightFile, builtin};
+use tokio::sync::{mpsc, watch};
+
+use crate::batcher::{Batcher, BatcherHandle, Hooks, SubmitError};
+use crate::error::{ApiError, InferError};
+use crate::metrics::Metrics;
+use crate::replica::{self, ReplicaMetrics, ReplicaSpec};
+use crate::stats::ModelStats;
+
+/// The only version a Prism model has; `/versions/1/...` paths reach it.
+pub const MODEL_VERSION: &str = "1";
+
+/// A deployment that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("deployment `{name}`: {source}")]
+    Model {
+        name: String,
+        source: prism_kernels::ModelError,
+    },
+    #[error("deployment `{name}`: {file}: the layers produce {produced} features per row, but `outputs` declares [-1, {declared}]")]
+    OutputWidth {
+        name: String,
+        file: String,
+        produced: usize,
+        declared: usize,
+    },
+    #[error("deployment `{name}`: cannot start replica {index}: {reason}")]
+    Replica { name: String, index: usize, reason: String },
+}
+
+/// A running deployment.
+pub struct Deployment {
+    pub spec: Spec,
+    /// `prism_builtin` or `prism_safetensors`, for the metadata's `platform`.
+    pub platform: &'static str,
+    handle: BatcherHandle,
+    pub stats: Arc<ModelStats>,
+    ready: AtomicBool,
+    close: watch::Sender<bool>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    batcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Loads the model of `spec` once; replicas share its weights.
+fn load_model(spec: &Spec) -> Result<(Model, &'static str), StartError> {
+    let fail = |source| StartError::Model {
+        name: spec.name.clone(),
+        source,
+    };
+    let (model, platform, file) = match &spec.model {
+        ModelSource::Builtin(name) => {
+            let model = builtin::by_name(name).expect("built-in names are validated with the config. This is a bug.");
+            (model, "prism_builtin", format!("builtin:{name}"))
+        }
+        ModelSource::Layers { weights, layers } => {
+            let file = WeightFile::open(weights).map_err(fail)?;
+            let model = Model::load(&file, layers, spec.input.features).map_err(fail)?;
+            (model, "prism_safetensors", weights.display().to_string())
+        }
+    };
+    if model.out_features() != spec.output.features {
+        return Err(StartError::OutputWidth {
+            name: spec.name.clone(),
+            file,
+            produced: model.out_features(),
+            declared: spec.output.features,
+        });
+    }
+    Ok((model, platform))
+}
+
+impl Deployment {
+    /// Loads the model, starts the replicas and the batcher. Must run inside the tokio
+    /// runtime (the batcher is a task).
+    pub fn start(spec: Spec, metrics: &Metrics) -> Result<Arc<Self>, StartError> {
+        let (model, platform) = load_model(&spec)?;
+        let name = spec.name.clone();
+        let stats = Arc::new(ModelStats::default());
+        let replica_metrics = ReplicaMetrics {
+            queue_duration: metrics.queue_duration.with_label_values(&[&name]),
+            compute_duration: metrics.compute_duration.with_label_values(&[&name]),
+            batch_size: metrics.batch_size.with_label_values(&[&name]),
+            cancelled: metrics.requests.with_label_values(&[name.as_str(), "cancelled"]),
+        };
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..spec.num_replicas {
+            let fail = |reason: String| StartError::Replica {
+                name: name.clone(),
+                index,
+                reason,
+            };
+            let device = Device::cpu(spec.actor.threads).map_err(|e| fail(e.to_string()))?;
+            metrics.replicas.with_label_values(&[name.as_str(), &device.location().to_string()]).inc();
+            let (tx, thread) = replica::spawn(ReplicaSpec {
+                model_name: name.clone(),
+                index,
+                model: model.clone(),
+                device,
+                faults: spec.fault_injection.clone(),
+                metrics: replica_metrics.clone(),
+                stats: Arc::clone(&stats),
+                done: done_tx.clone(),
+            })
+            .map_err(|e| fail(e.to_string()))?;
+            senders.push(tx);
+            threads.push(thread);
+        }
+        let cancelled = replica_metrics.cancelled.clone();
+        let hooks = Hooks {
+            queue_depth: metrics.queue_depth.with_label_values(&[&name]),
+            on_cancelled: Box::new(move |n| cancelled.inc_by(n as u64)),
+            model: name.clone(),
+        };
+        let b = &spec.batching;
+        let (close, closing) = watch::channel(false);
+        let (handle, batcher) = Batcher::new(b.max_batch_size, b.batch_wait_timeout, b.max_queue_size, senders, done_rx, hooks, closing);
+        let batcher = tokio::spawn(batcher.run());
+        tracing::info!(
+            model = %name,
+            replicas = spec.num_replicas,
+            threads = spec.actor.threads,
+            weight_bytes = model.weight_bytes(),
+            max_batch_size = b.max_batch_size,
+            batch_wait_timeout_ms = b.batch_wait_timeout.as_secs_f64() * 1e3,
+            "deployment ready"
+        );
+        Ok(Arc::new(Deployment {
+            spec,
+            platform,
+            handle,
+            stats,
+            ready: AtomicBool::new(true),
+            close,
+            threads: std::sync::Mutex::new(threads),
+            batcher: std::sync::Mutex::new(Some(batcher)),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.handle.queued()
+    }
+
+    /// Runs `input` (`[rows, in_features]`, validated) through a batch and waits for its
+    /// rows of the answer.
+    pub async fn infer(&self, input: Array2<f32>) -> Result<Array2<f32>, ApiError> {
+        if !self.is_ready() {
+            return Err(ApiError::NotReady(self.spec.name.clone()));
+        }
+        let rx = self.handle.submit(input).map_err(|e| match e {
+            SubmitError::QueueFull => ApiError::QueueFull {
+                model: self.spec.name.clone(),
+                max_queue_size: self.spec.batching.max_queue_size,
+            },
+            SubmitError::Closed => ApiError::NotReady(self.spec.name.clone()),
+        })?;
+        // A dropped sender means the batch was abandoned: only at shutdown.
+        let answer = rx.await.unwrap_or_else(|_| {
+            Err(InferError::ShuttingDown {
+                model: self.spec.name.clone(),
+            })
+        });
+        Ok(answer?)
+    }
+
+    /// Stops taking requests; what is queued still runs.
+    pub fn stop_accepting(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+
+    /// Closes the queue, waits for what it holds to run and for the replicas to finish.
+    /// Requests that arrive meanwhile get 503.
+    pub async fn join(&self) {
+        self.stop_accepting();
+        let _ = self.close.send(true);
+        let batcher = self.batcher.lock().expect("not poisoned").take();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("not poisoned"));
+        if let Some(b) = batcher {
+            let _ = b.await;
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,94 @@
+//! Errors of the serving layer and the one table that maps them to HTTP statuses.
+//!
+//! The body of every error answer is `{"error": "<message>"}`, as the V2 protocol asks;
+//! messages name the model, the input and what was expected.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use prism_client::v2::ErrorBody;
+
+/// A failure of one batch, reported to each request in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InferError {
+    /// A kernel refused the batch (a shape the model cannot take).
+    #[error("model `{model}` failed: {reason}")]
+    Model { model: String, reason: String },
+    /// The replica panicked while running the batch; the replica lives on.
+    #[error("model `{model}`: replica {replica} crashed while running the batch: {reason}")]
+    Panicked {
+        model: String,
+        replica: usize,
+        reason: String,
+    },
+    /// `fault_injection.error_rate` chose this execution to fail.
+    #[error("model `{model}`: InjectedFault: this execution was chosen to fail by the deployment's fault_injection (error_rate {rate})")]
+    InjectedFault { model: String, rate: f64 },
+    /// The server stopped before the batch could run.
+    #[error("model `{model}`: the server is shutting down")]
+    ShuttingDown { model: String },
+}
+
+impl InferError {
+    /// The `reason` label of the failure metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InferError::Model { .. } => "model_error",
+            InferError::Panicked { .. } => "replica_crash",
+            InferError::InjectedFault { .. } => "injected_fault",
+            InferError::ShuttingDown { .. } => "shutting_down",
+        }
+    }
+}
+
+/// What an HTTP handler can answer instead of a success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unknown model `{0}`")]
+    ModelNotFound(String),
+    #[error("model `{model}` has no version `{version}`; it serves version 1")]
+    VersionNotFound { model: String, version: String },
+    #[error("model `{model}`: the queue is full ({max_queue_size} requests waiting); retry later")]
+    QueueFull { model: String, max_queue_size: usize },
+    #[error("model `{0}` is not ready")]
+    NotReady(String),
+    #[error("the request body is larger than the server's limit of {limit} bytes (server.max_request_bytes)")]
+    PayloadTooLarge { limit: usize },
+    #[error("no route for {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error(transparent)]
+    Infer(#[from] InferError),
+}
+
+impl ApiError {
+    /// The one table from error to status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiError::QueueFull { .. } | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Infer(InferError::ShuttingDown { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Infer(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `outcome` label of the request metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) | ApiError::PayloadTooLarge { .. } => "bad_request",
+            ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } | ApiError::NoRoute { .. } => "not_found",
+            ApiError::QueueFull { .. } => "rejected",
+            ApiError::NotReady(_) | ApiError::Infer(InferError::ShuttingDown { .. }) => "unavailable",
+            ApiError::Infer(_) => "failed",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.to_string() };
+        (self.status(), axum::Json(body)).into_response()
+    }
+}

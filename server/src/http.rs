@@ -1,0 +1,330 @@
+//! The REST API: KServe V2 plus Triton's statistics, model-configuration and
+//! repository-index extensions, and `/metrics`.
+//!
+//! Handlers only parse, look up and wait: the maths runs on replica threads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use prism_client::v2::{self, MetadataTensor, ModelMetadata, RepositoryModel, ServerMetadata};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::codec;
+use crate::deployment::{Deployment, MODEL_VERSION};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// What every handler shares.
+pub struct AppState {
+    /// In the order of the deployment file.
+    pub deployments: Vec<Arc<Deployment>>,
+    by_name: HashMap<String, Arc<Deployment>>,
+    pub metrics: Arc<Metrics>,
+    /// False once the server is shutting down: readiness answers 503.
+    accepting: AtomicBool,
+    max_request_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(deployments: Vec<Arc<Deployment>>, metrics: Arc<Metrics>, max_request_bytes: usize) -> Self {
+        let by_name = deployments.iter().map(|d| (d.name().to_owned(), Arc::clone(d))).collect();
+        AppState {
+            deployments,
+            by_name,
+            metrics,
+            accepting: AtomicBool::new(true),
+            max_request_bytes,
+        }
+    }
+
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Release);
+    }
+
+    fn lookup(&self, path: Result<Path<ModelPath>, PathRejection>) -> Result<&Arc<Deployment>, ApiError> {
+        let Path(p) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let d = self.by_name.get(&p.model).ok_or_else(|| ApiError::ModelNotFound(p.model.clone()))?;
+        match p.version.as_deref() {
+            None | Some("") | Some(MODEL_VERSION) => Ok(d),
+            Some(v) => Err(ApiError::VersionNotFound {
+                model: p.model.clone(),
+                version: v.to_owned(),
+            }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ModelPath {
+    model: String,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+type App = State<Arc<AppState>>;
+type ModelParam = Result<Path<ModelPath>, PathRejection>;
+
+/// The router of the whole API. `max_request_bytes` bounds every body.
+pub fn router(app: Arc<AppState>) -> Router {
+    let max_request_bytes = app.max_request_bytes;
+    // Each model route also exists under `/versions/{version}`.
+    let model_routes = |r: Router<Arc<AppState>>, suffix: &str, route: axum::routing::MethodRouter<Arc<AppState>>| {
+        r.route(&format!("/v2/models/{{model}}{suffix}"), route.clone())
+            .route(&format!("/v2/models/{{model}}/versions/{{version}}{suffix}"), route)
+    };
+    let mut r = Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/metrics", get(metrics));
+    r = model_routes(r, "", get(model_metadata));
+    r = model_routes(r, "/ready", get(model_ready));
+    r = model_routes(r, "/config", get(model_config));
+    r = model_routes(r, "/stats", get(model_stats));
+    r = model_routes(r, "/infer", post(infer));
+    r.fallback(no_route)
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), track))
+        .layer(DefaultBodyLimit::max(max_request_bytes))
+        .with_state(app)
+}
+
+/// Counts every request by matched route and status.
+async fn track(State(app): App, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let m = &app.metrics;
+    m.http_requests
+        .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[method.as_str(), route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn no_route(request: Request) -> ApiError {
+    ApiError::NoRoute {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn ready(State(app): App) -> StatusCode {
+    let ready = app.accepting.load(Ordering::Acquire) && app.deployments.iter().all(|d| d.is_ready());
+    if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+async fn server_metadata() -> axum::Json<ServerMetadata> {
+    axum::Json(ServerMetadata {
+        name: "prism".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        extensions: vec!["binary_tensor_data".into(), "statistics".into(), "model_configuration".into()],
+    })
+}
+
+fn metadata_tensor(t: &prism_config::TensorSpec) -> MetadataTensor {
+    MetadataTensor {
+        name: t.name.clone(),
+        datatype: t.datatype.to_string(),
+        shape: t.shape().to_vec(),
+    }
+}
+
+async fn model_metadata(State(app): App, path: ModelParam) -> Result<axum::Json<ModelMetadata>, ApiError> {
+    let d = app.lookup(path)?;
+    Ok(axum::Json(ModelMetadata {
+        name: d.name().to_owned(),
+        versions: vec![MODEL_VERSION.into()],
+        platform: d.platform.into(),
+        inputs: vec![metadata_tensor(&d.spec.input)],
+        outputs: vec![metadata_tensor(&d.spec.output)],
+    }))
+}
+
+async fn model_ready(State(app): App, path: ModelParam) -> Result<StatusCode, ApiError> {
+    let d = app.lookup(path)?;
+    Ok(if d.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
+}
+
+/// Triton's type names (`TYPE_FP32`, `TYPE_STRING` for BYTES).
+fn triton_type(d: prism_client::DType) -> String {
+    match d {
+        prism_client::DType::Bytes => "TYPE_STRING".into(),
+        prism_client::DType::Bool => "TYPE_BOOL".into(),
+        other => format!("TYPE_{}", other.v2_name()),
+    }
+}
+
+/// The model's configuration in Triton's JSON form: what `perf_analyzer` and
+/// `tritonclient` read to learn the batch dimension and the batcher.
+async fn model_config(State(app): App, path: ModelParam) -> Result<axum::Json<Value>, ApiError> {
+    let d = app.lookup(path)?;
+    let s = &d.spec;
+    Ok(axum::Json(json!({
+        "name": s.name,
+        "platform": "",
+        "backend": "prism",
+        "version_policy": { "latest": { "num_versions": 1 } },
+        "max_batch_size": s.batching.max_batch_size,
+        "input": [{
+            "name": s.input.name,
+            "data_type": triton_type(s.input.datatype),
+            "format": "FORMAT_NONE",
+            "dims": [s.input.features],
+            "is_shape_tensor": false,
+            "allow_ragged_batch": false,
+            "optional": false,
+        }],
+        "output": [{
+            "name": s.output.name,
+            "data_type": triton_type(s.output.datatype),
+            "dims": [s.output.features],
+            "label_filename": "",
+            "is_shape_tensor": false,
+        }],
+        "dynamic_batching": {
+            "preferred_batch_size": [],
+            "max_queue_delay_microseconds": s.batching.batch_wait_timeout.as_micros() as u64,
+            "preserve_ordering": false,
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": 0,
+                "allow_timeout_override": false,
+                "max_queue_size": s.batching.max_queue_size,
+            },
+        },
+        "instance_group": [{
+            "name": format!("{}_0", s.name),
+            "kind": "KIND_CPU",
+            "count": s.num_replicas,
+            "gpus": [],
+        }],
+        "parameters": {
+            "threads": { "string_value": s.actor.threads.to_string() },
+        },
+    })))
+}
+
+async fn model_stats(State(app): App, path: ModelParam) -> Result<axum::Json<Value>, ApiError> {
+    let d = app.lookup(path)?;
+    Ok(axum::Json(json!({ "model_stats": [d.stats.to_json(d.name(), MODEL_VERSION)] })))
+}
+
+async fn all_stats(State(app): App) -> axum::Json<Value> {
+    let stats: Vec<Value> = app.deployments.iter().map(|d| d.stats.to_json(d.name(), MODEL_VERSION)).collect();
+    axum::Json(json!({ "model_stats": stats }))
+}
+
+#[derive(Deserialize, Default)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(State(app): App, body: Bytes) -> Result<axum::Json<Vec<RepositoryModel>>, ApiError> {
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid repository index request: {e}")))?
+    };
+    let models = app
+        .deployments
+        .iter()
+        .filter(|d| !request.ready || d.is_ready())
+        .map(|d| RepositoryModel {
+            name: d.name().to_owned(),
+            version: Some(MODEL_VERSION.into()),
+            state: Some(if d.is_ready() { "READY" } else { "UNAVAILABLE" }.into()),
+            reason: Some(String::new()),
+        })
+        .collect();
+    Ok(axum::Json(models))
+}
+
+async fn metrics(State(app): App) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render())
+}
+
+fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge { limit }
+    } else {
+        ApiError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
+    }
+}
+
+async fn infer(State(app): App, path: ModelParam, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let d = match app.lookup(path) {
+        Ok(d) => Arc::clone(d),
+        Err(e) => return e.into_response(),
+    };
+    let body = body.map_err(|r| body_error(r, app.max_request_bytes));
+    let result = run_infer(&d, &headers, body).await;
+    let elapsed = started.elapsed();
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(e) => e.outcome(),
+    };
+    let name = d.name();
+    app.metrics.requests.with_label_values(&[name, outcome]).inc();
+    app.metrics.request_duration.with_label_values(&[name]).observe(elapsed.as_secs_f64());
+    d.stats.record_request(result.is_ok(), elapsed);
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!(model = name, error = %e, "inference failed");
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn run_infer(d: &Deployment, headers: &HeaderMap, body: Result<Bytes, ApiError>) -> Result<Response, ApiError> {
+    let body = body?;
+    let header_len = match headers.get(v2::HEADER_LENGTH) {
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::BadRequest(format!("{}: not text", v2::HEADER_LENGTH)))?),
+        None => None,
+    };
+    let (json_part, binary_part) = codec::split_body(&body, header_len)?;
+    let request = codec::decode(&d.spec, &json_part, &binary_part)?;
+    let output = d.infer(request.input).await?;
+    let (header_bytes, tail) = codec::encode(&d.spec, MODEL_VERSION, request.id, &output, request.binary_output);
+    if tail.is_empty() && !request.binary_output {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], header_bytes).into_response());
+    }
+    let header_len = HeaderValue::from(header_bytes.len());
+    let mut body = header_bytes;
+    body.extend_from_slice(&tail);
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (header::HeaderName::from_static("inference-header-content-length"), header_len),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,93 @@
+//! Prometheus metrics: every name in one place, registered once per server, with
+//! explicit buckets. HTTP metrics are labelled by the matched route, never the raw URI.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub const INFERENCE_REQUESTS: &str = "prism_inference_requests_total";
+pub const INFERENCE_REQUEST_DURATION: &str = "prism_inference_request_duration_seconds";
+pub const INFERENCE_QUEUE_DURATION: &str = "prism_inference_queue_duration_seconds";
+pub const INFERENCE_COMPUTE_DURATION: &str = "prism_inference_compute_duration_seconds";
+pub const BATCH_SIZE: &str = "prism_batch_size";
+pub const QUEUE_DEPTH: &str = "prism_queue_depth";
+pub const REPLICAS: &str = "prism_replicas";
+pub const HTTP_REQUESTS: &str = "prism_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "prism_http_request_duration_seconds";
+
+/// Latency buckets from 50 µs to 10 s: a lone CPU request answers in well under a
+/// millisecond, a full GPU batch or a queue under overload in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Batch sizes in rows: powers of two up to 1024.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// The server's metrics. One registry per server, so several servers in one process
+/// (tests) do not collide.
+pub struct Metrics {
+    registry: Registry,
+    /// Inference requests by `model` and `outcome` (success, bad_request, rejected,
+    /// failed, cancelled, unavailable).
+    pub requests: IntCounterVec,
+    /// From the request's arrival to its answer, by `model`.
+    pub request_duration: HistogramVec,
+    /// From a request's enqueueing to its batch starting on a replica, by `model`.
+    pub queue_duration: HistogramVec,
+    /// One batch's model execution, by `model`.
+    pub compute_duration: HistogramVec,
+    /// Rows per executed batch, by `model`.
+    pub batch_size: HistogramVec,
+    /// Requests waiting for a batch, by `model`.
+    pub queue_depth: IntGaugeVec,
+    /// Running replicas, by `model` and `device`.
+    pub replicas: IntGaugeVec,
+    /// HTTP requests by `method`, matched `route` and `status`.
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone())).expect("metric names are unique. This is a bug.");
+            c
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            register(&registry, HistogramVec::new(opts, labels).expect("valid metric"))
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        Metrics {
+            requests: counter(INFERENCE_REQUESTS, "Inference requests by model and outcome.", &["model", "outcome"]),
+            request_duration: histogram(INFERENCE_REQUEST_DURATION, "Inference request duration, arrival to answer.", LATENCY_BUCKETS, &["model"]),
+            queue_duration: histogram(INFERENCE_QUEUE_DURATION, "Time a request waited for its batch to start.", LATENCY_BUCKETS, &["model"]),
+            compute_duration: histogram(INFERENCE_COMPUTE_DURATION, "Model execution time of one batch.", LATENCY_BUCKETS, &["model"]),
+            batch_size: histogram(BATCH_SIZE, "Rows per executed batch.", BATCH_BUCKETS, &["model"]),
+            queue_depth: gauge(QUEUE_DEPTH, "Requests waiting for a batch.", &["model"]),
+            replicas: gauge(REPLICAS, "Running replicas.", &["model", "device"]),
+            http_requests: counter(HTTP_REQUESTS, "HTTP requests by method, route and status.", &["method", "route", "status"]),
+            http_duration: histogram(HTTP_REQUEST_DURATION, "HTTP request duration by route.", LATENCY_BUCKETS, &["method", "route"]),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

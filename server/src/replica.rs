@@ -1,0 +1,166 @@
+//! A replica: an actor on its own OS thread that owns its loaded model and device.
+//!
+//! It receives batches from the batcher over a bounded channel (one running, one
+//! prefetched), gathers the requests' rows into one matrix, runs the model once, splits
+//! the answer back per request, and tells the batcher it is free. A panic inside the
+//! model fails that batch's requests and the replica carries on: the model is immutable,
+//! so there is no state to rebuild.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ndarray::{Array2, ArrayView2, Axis, s};
+use prism_config::FaultInjection;
+use prism_kernels::{Device, Model};
+use prometheus::{Histogram, IntCounter};
+use rand::Rng;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::batcher::{Batch, Entry, Reply};
+use crate::error::InferError;
+use crate::stats::{BatchTimes, ModelStats};
+
+/// The metrics one replica writes, bound to its model's labels once.
+#[derive(Clone)]
+pub struct ReplicaMetrics {
+    pub queue_duration: Histogram,
+    pub compute_duration: Histogram,
+    pub batch_size: Histogram,
+    pub cancelled: IntCounter,
+}
+
+/// Everything a replica thread needs.
+pub struct ReplicaSpec {
+    pub model_name: String,
+    pub index: usize,
+    pub model: Model,
+    pub device: Device,
+    pub faults: FaultInjection,
+    pub metrics: ReplicaMetrics,
+    pub stats: Arc<ModelStats>,
+    /// Where the replica reports its index after each batch.
+    pub done: UnboundedSender<usize>,
+}
+
+/// Starts a replica thread; returns the sender the batcher uses and the thread.
+pub fn spawn(spec: ReplicaSpec) -> std::io::Result<(SyncSender<Batch>, JoinHandle<()>)> {
+    let (tx, rx) = sync_channel::<Batch>(2);
+    let thread = std::thread::Builder::new()
+        .name(format!("prism-{}-{}", spec.model_name, spec.index))
+        .spawn(move || run(spec, rx))?;
+    Ok((tx, thread))
+}
+
+fn run(spec: ReplicaSpec, rx: Receiver<Batch>) {
+    tracing::debug!(model = %spec.model_name, replica = spec.index, device = %spec.device.location(), "replica started");
+    while let Ok(batch) = rx.recv() {
+        execute(&spec, batch);
+        // The batcher may be gone at shutdown; then nobody needs to know.
+        let _ = spec.done.send(spec.index);
+    }
+    tracing::debug!(model = %spec.model_name, replica = spec.index, "replica stopped");
+}
+
+fn execute(spec: &ReplicaSpec, mut batch: Batch) {
+    let started = Instant::now();
+    let now = tokio::time::Instant::now();
+    let queue_total: Duration = batch
+        .entries
+        .iter()
+        .map(|e| {
+            let waited = now.saturating_duration_since(e.enqueued);
+            spec.metrics.queue_duration.observe(waited.as_secs_f64());
+            waited
+        })
+        .sum();
+    let _span = tracing::debug_span!("batch", model = %spec.model_name, replica = spec.index, rows = batch.rows).entered();
+
+    let input = gather(&mut batch.entries);
+    let gathered = Instant::now();
+    let result = run_model(spec, input.view());
+    let computed = Instant::now();
+    spec.metrics.compute_duration.observe((computed - gathered).as_secs_f64());
+    spec.metrics.batch_size.observe(batch.rows as f64);
+
+    let requests = batch.entries.len();
+    match result {
+        Ok(output) => {
+            let mut start = 0;
+            for e in batch.entries {
+                let rows = e.rows();
+                let mine = output.slice(s![start..start + rows, ..]).to_owned();
+                start += rows;
+                reply(spec, e, Ok(mine));
+            }
+        }
+        Err(err) => {
+            tracing::warn!(model = %spec.model_name, replica = spec.index, error = %err, "batch failed");
+            for e in batch.entries {
+                reply(spec, e, Err(err.clone()));
+            }
+        }
+    }
+    spec.stats.record_batch(&BatchTimes {
+        rows: batch.rows,
+        requests,
+        queue_total,
+        input: gathered - started,
+        infer: computed - gathered,
+        output: computed.elapsed(),
+    });
+}
+
+fn reply(spec: &ReplicaSpec, entry: Entry, answer: Reply) {
+    if entry.reply.send(answer).is_err() {
+        // The client left while its batch ran.
+        spec.metrics.cancelled.inc();
+    }
+}
+
+/// One matrix of all the batch's rows. A lone request's matrix is used as it is.
+fn gather(entries: &mut [Entry]) -> Array2<f32> {
+    if let [only] = entries {
+        return std::mem::take(&mut only.input);
+    }
+    let views: Vec<ArrayView2<'_, f32>> = entries.iter().map(|e| e.input.view()).collect();
+    ndarray::concatenate(Axis(0), &views).expect("every request was validated to the model's input width")
+}
+
+fn run_model(spec: &ReplicaSpec, input: ArrayView2<'_, f32>) -> Result<Array2<f32>, InferError> {
+    let faults = &spec.faults;
+    if faults.is_active() {
+        let mut rng = rand::rng();
+        if faults.delay_rate > 0.0 && rng.random_bool(faults.delay_rate) {
+            std::thread::sleep(faults.delay);
+        }
+        if faults.error_rate > 0.0 && rng.random_bool(faults.error_rate) {
+            return Err(InferError::InjectedFault {
+                model: spec.model_name.clone(),
+                rate: faults.error_rate,
+            });
+        }
+    }
+    let Device::Cpu(cpu) = &spec.device;
+    match catch_unwind(AssertUnwindSafe(|| spec.model.forward(cpu, input))) {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(e)) => Err(InferError::Model {
+            model: spec.model_name.clone(),
+            reason: e.to_string(),
+        }),
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(InferError::Panicked {
+                model: spec.model_name.clone(),
+                replica: spec.index,
+                reason,
+            })
+        }
+    }
+}
