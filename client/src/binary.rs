@@ -40,7 +40,9 @@ pub fn encode_tensor(name: &str, dtype: DType, data: &TensorData, out: &mut Vec<
             dtype.encode_le(values, out);
         }
         (dtype, data) => {
-            let values = data.to_f32().ok_or_else(|| fail(format!("{dtype} needs numbers, got {}", data.kind())))?;
+            let values = data
+                .to_f32()
+                .ok_or_else(|| fail(format!("{dtype} needs numbers, got {}", data.kind())))?;
             dtype.encode_le(&values, out);
         }
     }
@@ -55,8 +57,11 @@ pub fn decode_tensor(name: &str, dtype: DType, bytes: &[u8]) -> Result<TensorDat
     };
     match dtype.size() {
         Some(size) => {
-            if bytes.len() % size != 0 {
-                return Err(fail(format!("{} bytes is not a whole number of {dtype} elements ({size} bytes each)", bytes.len())));
+            if !bytes.len().is_multiple_of(size) {
+                return Err(fail(format!(
+                    "{} bytes is not a whole number of {dtype} elements ({size} bytes each)",
+                    bytes.len()
+                )));
             }
             let mut values = Vec::with_capacity(bytes.len() / size);
             dtype.decode_le(bytes, &mut values);
@@ -82,7 +87,9 @@ pub fn decode_tensor(name: &str, dtype: DType, bytes: &[u8]) -> Result<TensorDat
 }
 
 fn set_param(parameters: &mut Option<Parameters>, key: &str, value: Value) {
-    parameters.get_or_insert_with(Parameters::new).insert(key.to_owned(), value);
+    parameters
+        .get_or_insert_with(Parameters::new)
+        .insert(key.to_owned(), value);
 }
 
 /// Moves every input's data into a binary body. Returns the body and the length of its
@@ -99,7 +106,11 @@ pub fn encode_request(request: &InferRequest, binary_outputs: bool) -> Result<(V
         })?;
         let start = tail.len();
         encode_tensor(&input.name, dtype, &data, &mut tail)?;
-        set_param(&mut input.parameters, "binary_data_size", Value::from(tail.len() - start));
+        set_param(
+            &mut input.parameters,
+            "binary_data_size",
+            Value::from(tail.len() - start),
+        );
     }
     if binary_outputs {
         set_param(&mut header.parameters, "binary_data_output", Value::Bool(true));
@@ -120,10 +131,13 @@ pub fn decode_response(body: &[u8], header_len: Option<usize>) -> Result<InferRe
             got: body.len() as u64,
         });
     }
-    let mut response: InferResponse = serde_json::from_slice(&body[..header_len]).map_err(|e| BinaryError::Header(e.to_string()))?;
+    let mut response: InferResponse =
+        serde_json::from_slice(&body[..header_len]).map_err(|e| BinaryError::Header(e.to_string()))?;
     let mut rest = &body[header_len..];
     for output in &mut response.outputs {
-        let Some(size) = binary_data_size(output.parameters.as_ref()) else { continue };
+        let Some(size) = binary_data_size(output.parameters.as_ref()) else {
+            continue;
+        };
         if (rest.len() as u64) < size {
             return Err(BinaryError::Length {
                 want: size,
@@ -157,7 +171,10 @@ mod tests {
         assert_eq!(header["inputs"][0]["parameters"]["binary_data_size"], 8);
         assert_eq!(header["parameters"]["binary_data_output"], true);
         assert!(header["inputs"][0].get("data").is_none());
-        assert_eq!(&body[header_len..], [1.0f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat());
+        assert_eq!(
+            &body[header_len..],
+            [1.0f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat()
+        );
     }
 
     #[test]
@@ -167,6 +184,11 @@ mod tests {
         encode_tensor("s", DType::Bytes, &data, &mut out).unwrap();
         assert_eq!(decode_tensor("s", DType::Bytes, &out).unwrap(), data);
         assert!(decode_tensor("s", DType::Bytes, &out[..5]).is_err());
-        assert!(decode_tensor("f", DType::F32, &[0; 6]).unwrap_err().to_string().contains("not a whole number"));
+        assert!(
+            decode_tensor("f", DType::F32, &[0; 6])
+                .unwrap_err()
+                .to_string()
+                .contains("not a whole number")
+        );
     }
 }

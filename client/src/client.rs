@@ -5,7 +5,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::binary::{self, BinaryError};
-use crate::v2::{ErrorBody, HEADER_LENGTH, InferRequest, InferResponse, ModelMetadata, RepositoryModel, ServerMetadata};
+use crate::v2::{
+    ErrorBody, HEADER_LENGTH, InferRequest, InferResponse, ModelMetadata, RepositoryModel, ServerMetadata,
+};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,31 +60,54 @@ impl Client {
         }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<(Vec<u8>, Option<usize>)>) -> Result<reqwest::Response, ClientError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, Option<usize>)>,
+    ) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some((bytes, header_len)) = body {
             req = match header_len {
-                Some(n) => req.header(HEADER_LENGTH, n).header("Content-Type", "application/octet-stream"),
+                Some(n) => req
+                    .header(HEADER_LENGTH, n)
+                    .header("Content-Type", "application/octet-stream"),
                 None => req.header("Content-Type", "application/json"),
             }
             .body(bytes);
         }
-        let response = req.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let response = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ErrorBody>(&text).map(|e| e.error).unwrap_or(text);
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|e| e.error)
+            .unwrap_or(text);
         Err(ClientError::Server { url, status, message })
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         let response = self.send(method, path, body.map(|b| (b, None))).await?;
-        let bytes = response.bytes().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, reason: e.to_string() })
+        let bytes = response.bytes().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
     }
 
     /// A 200 is `true`; any other answer from the server is `false`.
@@ -116,7 +141,8 @@ impl Client {
 
     /// Triton's model-configuration extension, as JSON.
     pub async fn model_config(&self, model: &str) -> Result<Value, ClientError> {
-        self.json(Method::GET, &format!("{}/config", Self::model_path(model, None)), None).await
+        self.json(Method::GET, &format!("{}/config", Self::model_path(model, None)), None)
+            .await
     }
 
     /// Triton's statistics extension, for one model or all.
@@ -130,7 +156,8 @@ impl Client {
 
     /// The models the server has (the model-repository extension's index).
     pub async fn repository_index(&self) -> Result<Vec<RepositoryModel>, ClientError> {
-        self.json(Method::POST, "/v2/repository/index", Some(b"{}".to_vec())).await
+        self.json(Method::POST, "/v2/repository/index", Some(b"{}".to_vec()))
+            .await
     }
 
     /// An inference request with its tensors as JSON.
@@ -139,18 +166,33 @@ impl Client {
             url: self.base.clone(),
             reason: e.to_string(),
         })?;
-        self.json(Method::POST, &format!("{}/infer", Self::model_path(model, None)), Some(body)).await
+        self.json(
+            Method::POST,
+            &format!("{}/infer", Self::model_path(model, None)),
+            Some(body),
+        )
+        .await
     }
 
     /// An inference request with its input tensors in the binary extension; outputs come
     /// back binary when `binary_outputs`, and are decoded into `data` either way.
-    pub async fn infer_binary(&self, model: &str, request: &InferRequest, binary_outputs: bool) -> Result<InferResponse, ClientError> {
+    pub async fn infer_binary(
+        &self,
+        model: &str,
+        request: &InferRequest,
+        binary_outputs: bool,
+    ) -> Result<InferResponse, ClientError> {
         let (body, header_len) = binary::encode_request(request, binary_outputs)?;
         self.infer_raw(model, body, Some(header_len)).await
     }
 
     /// Sends a prepared body (`header_len`: the JSON part's length for a binary body).
-    pub async fn infer_raw(&self, model: &str, body: Vec<u8>, header_len: Option<usize>) -> Result<InferResponse, ClientError> {
+    pub async fn infer_raw(
+        &self,
+        model: &str,
+        body: Vec<u8>,
+        header_len: Option<usize>,
+    ) -> Result<InferResponse, ClientError> {
         let path = format!("{}/infer", Self::model_path(model, None));
         let url = format!("{}{path}", self.base);
         let response = self.send(Method::POST, &path, Some((body, header_len))).await?;
@@ -159,7 +201,10 @@ impl Client {
             .get(HEADER_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        let bytes = response.bytes().await.map_err(|source| ClientError::Transport { url, source })?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })?;
         Ok(binary::decode_response(&bytes, answer_header_len)?)
     }
 
@@ -167,6 +212,9 @@ impl Client {
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let url = format!("{}/metrics", self.base);
         let response = self.send(Method::GET, "/metrics", None).await?;
-        response.text().await.map_err(|source| ClientError::Transport { url, source })
+        response
+            .text()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })
     }
 }

@@ -145,7 +145,9 @@ impl fmt::Display for DType {
 
 /// An unknown datatype name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown datatype `{0}` (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES)")]
+#[error(
+    "unknown datatype `{0}` (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES)"
+)]
 pub struct UnknownDType(pub String);
 
 impl FromStr for DType {

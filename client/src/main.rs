@@ -16,7 +16,11 @@ use prism_client::v2::{InferInput, InferRequest, TensorData};
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(name = "prism", version, about = "Talk to a KServe V2 inference server (Prism, Triton, MLServer, KServe)")]
+#[command(
+    name = "prism",
+    version,
+    about = "Talk to a KServe V2 inference server (Prism, Triton, MLServer, KServe)"
+)]
 struct Cli {
     /// The server's base URL.
     #[arg(long, global = true, env = "PRISM_URL", default_value = "http://127.0.0.1:8000")]
@@ -126,7 +130,10 @@ async fn request_from_inputs(client: &Client, model: &str, inputs: &[String]) ->
             Some((n, j)) if !n.trim_start().starts_with('[') => (n.trim().to_owned(), j),
             _ => match meta.inputs.as_slice() {
                 [only] => (only.name.clone(), arg.as_str()),
-                _ => bail!("model `{model}` has {} inputs: name each one, as NAME=JSON", meta.inputs.len()),
+                _ => bail!(
+                    "model `{model}` has {} inputs: name each one, as NAME=JSON",
+                    meta.inputs.len()
+                ),
             },
         };
         let spec = meta

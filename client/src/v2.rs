@@ -223,7 +223,10 @@ impl Flat {
     }
 
     fn mixed<E: de::Error>(&self, got: &str) -> E {
-        E::custom(format_args!("tensor data mixes {} and {got}; all elements must have one type", self.kind()))
+        E::custom(format_args!(
+            "tensor data mixes {} and {got}; all elements must have one type",
+            self.kind()
+        ))
     }
 
     fn number<E: de::Error>(&mut self, v: f64) -> Result<(), E> {
@@ -295,7 +298,9 @@ impl<'de> Visitor<'de> for FlattenInto<'_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Err(E::custom("tensor data contains null; only numbers, booleans or strings are allowed"))
+        Err(E::custom(
+            "tensor data contains null; only numbers, booleans or strings are allowed",
+        ))
     }
 }
 
@@ -332,18 +337,31 @@ mod tests {
         let b: TensorData = serde_json::from_str("[1, 2.5, 3, -4]").unwrap();
         assert_eq!(a, b);
         assert_eq!(a, TensorData::Numbers(vec![1.0, 2.5, 3.0, -4.0]));
-        assert_eq!(serde_json::from_str::<TensorData>("[[true], [false]]").unwrap(), TensorData::Bools(vec![true, false]));
-        assert_eq!(serde_json::from_str::<TensorData>(r#"["a","b"]"#).unwrap(), TensorData::Strings(vec!["a".into(), "b".into()]));
-        assert_eq!(serde_json::from_str::<TensorData>("[[], []]").unwrap(), TensorData::Numbers(vec![]));
+        assert_eq!(
+            serde_json::from_str::<TensorData>("[[true], [false]]").unwrap(),
+            TensorData::Bools(vec![true, false])
+        );
+        assert_eq!(
+            serde_json::from_str::<TensorData>(r#"["a","b"]"#).unwrap(),
+            TensorData::Strings(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            serde_json::from_str::<TensorData>("[[], []]").unwrap(),
+            TensorData::Numbers(vec![])
+        );
     }
 
     #[test]
     fn mixed_or_null_data_is_refused_clearly() {
-        let e = serde_json::from_str::<TensorData>(r#"[1, "a"]"#).unwrap_err().to_string();
+        let e = serde_json::from_str::<TensorData>(r#"[1, "a"]"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mixes numbers and strings"), "{e}");
         let e = serde_json::from_str::<TensorData>("[1, null]").unwrap_err().to_string();
         assert!(e.contains("null"), "{e}");
-        let e = serde_json::from_str::<TensorData>(r#"[{"a": 1}]"#).unwrap_err().to_string();
+        let e = serde_json::from_str::<TensorData>(r#"[{"a": 1}]"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("an array (possibly nested)"), "{e}");
     }
 
@@ -351,6 +369,9 @@ mod tests {
     fn f32_data_serializes_as_plain_numbers() {
         let input = InferInput::fp32("INPUT0", vec![1, 2], vec![0.1, 100.0]);
         let json = serde_json::to_string(&input).unwrap();
-        assert_eq!(json, r#"{"name":"INPUT0","shape":[1,2],"datatype":"FP32","data":[0.1,100.0]}"#);
+        assert_eq!(
+            json,
+            r#"{"name":"INPUT0","shape":[1,2],"datatype":"FP32","data":[0.1,100.0]}"#
+        );
     }
 }

@@ -132,7 +132,8 @@ impl FaultInjection {
 impl Config {
     /// The embedded default: `celsius` and `mlp` on 127.0.0.1:8000.
     pub fn embedded_default() -> Config {
-        Config::parse(DEFAULT_TOML, "<embedded default>", None).expect("the embedded default deployment is valid. This is a bug.")
+        Config::parse(DEFAULT_TOML, "<embedded default>", None)
+            .expect("the embedded default deployment is valid. This is a bug.")
     }
 
     /// Reads and validates a deployment file.
@@ -160,7 +161,10 @@ impl Config {
 
         let server = validate_server(&file.server).map_err(|(k, r)| err(&format!("server.{k}"), r))?;
         if file.deployments.is_empty() {
-            return Err(err("deployments", "the file declares no deployments; add at least one [[deployments]] table".into()));
+            return Err(err(
+                "deployments",
+                "the file declares no deployments; add at least one [[deployments]] table".into(),
+            ));
         }
         let mut names = HashSet::new();
         let mut deployments = Vec::new();
@@ -168,7 +172,10 @@ impl Config {
             let at = format!("deployments[{i}] ({})", d.name);
             let dep = validate_deployment(d, base_dir).map_err(|(k, r)| err(&format!("{at}.{k}"), r))?;
             if !names.insert(dep.name.clone()) {
-                return Err(err(&format!("{at}.name"), format!("`{}` is declared twice; deployment names must be unique", dep.name)));
+                return Err(err(
+                    &format!("{at}.name"),
+                    format!("`{}` is declared twice; deployment names must be unique", dep.name),
+                ));
             }
             deployments.push(dep);
         }
@@ -191,7 +198,12 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
     let addr = s.http_addr.as_deref().unwrap_or("127.0.0.1:8000");
     let http_addr = match addr.parse() {
         Ok(a) => a,
-        Err(_) => return invalid("http_addr", format!("expected an address like \"127.0.0.1:8000\", got {addr:?}")),
+        Err(_) => {
+            return invalid(
+                "http_addr",
+                format!("expected an address like \"127.0.0.1:8000\", got {addr:?}"),
+            );
+        }
     };
     let max_request_bytes = match s.max_request_bytes {
         None => 64 << 20,
@@ -233,10 +245,18 @@ fn fraction(key: &str, value: Option<f64>) -> Result<f64, Invalid> {
 fn validate_deployment(d: &raw::Deployment, base_dir: Option<&Path>) -> Result<Deployment, Invalid> {
     let name_ok = !d.name.is_empty()
         && d.name.len() <= 128
-        && d.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && d.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         && !d.name.starts_with('.');
     if !name_ok {
-        return invalid("name", format!("{:?} is not a usable model name: use 1-128 letters, digits, '_', '-' or '.', not starting with '.'", d.name));
+        return invalid(
+            "name",
+            format!(
+                "{:?} is not a usable model name: use 1-128 letters, digits, '_', '-' or '.', not starting with '.'",
+                d.name
+            ),
+        );
     }
     let num_replicas = at_least("num_replicas", d.num_replicas, 1, 1)?;
     let fallback = match d.fallback.as_deref() {
@@ -247,11 +267,17 @@ fn validate_deployment(d: &raw::Deployment, base_dir: Option<&Path>) -> Result<D
 
     let num_cpus = d.actor.num_cpus.unwrap_or(1.0);
     if !num_cpus.is_finite() || num_cpus < 0.0 {
-        return invalid("actor.num_cpus", format!("must be a non-negative number, got {num_cpus}"));
+        return invalid(
+            "actor.num_cpus",
+            format!("must be a non-negative number, got {num_cpus}"),
+        );
     }
     let num_gpus = d.actor.num_gpus.unwrap_or(0.0);
     if !num_gpus.is_finite() || num_gpus < 0.0 || (num_gpus > 1.0 && num_gpus.fract() != 0.0) {
-        return invalid("actor.num_gpus", format!("must be a fraction up to 1 (like 0.25) or a whole number of GPUs, got {num_gpus}"));
+        return invalid(
+            "actor.num_gpus",
+            format!("must be a fraction up to 1 (like 0.25) or a whole number of GPUs, got {num_gpus}"),
+        );
     }
     let threads = at_least("actor.threads", d.actor.threads, 1, 1)?;
     if threads > 1024 {
@@ -259,7 +285,11 @@ fn validate_deployment(d: &raw::Deployment, base_dir: Option<&Path>) -> Result<D
     }
 
     let max_batch_size = at_least("batching.max_batch_size", d.batching.max_batch_size, 32, 1)?;
-    let batch_wait_timeout = seconds("batching.batch_wait_timeout_ms", d.batching.batch_wait_timeout_ms.unwrap_or(2.0), 1e-3)?;
+    let batch_wait_timeout = seconds(
+        "batching.batch_wait_timeout_ms",
+        d.batching.batch_wait_timeout_ms.unwrap_or(2.0),
+        1e-3,
+    )?;
     let max_queue_size = at_least("batching.max_queue_size", d.batching.max_queue_size, 1024, 1)?;
 
     let fault_injection = match &d.fault_injection {
@@ -297,15 +327,24 @@ fn validate_model(m: &raw::Model, base_dir: Option<&Path>) -> Result<(ModelSourc
     match (&m.builtin, &m.weights, &m.layers) {
         (Some(name), None, None) => {
             if m.inputs.is_some() || m.outputs.is_some() {
-                return invalid("model.inputs", "a built-in model has fixed inputs and outputs; remove `inputs` / `outputs`");
+                return invalid(
+                    "model.inputs",
+                    "a built-in model has fixed inputs and outputs; remove `inputs` / `outputs`",
+                );
             }
             let (input, output) = match name.as_str() {
                 "celsius" => (1, 1),
-                "mlp" => (prism_kernels::builtin::MLP_SIZES[0], prism_kernels::builtin::MLP_SIZES[2]),
+                "mlp" => (
+                    prism_kernels::builtin::MLP_SIZES[0],
+                    prism_kernels::builtin::MLP_SIZES[2],
+                ),
                 other => {
                     return invalid(
                         "model.builtin",
-                        format!("unknown built-in model {other:?}; built-ins are {}", prism_kernels::builtin::NAMES.join(", ")),
+                        format!(
+                            "unknown built-in model {other:?}; built-ins are {}",
+                            prism_kernels::builtin::NAMES.join(", ")
+                        ),
                     );
                 }
             };
@@ -314,7 +353,11 @@ fn validate_model(m: &raw::Model, base_dir: Option<&Path>) -> Result<(ModelSourc
                 datatype: DType::F32,
                 features,
             };
-            Ok((ModelSource::Builtin(name.clone()), spec("INPUT0", input), spec("OUTPUT0", output)))
+            Ok((
+                ModelSource::Builtin(name.clone()),
+                spec("INPUT0", input),
+                spec("OUTPUT0", output),
+            ))
         }
         (None, Some(weights), Some(layers)) => {
             if layers.is_empty() {
@@ -336,18 +379,29 @@ fn validate_model(m: &raw::Model, base_dir: Option<&Path>) -> Result<(ModelSourc
             ))
         }
         (Some(_), _, _) => invalid("model", "set either `builtin`, or `weights` and `layers`, not both"),
-        (None, None, _) => invalid("model.weights", "missing: a model needs `builtin = \"...\"`, or `weights` (a safetensors file) and `layers`"),
+        (None, None, _) => invalid(
+            "model.weights",
+            "missing: a model needs `builtin = \"...\"`, or `weights` (a safetensors file) and `layers`",
+        ),
         (None, Some(_), None) => invalid("model.layers", "missing: list the layers to apply to the weights"),
     }
 }
 
 fn single_tensor(key: &str, tensors: Option<&[raw::Tensor]>) -> Result<TensorSpec, Invalid> {
     let tensors = match tensors {
-        None => return invalid(key, "missing: declare one tensor, like [{ name = \"INPUT0\", datatype = \"FP32\", shape = [-1, 64] }]"),
+        None => {
+            return invalid(
+                key,
+                "missing: declare one tensor, like [{ name = \"INPUT0\", datatype = \"FP32\", shape = [-1, 64] }]",
+            );
+        }
         Some(t) => t,
     };
     let [t] = tensors else {
-        return invalid(key, format!("a layer model has exactly one tensor here, got {}", tensors.len()));
+        return invalid(
+            key,
+            format!("a layer model has exactly one tensor here, got {}", tensors.len()),
+        );
     };
     let key0 = format!("{key}[0]");
     if t.name.is_empty() {
@@ -355,7 +409,12 @@ fn single_tensor(key: &str, tensors: Option<&[raw::Tensor]>) -> Result<TensorSpe
     }
     let datatype = match t.datatype.parse::<DType>() {
         Ok(d) if d.is_numeric() => d,
-        Ok(d) => return invalid(&format!("{key0}.datatype"), format!("{d} cannot feed a numeric model; use a numeric type such as FP32")),
+        Ok(d) => {
+            return invalid(
+                &format!("{key0}.datatype"),
+                format!("{d} cannot feed a numeric model; use a numeric type such as FP32"),
+            );
+        }
         Err(e) => return invalid(&format!("{key0}.datatype"), e),
     };
     let features = match t.shape.as_slice() {

@@ -49,13 +49,41 @@ fn unknown_keys_are_refused_with_the_file_and_the_key() {
 #[test]
 fn impossible_values_name_the_key_and_the_reason() {
     let cases = [
-        ("max_batch_size = 32", "max_batch_size = 0", "deployments[0] (digits).batching.max_batch_size: must be at least 1, got 0"),
-        ("num_gpus = 0 ", "num_gpus = 1.5 ", "actor.num_gpus: must be a fraction up to 1"),
-        ("shape = [-1, 64]", "shape = [64]", "model.inputs[0].shape: expected [-1, features]"),
-        ("datatype = \"FP32\", shape = [-1, 64]", "datatype = \"FLOAT\", shape = [-1, 64]", "unknown datatype `FLOAT`"),
-        ("fallback = \"cpu\"", "fallback = \"gpu\"", "fallback: expected \"cpu\" or \"none\""),
-        ("http_addr = \"127.0.0.1:8000\"", "http_addr = \"localhost\"", "server.http_addr: expected an address"),
-        ("batch_wait_timeout_ms = 2", "batch_wait_timeout_ms = -2", "must be a non-negative number"),
+        (
+            "max_batch_size = 32",
+            "max_batch_size = 0",
+            "deployments[0] (digits).batching.max_batch_size: must be at least 1, got 0",
+        ),
+        (
+            "num_gpus = 0 ",
+            "num_gpus = 1.5 ",
+            "actor.num_gpus: must be a fraction up to 1",
+        ),
+        (
+            "shape = [-1, 64]",
+            "shape = [64]",
+            "model.inputs[0].shape: expected [-1, features]",
+        ),
+        (
+            "datatype = \"FP32\", shape = [-1, 64]",
+            "datatype = \"FLOAT\", shape = [-1, 64]",
+            "unknown datatype `FLOAT`",
+        ),
+        (
+            "fallback = \"cpu\"",
+            "fallback = \"gpu\"",
+            "fallback: expected \"cpu\" or \"none\"",
+        ),
+        (
+            "http_addr = \"127.0.0.1:8000\"",
+            "http_addr = \"localhost\"",
+            "server.http_addr: expected an address",
+        ),
+        (
+            "batch_wait_timeout_ms = 2",
+            "batch_wait_timeout_ms = -2",
+            "must be a non-negative number",
+        ),
     ];
     for (from, to, want) in cases {
         let text = DIGITS.replace(from, to);
@@ -68,7 +96,10 @@ fn impossible_values_name_the_key_and_the_reason() {
 #[test]
 fn model_sources_are_exclusive_and_complete() {
     let builtin = "[[deployments]]\nname = \"m\"\n[deployments.model]\n";
-    assert!(error(&format!("{builtin}builtin = \"resnet\"")).contains("unknown built-in model \"resnet\"; built-ins are celsius, mlp"));
+    assert!(
+        error(&format!("{builtin}builtin = \"resnet\""))
+            .contains("unknown built-in model \"resnet\"; built-ins are celsius, mlp")
+    );
     assert!(error(&format!("{builtin}builtin = \"mlp\"\nweights = \"w.safetensors\"")).contains("not both"));
     assert!(error(&format!("{builtin}weights = \"w.safetensors\"")).contains("model.layers: missing"));
     assert!(error(builtin).contains("model.weights: missing"));
@@ -89,6 +120,9 @@ fn names_must_be_unique_and_url_safe() {
 fn fault_injection_defaults_its_delay_rate_to_always() {
     let text = format!("{DIGITS}\n[deployments.fault_injection]\ndelay_ms = 50\n");
     let f = parse(&text).unwrap().deployments[0].fault_injection.clone();
-    assert_eq!((f.delay, f.delay_rate, f.error_rate), (Duration::from_millis(50), 1.0, 0.0));
+    assert_eq!(
+        (f.delay, f.delay_rate, f.error_rate),
+        (Duration::from_millis(50), 1.0, 0.0)
+    );
     assert!(error(&format!("{DIGITS}\n[deployments.fault_injection]\nerror_rate = 2\n")).contains("between 0 and 1"));
 }

@@ -55,7 +55,9 @@ pub fn mlp_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
 }
 
 pub fn mlp() -> Model {
-    let mut t = mlp_tensors().into_iter().map(|(_, shape, v)| Weight::from_vec(shape, v));
+    let mut t = mlp_tensors()
+        .into_iter()
+        .map(|(_, shape, v)| Weight::from_vec(shape, v));
     let mut next = || t.next().expect("mlp_tensors yields four tensors. This is a bug.");
     let layers = vec![
         Layer::Linear {

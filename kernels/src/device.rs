@@ -55,9 +55,7 @@ pub struct CpuDevice {
 
 impl std::fmt::Debug for CpuDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuDevice")
-            .field("threads", &self.threads)
-            .finish()
+        f.debug_struct("CpuDevice").field("threads", &self.threads).finish()
     }
 }
 

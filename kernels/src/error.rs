@@ -21,10 +21,7 @@ pub enum KernelError {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{path}: cannot open: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a valid safetensors file: {reason}")]
     Format { path: PathBuf, reason: String },
     #[error("{path}: tensor `{tensor}` not found (the file has: {available})")]

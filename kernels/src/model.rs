@@ -24,9 +24,13 @@ pub enum LayerSpec {
         bias: Option<String>,
     },
     /// `y = x · W`, `W` in `[in, out]` layout (numpy, scikit-learn `coefs_`).
-    Matmul { weight: String },
+    Matmul {
+        weight: String,
+    },
     /// `y = x + t`, `t` of shape `[features]` or `[1, features]`, added to every row.
-    Add { tensor: String },
+    Add {
+        tensor: String,
+    },
     // The activations are empty struct variants, not unit variants, so that serde refuses
     // stray keys on them (`{ op = "relu", weight = "w" }` is a mistake worth reporting).
     Relu {},
@@ -93,7 +97,9 @@ impl Model {
     /// `in_features`. `source` names the model in errors.
     pub fn new(source: &std::path::Path, layers: Vec<Layer>, in_features: usize) -> Result<Self, ModelError> {
         if layers.is_empty() {
-            return Err(ModelError::Empty { path: source.to_owned() });
+            return Err(ModelError::Empty {
+                path: source.to_owned(),
+            });
         }
         let mut features = in_features;
         for (index, layer) in layers.iter().enumerate() {
@@ -280,7 +286,13 @@ mod tests {
     fn write_safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> tempfile::NamedTempFile {
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
             .iter()
-            .map(|(n, s, v)| (n.to_string(), s.clone(), v.iter().flat_map(|f| f.to_le_bytes()).collect()))
+            .map(|(n, s, v)| {
+                (
+                    n.to_string(),
+                    s.clone(),
+                    v.iter().flat_map(|f| f.to_le_bytes()).collect(),
+                )
+            })
             .collect();
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
             .iter()
@@ -325,7 +337,10 @@ mod tests {
 
         let missing = Model::load(&wf, &[LayerSpec::Matmul { weight: "nope".into() }], 4).unwrap_err();
         let msg = missing.to_string();
-        assert!(msg.contains(&path) && msg.contains("`nope` not found") && msg.contains("b, w"), "{msg}");
+        assert!(
+            msg.contains(&path) && msg.contains("`nope` not found") && msg.contains("b, w"),
+            "{msg}"
+        );
 
         let chain = Model::load(
             &wf,
@@ -363,7 +378,10 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut file, b"definitely not safetensors").unwrap();
         let err = WeightFile::open(file.path()).unwrap_err().to_string();
-        assert!(err.contains(&file.path().display().to_string()) && err.contains("not a valid safetensors"), "{err}");
+        assert!(
+            err.contains(&file.path().display().to_string()) && err.contains("not a valid safetensors"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -376,12 +394,23 @@ mod tests {
             r#"{"layers":[{"op":"linear","weight":"a"},{"op":"gelu","approximate":"tanh"},{"op":"relu"}]}"#,
         )
         .unwrap();
-        assert_eq!(doc.layers[1], LayerSpec::Gelu { approximate: GeluApproximation::Tanh });
-        let err = serde_json::from_str::<Doc>(r#"{"layers":[{"op":"linear","wieght":"a"}]}"#).err().unwrap();
+        assert_eq!(
+            doc.layers[1],
+            LayerSpec::Gelu {
+                approximate: GeluApproximation::Tanh
+            }
+        );
+        let err = serde_json::from_str::<Doc>(r#"{"layers":[{"op":"linear","wieght":"a"}]}"#)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("wieght"), "{err}");
-        let err = serde_json::from_str::<Doc>(r#"{"layers":[{"op":"conv2d"}]}"#).err().unwrap();
+        let err = serde_json::from_str::<Doc>(r#"{"layers":[{"op":"conv2d"}]}"#)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("conv2d"), "{err}");
-        let err = serde_json::from_str::<Doc>(r#"{"layers":[{"op":"relu","weight":"a"}]}"#).err().unwrap();
+        let err = serde_json::from_str::<Doc>(r#"{"layers":[{"op":"relu","weight":"a"}]}"#)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("weight"), "{err}");
     }
 }

@@ -36,14 +36,7 @@ pub fn matmul(
 ) -> Result<Array2<f32>, KernelError> {
     let k = x.ncols();
     check_len("matmul", out_features * k, weight.len())?;
-    gemm_into(
-        device,
-        x,
-        weight,
-        out_features,
-        (out_features as isize, 1),
-        None,
-    )
+    gemm_into(device, x, weight, out_features, (out_features as isize, 1), None)
 }
 
 fn check_len(op: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
@@ -205,7 +198,10 @@ mod tests {
         let expect = reference_matmul(&to64(&x), &to64(&w), m, k, n, true);
         for (i, (got, want)) in y.iter().zip(&expect).enumerate() {
             let want = want + b[i % n] as f64;
-            assert!((*got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "linear {m}x{k}x{n} [{i}]: {got} vs {want}");
+            assert!(
+                (*got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                "linear {m}x{k}x{n} [{i}]: {got} vs {want}"
+            );
         }
         let y = matmul(&device, xv, &w, n).unwrap();
         let expect = reference_matmul(&to64(&x), &to64(&w), m, k, n, false);

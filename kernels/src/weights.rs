@@ -74,12 +74,16 @@ impl WeightFile {
         let bytes = view.data();
         let offset = bytes.as_ptr() as usize - self.map.as_ptr() as usize;
         let data = match view.dtype() {
-            Dtype::F32 if cfg!(target_endian = "little") && offset % 4 == 0 => WeightData::Mapped {
+            Dtype::F32 if cfg!(target_endian = "little") && offset.is_multiple_of(4) => WeightData::Mapped {
                 map: Arc::clone(&self.map),
                 offset,
                 len: bytes.len() / 4,
             },
-            Dtype::F32 => owned(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            Dtype::F32 => owned(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
             Dtype::F64 => owned(
                 bytes
                     .chunks_exact(8)

@@ -142,7 +142,9 @@ impl BatcherHandle {
     /// `max_queue_size` requests are already waiting.
     pub fn submit(&self, input: Array2<f32>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
         self.queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| (q < self.max_queue_size).then_some(q + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < self.max_queue_size).then_some(q + 1)
+            })
             .map_err(|_| SubmitError::QueueFull)?;
         let (reply, rx) = oneshot::channel();
         let entry = Entry {
@@ -253,12 +255,16 @@ impl Batcher {
         }
         while let Some(i) = self.pick_replica() {
             let idle = flush || self.replicas[i].outstanding == 0;
-            let Some(batch) = self.state.next_batch(Instant::now(), idle) else { break };
+            let Some(batch) = self.state.next_batch(Instant::now(), idle) else {
+                break;
+            };
             let n = batch.entries.len();
             self.dequeued(n);
             match self.replicas[i].tx.try_send(batch) {
                 Ok(()) => self.replicas[i].outstanding += 1,
-                Err(TrySendError::Full(_)) => unreachable!("a replica never holds more than {REPLICA_SLOTS} batches. This is a bug."),
+                Err(TrySendError::Full(_)) => {
+                    unreachable!("a replica never holds more than {REPLICA_SLOTS} batches. This is a bug.")
+                }
                 Err(TrySendError::Disconnected(batch)) => {
                     // The replica's thread is gone (it catches panics, so only at exit).
                     self.replicas[i].alive = false;
@@ -347,9 +353,20 @@ mod tests {
     fn a_batch_waits_for_its_window_while_replicas_are_busy() {
         let t0 = Instant::now();
         let mut s = State::new(4, 2 * MS);
-        let _keep: Vec<_> = (0..3).map(|i| { let (e, rx) = entry(1, t0 + i * MS / 2); s.push(e); rx }).collect();
-        assert!(s.next_batch(t0 + MS, false).is_none(), "3 of 4 rows, window open, no idle replica");
-        let b = s.next_batch(t0 + 2 * MS, false).expect("the window of the first request closed");
+        let _keep: Vec<_> = (0..3)
+            .map(|i| {
+                let (e, rx) = entry(1, t0 + i * MS / 2);
+                s.push(e);
+                rx
+            })
+            .collect();
+        assert!(
+            s.next_batch(t0 + MS, false).is_none(),
+            "3 of 4 rows, window open, no idle replica"
+        );
+        let b = s
+            .next_batch(t0 + 2 * MS, false)
+            .expect("the window of the first request closed");
         assert_eq!((b.entries.len(), b.rows), (3, 3));
         assert!(s.is_empty() && s.deadline().is_none());
     }
@@ -358,7 +375,14 @@ mod tests {
     fn a_full_batch_leaves_at_once_and_never_exceeds_max_rows() {
         let t0 = Instant::now();
         let mut s = State::new(4, 100 * MS);
-        let _keep: Vec<_> = [2, 1, 2, 3].iter().map(|&r| { let (e, rx) = entry(r, t0); s.push(e); rx }).collect();
+        let _keep: Vec<_> = [2, 1, 2, 3]
+            .iter()
+            .map(|&r| {
+                let (e, rx) = entry(r, t0);
+                s.push(e);
+                rx
+            })
+            .collect();
         let b = s.next_batch(t0, false).expect("8 rows waiting, max 4");
         assert_eq!(b.rows, 3, "2 + 1 fit, the next 2 would make 5");
         let b = s.next_batch(t0, false).expect("5 rows still waiting");
@@ -427,25 +451,39 @@ mod tests {
         let h = harness(1, 4, Duration::from_millis(5), 100);
         let _r1 = h.handle.submit(Array2::zeros((1, 1))).unwrap();
         settle().await;
-        let first = h.replicas[0].try_recv().expect("the idle replica takes the lone request at once");
+        let first = h.replicas[0]
+            .try_recv()
+            .expect("the idle replica takes the lone request at once");
         assert_eq!(first.rows, 1);
 
         // The replica is busy: the next requests wait for size or for the window.
-        let _rs: Vec<_> = (0..3).map(|_| h.handle.submit(Array2::zeros((1, 1))).unwrap()).collect();
+        let _rs: Vec<_> = (0..3)
+            .map(|_| h.handle.submit(Array2::zeros((1, 1))).unwrap())
+            .collect();
         settle().await;
-        assert!(h.replicas[0].try_recv().is_err(), "3 of 4 rows and the window open: it waits");
+        assert!(
+            h.replicas[0].try_recv().is_err(),
+            "3 of 4 rows and the window open: it waits"
+        );
         tokio::time::advance(Duration::from_millis(4)).await;
         settle().await;
         assert!(h.replicas[0].try_recv().is_err(), "4 ms < 5 ms window");
         tokio::time::advance(Duration::from_millis(1)).await;
         settle().await;
-        let second = h.replicas[0].try_recv().expect("the window closed: prefetched into the busy replica");
+        let second = h.replicas[0]
+            .try_recv()
+            .expect("the window closed: prefetched into the busy replica");
         assert_eq!(second.rows, 3);
 
         // Both slots taken: a full batch waits for the replica, then leaves.
-        let _rs: Vec<_> = (0..4).map(|_| h.handle.submit(Array2::zeros((1, 1))).unwrap()).collect();
+        let _rs: Vec<_> = (0..4)
+            .map(|_| h.handle.submit(Array2::zeros((1, 1))).unwrap())
+            .collect();
         settle().await;
-        assert!(h.replicas[0].try_recv().is_err(), "the replica holds two batches already");
+        assert!(
+            h.replicas[0].try_recv().is_err(),
+            "the replica holds two batches already"
+        );
         h.done.send(0).unwrap();
         settle().await;
         assert_eq!(h.replicas[0].try_recv().expect("a slot freed").rows, 4);
@@ -463,7 +501,10 @@ mod tests {
         }
         // Two batches went to the replica (running + prefetched), two wait in the queue.
         assert_eq!(h.handle.queued(), 2);
-        assert_eq!(h.handle.submit(Array2::zeros((1, 1))).unwrap_err(), SubmitError::QueueFull);
+        assert_eq!(
+            h.handle.submit(Array2::zeros((1, 1))).unwrap_err(),
+            SubmitError::QueueFull
+        );
         let _ = h.replicas[0].try_recv().unwrap();
         h.done.send(0).unwrap();
         settle().await;

@@ -61,18 +61,27 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
     // Inputs: exactly the model's one input.
     for (i, input) in request.inputs.iter().enumerate() {
         if input.name != want.name {
-            return Err(bad(format!("model `{model}` has no input `{}`; its input is `{}`", input.name, want.name)));
+            return Err(bad(format!(
+                "model `{model}` has no input `{}`; its input is `{}`",
+                input.name, want.name
+            )));
         }
         if request.inputs[..i].iter().any(|p| p.name == input.name) {
             return Err(bad(format!("input `{}` is given more than once", input.name)));
         }
     }
     let Some(input) = request.inputs.first() else {
-        return Err(bad(format!("input `{}` is missing (the request has no inputs)", want.name)));
+        return Err(bad(format!(
+            "input `{}` is missing (the request has no inputs)",
+            want.name
+        )));
     };
     let name = &input.name;
 
-    let dtype: DType = input.datatype.parse().map_err(|e| bad(format!("input `{name}`: {e}")))?;
+    let dtype: DType = input
+        .datatype
+        .parse()
+        .map_err(|e| bad(format!("input `{name}`: {e}")))?;
     if !dtype.is_numeric() {
         return Err(bad(format!(
             "input `{name}`: datatype {dtype} cannot be converted to the model's {}; send a numeric datatype",
@@ -99,9 +108,15 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
 
     let mut values = Vec::with_capacity(count);
     match (&input.data, v2::binary_data_size(input.parameters.as_ref())) {
-        (Some(_), Some(_)) => return Err(bad(format!("input `{name}`: has both `data` and `binary_data_size`; send one"))),
+        (Some(_), Some(_)) => {
+            return Err(bad(format!(
+                "input `{name}`: has both `data` and `binary_data_size`; send one"
+            )));
+        }
         (None, None) => {
-            return Err(bad(format!("input `{name}`: has no `data` (and no `binary_data_size` parameter for binary data)")));
+            return Err(bad(format!(
+                "input `{name}`: has no `data` (and no `binary_data_size` parameter for binary data)"
+            )));
         }
         (Some(data), None) => {
             if !binary.is_empty() {
@@ -111,14 +126,19 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
                 )));
             }
             if data.len() != count {
-                return Err(bad(format!("input `{name}`: shape {shape:?} needs {count} values, got {}", data.len())));
+                return Err(bad(format!(
+                    "input `{name}`: shape {shape:?} needs {count} values, got {}",
+                    data.len()
+                )));
             }
             match data {
                 TensorData::F32(v) => values.extend_from_slice(v),
                 TensorData::Numbers(v) => values.extend(v.iter().map(|&x| x as f32)),
                 TensorData::Bools(v) => values.extend(v.iter().map(|&b| f32::from(u8::from(b)))),
                 TensorData::Strings(_) => {
-                    return Err(bad(format!("input `{name}`: datatype {dtype} needs numbers, got strings")));
+                    return Err(bad(format!(
+                        "input `{name}`: datatype {dtype} needs numbers, got strings"
+                    )));
                 }
             }
         }
@@ -145,7 +165,8 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
             dtype.decode_le(binary, &mut values);
         }
     }
-    let input = Array2::from_shape_vec((rows, want.features), values).expect("the length was checked against the shape");
+    let input =
+        Array2::from_shape_vec((rows, want.features), values).expect("the length was checked against the shape");
 
     // Outputs: all of them unless named; binary when asked, per output or for all.
     let binary_default = v2::bool_parameter(request.parameters.as_ref(), "binary_data_output").unwrap_or(false);
@@ -169,9 +190,18 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
 }
 
 /// The answer, as `(JSON header, binary part)`; the binary part is empty for JSON.
-pub fn encode(spec: &Spec, version: &str, id: Option<String>, output: &Array2<f32>, binary: bool) -> (Vec<u8>, Vec<u8>) {
+pub fn encode(
+    spec: &Spec,
+    version: &str,
+    id: Option<String>,
+    output: &Array2<f32>,
+    binary: bool,
+) -> (Vec<u8>, Vec<u8>) {
     let dtype = spec.output.datatype;
-    let values = output.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| output.iter().copied().collect::<Vec<_>>().into());
+    let values = output
+        .as_slice()
+        .map(std::borrow::Cow::Borrowed)
+        .unwrap_or_else(|| output.iter().copied().collect::<Vec<_>>().into());
     let mut tail = Vec::new();
     let (data, parameters) = if binary {
         dtype.encode_le(&values, &mut tail);
@@ -186,7 +216,10 @@ pub fn encode(spec: &Spec, version: &str, id: Option<String>, output: &Array2<f3
         dtype.encode_le(&values, &mut bytes);
         let mut typed = Vec::new();
         dtype.decode_le(&bytes, &mut typed);
-        (Some(TensorData::Numbers(typed.into_iter().map(f64::from).collect())), None)
+        (
+            Some(TensorData::Numbers(typed.into_iter().map(f64::from).collect())),
+            None,
+        )
     };
     let response = InferResponse {
         model_name: spec.name.clone(),

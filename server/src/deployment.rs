@@ -26,7 +26,9 @@ pub enum StartError {
         name: String,
         source: prism_kernels::ModelError,
     },
-    #[error("deployment `{name}`: {file}: the layers produce {produced} features per row, but `outputs` declares [-1, {declared}]")]
+    #[error(
+        "deployment `{name}`: {file}: the layers produce {produced} features per row, but `outputs` declares [-1, {declared}]"
+    )]
     OutputWidth {
         name: String,
         file: String,
@@ -101,7 +103,10 @@ impl Deployment {
                 reason,
             };
             let device = Device::cpu(spec.actor.threads).map_err(|e| fail(e.to_string()))?;
-            metrics.replicas.with_label_values(&[name.as_str(), &device.location().to_string()]).inc();
+            metrics
+                .replicas
+                .with_label_values(&[name.as_str(), &device.location().to_string()])
+                .inc();
             let (tx, thread) = replica::spawn(ReplicaSpec {
                 model_name: name.clone(),
                 index,
@@ -124,7 +129,15 @@ impl Deployment {
         };
         let b = &spec.batching;
         let (close, closing) = watch::channel(false);
-        let (handle, batcher) = Batcher::new(b.max_batch_size, b.batch_wait_timeout, b.max_queue_size, senders, done_rx, hooks, closing);
+        let (handle, batcher) = Batcher::new(
+            b.max_batch_size,
+            b.batch_wait_timeout,
+            b.max_queue_size,
+            senders,
+            done_rx,
+            hooks,
+            closing,
+        );
         let batcher = tokio::spawn(batcher.run());
         tracing::info!(
             model = %name,

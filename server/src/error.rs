@@ -21,7 +21,9 @@ pub enum InferError {
         reason: String,
     },
     /// `fault_injection.error_rate` chose this execution to fail.
-    #[error("model `{model}`: InjectedFault: this execution was chosen to fail by the deployment's fault_injection (error_rate {rate})")]
+    #[error(
+        "model `{model}`: InjectedFault: this execution was chosen to fail by the deployment's fault_injection (error_rate {rate})"
+    )]
     InjectedFault { model: String, rate: f64 },
     /// The server stopped before the batch could run.
     #[error("model `{model}`: the server is shutting down")]
@@ -66,7 +68,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } | ApiError::NoRoute { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::QueueFull { .. } | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Infer(InferError::ShuttingDown { .. }) => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,7 +92,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.to_string() };
+        let body = ErrorBody {
+            error: self.to_string(),
+        };
         (self.status(), axum::Json(body)).into_response()
     }
 }

@@ -38,7 +38,10 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(deployments: Vec<Arc<Deployment>>, metrics: Arc<Metrics>, max_request_bytes: usize) -> Self {
-        let by_name = deployments.iter().map(|d| (d.name().to_owned(), Arc::clone(d))).collect();
+        let by_name = deployments
+            .iter()
+            .map(|d| (d.name().to_owned(), Arc::clone(d)))
+            .collect();
         AppState {
             deployments,
             by_name,
@@ -54,7 +57,10 @@ impl AppState {
 
     fn lookup(&self, path: Result<Path<ModelPath>, PathRejection>) -> Result<&Arc<Deployment>, ApiError> {
         let Path(p) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        let d = self.by_name.get(&p.model).ok_or_else(|| ApiError::ModelNotFound(p.model.clone()))?;
+        let d = self
+            .by_name
+            .get(&p.model)
+            .ok_or_else(|| ApiError::ModelNotFound(p.model.clone()))?;
         match p.version.as_deref() {
             None | Some("") | Some(MODEL_VERSION) => Ok(d),
             Some(v) => Err(ApiError::VersionNotFound {
@@ -133,14 +139,22 @@ async fn live() -> StatusCode {
 
 async fn ready(State(app): App) -> StatusCode {
     let ready = app.accepting.load(Ordering::Acquire) && app.deployments.iter().all(|d| d.is_ready());
-    if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 async fn server_metadata() -> axum::Json<ServerMetadata> {
     axum::Json(ServerMetadata {
         name: "prism".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        extensions: vec!["binary_tensor_data".into(), "statistics".into(), "model_configuration".into()],
+        extensions: vec![
+            "binary_tensor_data".into(),
+            "statistics".into(),
+            "model_configuration".into(),
+        ],
     })
 }
 
@@ -165,7 +179,11 @@ async fn model_metadata(State(app): App, path: ModelParam) -> Result<axum::Json<
 
 async fn model_ready(State(app): App, path: ModelParam) -> Result<StatusCode, ApiError> {
     let d = app.lookup(path)?;
-    Ok(if d.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
+    Ok(if d.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    })
 }
 
 /// Triton's type names (`TYPE_FP32`, `TYPE_STRING` for BYTES).
@@ -229,11 +247,17 @@ async fn model_config(State(app): App, path: ModelParam) -> Result<axum::Json<Va
 
 async fn model_stats(State(app): App, path: ModelParam) -> Result<axum::Json<Value>, ApiError> {
     let d = app.lookup(path)?;
-    Ok(axum::Json(json!({ "model_stats": [d.stats.to_json(d.name(), MODEL_VERSION)] })))
+    Ok(axum::Json(
+        json!({ "model_stats": [d.stats.to_json(d.name(), MODEL_VERSION)] }),
+    ))
 }
 
 async fn all_stats(State(app): App) -> axum::Json<Value> {
-    let stats: Vec<Value> = app.deployments.iter().map(|d| d.stats.to_json(d.name(), MODEL_VERSION)).collect();
+    let stats: Vec<Value> = app
+        .deployments
+        .iter()
+        .map(|d| d.stats.to_json(d.name(), MODEL_VERSION))
+        .collect();
     axum::Json(json!({ "model_stats": stats }))
 }
 
@@ -247,7 +271,8 @@ async fn repository_index(State(app): App, body: Bytes) -> Result<axum::Json<Vec
     let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid repository index request: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid repository index request: {e}")))?
     };
     let models = app
         .deployments
@@ -264,7 +289,10 @@ async fn repository_index(State(app): App, body: Bytes) -> Result<axum::Json<Vec
 }
 
 async fn metrics(State(app): App) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics.render(),
+    )
 }
 
 fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
@@ -290,7 +318,10 @@ async fn infer(State(app): App, path: ModelParam, headers: HeaderMap, body: Resu
     };
     let name = d.name();
     app.metrics.requests.with_label_values(&[name, outcome]).inc();
-    app.metrics.request_duration.with_label_values(&[name]).observe(elapsed.as_secs_f64());
+    app.metrics
+        .request_duration
+        .with_label_values(&[name])
+        .observe(elapsed.as_secs_f64());
     d.stats.record_request(result.is_ok(), elapsed);
     match result {
         Ok(response) => response,
@@ -306,7 +337,10 @@ async fn infer(State(app): App, path: ModelParam, headers: HeaderMap, body: Resu
 async fn run_infer(d: &Deployment, headers: &HeaderMap, body: Result<Bytes, ApiError>) -> Result<Response, ApiError> {
     let body = body?;
     let header_len = match headers.get(v2::HEADER_LENGTH) {
-        Some(v) => Some(v.to_str().map_err(|_| ApiError::BadRequest(format!("{}: not text", v2::HEADER_LENGTH)))?),
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest(format!("{}: not text", v2::HEADER_LENGTH)))?,
+        ),
         None => None,
     };
     let (json_part, binary_part) = codec::split_body(&body, header_len)?;
@@ -321,8 +355,14 @@ async fn run_infer(d: &Deployment, headers: &HeaderMap, body: Result<Bytes, ApiE
     body.extend_from_slice(&tail);
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
-            (header::HeaderName::from_static("inference-header-content-length"), header_len),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::HeaderName::from_static("inference-header-content-length"),
+                header_len,
+            ),
         ],
         body,
     )

@@ -61,7 +61,11 @@ impl Server {
     /// Serves the API on `listener` until `shutdown` completes; then stops accepting
     /// connections, answers every request already accepted (for up to
     /// `server.shutdown_timeout_s`), drains the queues and stops the replicas.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let listener = listener.tap_io(|tcp| {
             // Answers are small and latency matters: never wait to coalesce writes.
             let _ = tcp.set_nodelay(true);
@@ -95,6 +99,10 @@ impl Server {
 }
 
 /// Starts the deployments of `config` and serves them on `listener` until `shutdown`.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     Server::start(&config)?.serve(listener, shutdown).await
 }

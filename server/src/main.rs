@@ -9,7 +9,11 @@ use prism_config::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "prism-server", version, about = "A batch inference server speaking the KServe V2 protocol")]
+#[command(
+    name = "prism-server",
+    version,
+    about = "A batch inference server speaking the KServe V2 protocol"
+)]
 struct Args {
     /// The deployment file (TOML). Without it, the embedded default (`celsius`, `mlp`).
     #[arg(long, short = 'c', env = "PRISM_CONFIG")]

@@ -49,29 +49,64 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-            r.register(Box::new(c.clone())).expect("metric names are unique. This is a bug.");
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique. This is a bug.");
             c
         }
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            register(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
             let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
             register(&registry, HistogramVec::new(opts, labels).expect("valid metric"))
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            register(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         Metrics {
-            requests: counter(INFERENCE_REQUESTS, "Inference requests by model and outcome.", &["model", "outcome"]),
-            request_duration: histogram(INFERENCE_REQUEST_DURATION, "Inference request duration, arrival to answer.", LATENCY_BUCKETS, &["model"]),
-            queue_duration: histogram(INFERENCE_QUEUE_DURATION, "Time a request waited for its batch to start.", LATENCY_BUCKETS, &["model"]),
-            compute_duration: histogram(INFERENCE_COMPUTE_DURATION, "Model execution time of one batch.", LATENCY_BUCKETS, &["model"]),
+            requests: counter(
+                INFERENCE_REQUESTS,
+                "Inference requests by model and outcome.",
+                &["model", "outcome"],
+            ),
+            request_duration: histogram(
+                INFERENCE_REQUEST_DURATION,
+                "Inference request duration, arrival to answer.",
+                LATENCY_BUCKETS,
+                &["model"],
+            ),
+            queue_duration: histogram(
+                INFERENCE_QUEUE_DURATION,
+                "Time a request waited for its batch to start.",
+                LATENCY_BUCKETS,
+                &["model"],
+            ),
+            compute_duration: histogram(
+                INFERENCE_COMPUTE_DURATION,
+                "Model execution time of one batch.",
+                LATENCY_BUCKETS,
+                &["model"],
+            ),
             batch_size: histogram(BATCH_SIZE, "Rows per executed batch.", BATCH_BUCKETS, &["model"]),
             queue_depth: gauge(QUEUE_DEPTH, "Requests waiting for a batch.", &["model"]),
             replicas: gauge(REPLICAS, "Running replicas.", &["model", "device"]),
-            http_requests: counter(HTTP_REQUESTS, "HTTP requests by method, route and status.", &["method", "route", "status"]),
-            http_duration: histogram(HTTP_REQUEST_DURATION, "HTTP request duration by route.", LATENCY_BUCKETS, &["method", "route"]),
+            http_requests: counter(
+                HTTP_REQUESTS,
+                "HTTP requests by method, route and status.",
+                &["method", "route", "status"],
+            ),
+            http_duration: histogram(
+                HTTP_REQUEST_DURATION,
+                "HTTP request duration by route.",
+                LATENCY_BUCKETS,
+                &["method", "route"],
+            ),
             registry,
         }
     }

@@ -76,23 +76,27 @@ fn execute(spec: &ReplicaSpec, mut batch: Batch) {
             waited
         })
         .sum();
-    let _span = tracing::debug_span!("batch", model = %spec.model_name, replica = spec.index, rows = batch.rows).entered();
+    let _span =
+        tracing::debug_span!("batch", model = %spec.model_name, replica = spec.index, rows = batch.rows).entered();
 
+    // Taken before `gather`, which may move a lone request's matrix out of its entry.
+    let rows: Vec<usize> = batch.entries.iter().map(Entry::rows).collect();
     let input = gather(&mut batch.entries);
     let gathered = Instant::now();
     let result = run_model(spec, input.view());
     let computed = Instant::now();
-    spec.metrics.compute_duration.observe((computed - gathered).as_secs_f64());
+    spec.metrics
+        .compute_duration
+        .observe((computed - gathered).as_secs_f64());
     spec.metrics.batch_size.observe(batch.rows as f64);
 
     let requests = batch.entries.len();
     match result {
         Ok(output) => {
             let mut start = 0;
-            for e in batch.entries {
-                let rows = e.rows();
-                let mine = output.slice(s![start..start + rows, ..]).to_owned();
-                start += rows;
+            for (e, n) in batch.entries.into_iter().zip(rows) {
+                let mine = output.slice(s![start..start + n, ..]).to_owned();
+                start += n;
                 reply(spec, e, Ok(mine));
             }
         }

@@ -78,7 +78,9 @@ impl ModelStats {
     }
 
     pub fn record_batch(&self, t: &BatchTimes) {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let n = t.requests as u64;
         let mut s = self.lock();
         s.last_inference_ms = now_ms;

@@ -1,0 +1,148 @@
+//! Helpers for Prism's integration tests: boot the real server on `127.0.0.1:0`, write
+//! safetensors models, compute float64 references.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use prism_client::Client;
+use prism_config::Config;
+use prism_server::ServerError;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A server running in this process on an ephemeral loopback port.
+pub struct TestServer {
+    pub client: Client,
+    pub url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl TestServer {
+    /// Starts `config` on `127.0.0.1:0` and waits until it is ready.
+    pub async fn start(config: Config) -> TestServer {
+        Self::try_start(config).await.expect("the server starts")
+    }
+
+    /// Like [`TestServer::start`], but hands back a start-up error.
+    pub async fn try_start(config: Config) -> Result<TestServer, prism_server::StartError> {
+        let server = prism_server::Server::start(&config)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("bound"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        let client = Client::new(&url);
+        for _ in 0..200 {
+            if client.server_ready().await.unwrap_or(false) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(TestServer {
+            client,
+            url,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Asks the server to stop (as SIGTERM does) without waiting.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Stops the server and waits until it has drained.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        self.signal_shutdown();
+        self.task.await.expect("the server task does not panic")
+    }
+}
+
+/// Parses a deployment file's text as if it lived in `dir`.
+pub fn config(text: &str, dir: &Path) -> Config {
+    Config::parse(text, &dir.join("test.toml").display().to_string(), Some(dir)).expect("valid test config")
+}
+
+/// Writes F32 tensors `(name, shape, values)` to a safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|f| f.to_le_bytes()).collect())
+        .collect();
+    let views: HashMap<String, safetensors::tensor::TensorView<'_>> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .expect("consistent tensor");
+            (name.to_string(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).expect("write safetensors");
+}
+
+/// Deterministic values in [-1, 1) (xorshift), for weights and inputs.
+pub fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Float64 references of the layer ops, on row-major `[rows, cols]` data.
+pub mod reference {
+    /// `x · wᵀ + b`, `w` as `[out, in]`.
+    pub fn linear(x: &[f64], rows: usize, w: &[f32], out: usize, b: Option<&[f32]>) -> Vec<f64> {
+        let inp = x.len() / rows;
+        let mut y = vec![0.0; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                let dot: f64 = (0..inp).map(|i| x[r * inp + i] * w[o * inp + i] as f64).sum();
+                y[r * out + o] = dot + b.map_or(0.0, |b| b[o] as f64);
+            }
+        }
+        y
+    }
+
+    /// `x · w`, `w` as `[in, out]`.
+    pub fn matmul(x: &[f64], rows: usize, w: &[f32], out: usize) -> Vec<f64> {
+        let inp = x.len() / rows;
+        let mut y = vec![0.0; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                y[r * out + o] = (0..inp).map(|i| x[r * inp + i] * w[i * out + o] as f64).sum();
+            }
+        }
+        y
+    }
+
+    pub fn softmax(x: &mut [f64], cols: usize) {
+        for row in x.chunks_mut(cols) {
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+            for v in row.iter_mut() {
+                *v = (*v - max).exp() / sum;
+            }
+        }
+    }
+
+    /// The largest `|got - want| / (1 + |want|)`.
+    pub fn max_error(got: &[f32], want: &[f64]) -> f64 {
+        assert_eq!(got.len(), want.len(), "lengths differ");
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| (*g as f64 - w).abs() / (1.0 + w.abs()))
+            .fold(0.0, f64::max)
+    }
+}
