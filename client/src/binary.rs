@@ -115,7 +115,7 @@ pub fn encode_request(request: &InferRequest, binary_outputs: bool) -> Result<(V
     if binary_outputs {
         set_param(&mut header.parameters, "binary_data_output", Value::Bool(true));
     }
-    let mut body = serde_json::to_vec(&header).map_err(|e| BinaryError::Header(e.to_string()))?;
+    let mut body = crate::v2::to_vec(&header).map_err(|e| BinaryError::Header(e.to_string()))?;
     let header_len = body.len();
     body.extend_from_slice(&tail);
     Ok((body, header_len))
@@ -132,7 +132,7 @@ pub fn decode_response(body: &[u8], header_len: Option<usize>) -> Result<InferRe
         });
     }
     let mut response: InferResponse =
-        serde_json::from_slice(&body[..header_len]).map_err(|e| BinaryError::Header(e.to_string()))?;
+        crate::v2::from_slice(&body[..header_len]).map_err(|e| BinaryError::Header(e.to_string()))?;
     let mut rest = &body[header_len..];
     for output in &mut response.outputs {
         let Some(size) = binary_data_size(output.parameters.as_ref()) else {

@@ -104,7 +104,7 @@ impl Client {
             url: url.clone(),
             source,
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+        crate::v2::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url,
             reason: e.to_string(),
         })
@@ -162,7 +162,7 @@ impl Client {
 
     /// An inference request with its tensors as JSON.
     pub async fn infer(&self, model: &str, request: &InferRequest) -> Result<InferResponse, ClientError> {
-        let body = serde_json::to_vec(request).map_err(|e| ClientError::Decode {
+        let body = crate::v2::to_vec(request).map_err(|e| ClientError::Decode {
             url: self.base.clone(),
             reason: e.to_string(),
         })?;

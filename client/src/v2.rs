@@ -195,9 +195,27 @@ impl Serialize for TensorData {
             }
             seq.end()
         }
+        fn floats<S: Serializer, T: Copy + Into<f64> + Serialize>(
+            serializer: S,
+            items: &[T],
+        ) -> Result<S::Ok, S::Error> {
+            if items.iter().all(|&v| v.into().is_finite()) {
+                return all(serializer, items);
+            }
+            // JSON has no NaN or infinity; `to_vec` turns these markers into the bare
+            // `NaN` / `Infinity` tokens that Triton writes and its clients read.
+            let mut seq = serializer.serialize_seq(Some(items.len()))?;
+            for &item in items {
+                match non_finite_marker(item.into()) {
+                    Some(marker) => seq.serialize_element(marker)?,
+                    None => seq.serialize_element(&item)?,
+                }
+            }
+            seq.end()
+        }
         match self {
-            TensorData::F32(v) => all(serializer, v),
-            TensorData::Numbers(v) => all(serializer, v),
+            TensorData::F32(v) => floats(serializer, v),
+            TensorData::Numbers(v) => floats(serializer, v),
             TensorData::Bools(v) => all(serializer, v),
             TensorData::Strings(v) => all(serializer, v),
         }
@@ -288,6 +306,9 @@ impl<'de> Visitor<'de> for FlattenInto<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if let Some(number) = non_finite_value(v) {
+            return self.0.number(number);
+        }
         match self.0 {
             Flat::Empty => *self.0 = Flat::Strings(vec![v.to_owned()]),
             Flat::Numbers(n) if n.is_empty() => *self.0 = Flat::Strings(vec![v.to_owned()]),
@@ -315,6 +336,122 @@ impl<'de> Deserialize<'de> for TensorData {
             Flat::Strings(v) => TensorData::Strings(v),
         })
     }
+}
+
+/// Non-finite numbers, as written by Triton (RapidJSON's `kWriteNanAndInfFlag`) and read
+/// back by its clients. Inside Prism they travel as strings starting with a NUL byte,
+/// which no client sends as tensor data.
+const NON_FINITE: [(&str, &str); 3] = [
+    ("\0NaN", "NaN"),
+    ("\0Infinity", "Infinity"),
+    ("\0-Infinity", "-Infinity"),
+];
+
+fn non_finite_marker(v: f64) -> Option<&'static str> {
+    let i = if v.is_nan() {
+        0
+    } else if v == f64::INFINITY {
+        1
+    } else if v == f64::NEG_INFINITY {
+        2
+    } else {
+        return None;
+    };
+    Some(NON_FINITE[i].0)
+}
+
+fn non_finite_value(s: &str) -> Option<f64> {
+    match s {
+        "\0NaN" => Some(f64::NAN),
+        "\0Infinity" => Some(f64::INFINITY),
+        "\0-Infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+/// Parses a V2 JSON document. Besides standard JSON it accepts the bare `NaN`,
+/// `Infinity`, `-Infinity` (and `Inf`, `-Inf`) number tokens that Triton accepts and
+/// `perf_analyzer` sends for random FP32 data. Standard documents take the plain path;
+/// only one that fails to parse is scanned for those tokens.
+pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    match serde_json::from_slice(bytes) {
+        Err(e) if e.is_syntax() => match quote_non_finite(bytes) {
+            Some(rewritten) => serde_json::from_slice(&rewritten),
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+/// Serializes a V2 document, writing non-finite tensor values as `NaN` / `Infinity` /
+/// `-Infinity`, as Triton does.
+pub fn to_vec<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = serde_json::to_vec(value)?;
+    // serde_json writes the NUL of a marker as `\u0000`.
+    if out.windows(7).any(|w| w == b"\"\\u0000") {
+        for (marker, token) in NON_FINITE {
+            let quoted = format!("\"\\u0000{}\"", &marker[1..]);
+            out = replace_all(&out, quoted.as_bytes(), token.as_bytes());
+        }
+    }
+    Ok(out)
+}
+
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Rewrites bare non-finite number tokens (outside strings) into marker strings; `None`
+/// when there are none.
+fn quote_non_finite(bytes: &[u8]) -> Option<Vec<u8>> {
+    const TOKENS: [(&[u8], &str); 6] = [
+        (b"-Infinity", "\0-Infinity"),
+        (b"Infinity", "\0Infinity"),
+        (b"-Inf", "\0-Infinity"),
+        (b"Inf", "\0Infinity"),
+        (b"-NaN", "\0NaN"),
+        (b"NaN", "\0NaN"),
+    ];
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    let (mut in_string, mut escaped, mut found) = (false, false, false);
+    let mut i = 0;
+    'scan: while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'-' || b == b'N' || b == b'I' {
+            for (token, marker) in TOKENS {
+                if bytes[i..].starts_with(token) {
+                    let json = serde_json::to_string(marker).expect("a string serializes");
+                    out.extend_from_slice(json.as_bytes());
+                    i += token.len();
+                    found = true;
+                    continue 'scan;
+                }
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    found.then_some(out)
 }
 
 /// The `binary_data_size` parameter of a binary input or output, if any.
@@ -363,6 +500,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("an array (possibly nested)"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_values_travel_as_triton_writes_them() {
+        let text = br#"{"name":"x","shape":[4],"datatype":"FP32","data":[NaN, -Infinity, Inf, 1.5]}"#;
+        assert!(serde_json::from_slice::<InferInput>(text).is_err(), "not standard JSON");
+        let input: InferInput = from_slice(text).unwrap();
+        let v = input.data.as_ref().unwrap().to_f32().unwrap();
+        assert!(v[0].is_nan() && v[1] == f32::NEG_INFINITY && v[2] == f32::INFINITY && v[3] == 1.5);
+        let out =
+            String::from_utf8(to_vec(&InferInput::fp32("x", vec![3], vec![f32::NAN, f32::INFINITY, 2.0])).unwrap())
+                .unwrap();
+        assert!(out.ends_with(r#""data":[NaN,Infinity,2.0]}"#), "{out}");
+        // Inside strings the tokens are left alone.
+        let s: InferInput = from_slice(br#"{"name":"NaN Inf","shape":[1],"datatype":"BYTES","data":["NaN"]}"#).unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.data),
+            ("NaN Inf", Some(TensorData::Strings(vec!["NaN".into()])))
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub fn split_body(body: &Bytes, header_len: Option<&str>) -> Result<(Bytes, Byte
 /// JSON header (empty for a JSON-only request).
 pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, ApiError> {
     let request: InferRequest =
-        serde_json::from_slice(header).map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
+        v2::from_slice(header).map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
     let model = &spec.name;
     let want = &spec.input;
 
@@ -234,6 +234,6 @@ pub fn encode(
             data,
         }],
     };
-    let header = serde_json::to_vec(&response).expect("a response always serializes");
+    let header = v2::to_vec(&response).expect("a response always serializes");
     (header, tail)
 }

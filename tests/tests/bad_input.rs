@@ -160,6 +160,15 @@ async fn every_wire_datatype_is_converted_to_the_models_fp32() {
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["outputs"][0]["data"], serde_json::json!([212.0]), "{datatype}");
     }
+    // Non-finite values, written as Triton and perf_analyzer write them.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/models/celsius/infer", server.url))
+        .body(celsius("[3, 1]", "FP32", "[NaN, -Infinity, 100]"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains(r#""data":[NaN,-Infinity,212.0]"#));
     // Binary INT16 and BOOL too.
     for (datatype, bytes, want) in [
         ("INT16", 100i16.to_le_bytes().to_vec(), 212.0),
