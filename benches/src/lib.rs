@@ -13,15 +13,4 @@ pub const LINEAR_SHAPES: &[(usize, usize, usize)] = &[
     (2048, 2048, 2048),
 ];
 
-/// Deterministic values in [-1, 1).
-pub fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+pub use prism_kernels::testing::uniform as values;

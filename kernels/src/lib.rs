@@ -14,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod model;
 pub mod ops;
+pub mod testing;
 pub mod weights;
 
 pub use device::{CpuDevice, Device, Location};

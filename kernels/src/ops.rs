@@ -199,6 +199,7 @@ pub fn softmax(x: &mut Array2<f32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::uniform;
     use ndarray::array;
 
     fn reference_matmul(x: &[f64], w: &[f64], m: usize, k: usize, n: usize, transposed: bool) -> Vec<f64> {
@@ -213,23 +214,11 @@ mod tests {
         out
     }
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
     fn check_gemm(threads: usize, m: usize, k: usize, n: usize) {
         let device = CpuDevice::new(threads).unwrap();
-        let x = pseudo_random(m * k, 1);
-        let w = pseudo_random(n * k, 2);
-        let b = pseudo_random(n, 3);
+        let x = uniform(m * k, 1);
+        let w = uniform(n * k, 2);
+        let b = uniform(n, 3);
         let xv = ArrayView2::from_shape((m, k), &x).unwrap();
         let to64 = |v: &[f32]| v.iter().map(|&f| f as f64).collect::<Vec<_>>();
 
@@ -268,9 +257,9 @@ mod tests {
     fn matmul_over_a_transposed_weight_equals_linear() {
         let device = CpuDevice::new(1).unwrap();
         let (m, k, n) = (5, 9, 4);
-        let x = pseudo_random(m * k, 4);
-        let w = pseudo_random(n * k, 5);
-        let b = pseudo_random(n, 6);
+        let x = uniform(m * k, 4);
+        let w = uniform(n * k, 5);
+        let b = uniform(n, 6);
         let xv = ArrayView2::from_shape((m, k), &x).unwrap();
         let a = linear(&device, xv, &w, n, Some(&b)).unwrap();
         let c = matmul(&device, xv, &transpose(&w, n, k), n, Some(&b)).unwrap();

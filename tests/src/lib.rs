@@ -87,18 +87,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) 
     safetensors::serialize_to_file(views, None, path).expect("write safetensors");
 }
 
-/// Deterministic values in [-1, 1) (xorshift), for weights and inputs.
-pub fn random(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+pub use prism_kernels::testing::uniform as random;
 
 /// Float64 references of the layer ops, on row-major `[rows, cols]` data.
 pub mod reference {

@@ -1,0 +1,15 @@
+//! Deterministic inputs for tests and benchmarks, so that a failing case can be rerun
+//! exactly and every crate draws the same numbers for the same seed.
+
+/// `len` values in `[-1, 1)` from a xorshift generator seeded with `seed`.
+pub fn uniform(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
