@@ -148,6 +148,8 @@ pub struct RepositoryModel {
 pub enum TensorData {
     F32(Vec<f32>),
     Numbers(Vec<f64>),
+    /// Integers, written without a fraction (for integer datatypes in answers).
+    Integers(Vec<i128>),
     Bools(Vec<bool>),
     Strings(Vec<String>),
 }
@@ -157,6 +159,7 @@ impl TensorData {
         match self {
             TensorData::F32(v) => v.len(),
             TensorData::Numbers(v) => v.len(),
+            TensorData::Integers(v) => v.len(),
             TensorData::Bools(v) => v.len(),
             TensorData::Strings(v) => v.len(),
         }
@@ -171,6 +174,7 @@ impl TensorData {
         Some(match self {
             TensorData::F32(v) => v.clone(),
             TensorData::Numbers(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::Integers(v) => v.iter().map(|&x| x as f32).collect(),
             TensorData::Bools(v) => v.iter().map(|&b| f32::from(u8::from(b))).collect(),
             TensorData::Strings(_) => return None,
         })
@@ -179,7 +183,7 @@ impl TensorData {
     /// A short name of what the values are, for error messages.
     pub fn kind(&self) -> &'static str {
         match self {
-            TensorData::F32(_) | TensorData::Numbers(_) => "numbers",
+            TensorData::F32(_) | TensorData::Numbers(_) | TensorData::Integers(_) => "numbers",
             TensorData::Bools(_) => "booleans",
             TensorData::Strings(_) => "strings",
         }
@@ -216,6 +220,7 @@ impl Serialize for TensorData {
         match self {
             TensorData::F32(v) => floats(serializer, v),
             TensorData::Numbers(v) => floats(serializer, v),
+            TensorData::Integers(v) => all(serializer, v),
             TensorData::Bools(v) => all(serializer, v),
             TensorData::Strings(v) => all(serializer, v),
         }
@@ -339,13 +344,29 @@ impl<'de> Deserialize<'de> for TensorData {
 }
 
 /// Non-finite numbers, as written by Triton (RapidJSON's `kWriteNanAndInfFlag`) and read
-/// back by its clients. Inside Prism they travel as strings starting with a NUL byte,
-/// which no client sends as tensor data.
-const NON_FINITE: [(&str, &str); 3] = [
-    ("\0NaN", "NaN"),
-    ("\0Infinity", "Infinity"),
-    ("\0-Infinity", "-Infinity"),
-];
+/// back by its clients. Inside Prism they travel as marker strings: a NUL byte, a random
+/// per-process nonce, then the token, so no string a client sends (an `id`, a BYTES
+/// element) can be mistaken for one.
+struct NonFinite {
+    /// `(marker, the marker as a quoted JSON string, the bare token)` for NaN, +inf, -inf.
+    entries: [(String, String, &'static str); 3],
+}
+
+fn non_finite() -> &'static NonFinite {
+    static MARKERS: std::sync::OnceLock<NonFinite> = std::sync::OnceLock::new();
+    MARKERS.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let nonce = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let entry = |token: &'static str| {
+            let marker = format!("\0prism-{nonce:016x}:{token}");
+            let quoted = serde_json::to_string(&marker).expect("a string serializes");
+            (marker, quoted, token)
+        };
+        NonFinite {
+            entries: [entry("NaN"), entry("Infinity"), entry("-Infinity")],
+        }
+    })
+}
 
 fn non_finite_marker(v: f64) -> Option<&'static str> {
     let i = if v.is_nan() {
@@ -357,16 +378,16 @@ fn non_finite_marker(v: f64) -> Option<&'static str> {
     } else {
         return None;
     };
-    Some(NON_FINITE[i].0)
+    Some(&non_finite().entries[i].0)
 }
 
 fn non_finite_value(s: &str) -> Option<f64> {
-    match s {
-        "\0NaN" => Some(f64::NAN),
-        "\0Infinity" => Some(f64::INFINITY),
-        "\0-Infinity" => Some(f64::NEG_INFINITY),
-        _ => None,
+    if !s.starts_with('\0') {
+        return None;
     }
+    let values = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+    let entries = &non_finite().entries;
+    (0..3).find(|&i| entries[i].0 == s).map(|i| values[i])
 }
 
 /// Parses a V2 JSON document. Besides standard JSON it accepts the bare `NaN`,
@@ -389,8 +410,7 @@ pub fn to_vec<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
     let mut out = serde_json::to_vec(value)?;
     // serde_json writes the NUL of a marker as `\u0000`.
     if out.windows(7).any(|w| w == b"\"\\u0000") {
-        for (marker, token) in NON_FINITE {
-            let quoted = format!("\"\\u0000{}\"", &marker[1..]);
+        for (_, quoted, token) in &non_finite().entries {
             out = replace_all(&out, quoted.as_bytes(), token.as_bytes());
         }
     }
@@ -415,14 +435,16 @@ fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
 /// Rewrites bare non-finite number tokens (outside strings) into marker strings; `None`
 /// when there are none.
 fn quote_non_finite(bytes: &[u8]) -> Option<Vec<u8>> {
-    const TOKENS: [(&[u8], &str); 6] = [
-        (b"-Infinity", "\0-Infinity"),
-        (b"Infinity", "\0Infinity"),
-        (b"-Inf", "\0-Infinity"),
-        (b"Inf", "\0Infinity"),
-        (b"-NaN", "\0NaN"),
-        (b"NaN", "\0NaN"),
+    // Longest first, each with the index of its value in `non_finite().entries`.
+    const TOKENS: [(&[u8], usize); 6] = [
+        (b"-Infinity", 2),
+        (b"Infinity", 1),
+        (b"-Inf", 2),
+        (b"Inf", 1),
+        (b"-NaN", 0),
+        (b"NaN", 0),
     ];
+    let entries = &non_finite().entries;
     let mut out = Vec::with_capacity(bytes.len() + 64);
     let (mut in_string, mut escaped, mut found) = (false, false, false);
     let mut i = 0;
@@ -438,10 +460,9 @@ fn quote_non_finite(bytes: &[u8]) -> Option<Vec<u8>> {
         } else if b == b'"' {
             in_string = true;
         } else if b == b'-' || b == b'N' || b == b'I' {
-            for (token, marker) in TOKENS {
+            for (token, index) in TOKENS {
                 if bytes[i..].starts_with(token) {
-                    let json = serde_json::to_string(marker).expect("a string serializes");
-                    out.extend_from_slice(json.as_bytes());
+                    out.extend_from_slice(entries[index].1.as_bytes());
                     i += token.len();
                     found = true;
                     continue 'scan;
@@ -513,6 +534,12 @@ mod tests {
             String::from_utf8(to_vec(&InferInput::fp32("x", vec![3], vec![f32::NAN, f32::INFINITY, 2.0])).unwrap())
                 .unwrap();
         assert!(out.ends_with(r#""data":[NaN,Infinity,2.0]}"#), "{out}");
+        // A client's own strings are never taken for markers.
+        let id = InferRequest {
+            id: Some("\0NaN".into()),
+            ..Default::default()
+        };
+        assert_eq!(from_slice::<InferRequest>(&to_vec(&id).unwrap()).unwrap(), id);
         // Inside strings the tokens are left alone.
         let s: InferInput = from_slice(br#"{"name":"NaN Inf","shape":[1],"datatype":"BYTES","data":["NaN"]}"#).unwrap();
         assert_eq!(

@@ -187,6 +187,9 @@ impl Config {
     }
 }
 
+/// The widest input or output row: 16 M values (64 MiB of FP32 per row).
+const MAX_FEATURES: i64 = 1 << 24;
+
 /// A key (relative to the section being checked) and the reason it is wrong.
 type Invalid = (String, String);
 
@@ -210,7 +213,12 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
         Some(0) => return invalid("max_request_bytes", "must be at least 1"),
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
     };
-    let shutdown_timeout = seconds("shutdown_timeout_s", s.shutdown_timeout_s.unwrap_or(30.0), 1.0)?;
+    let shutdown_timeout = seconds(
+        "shutdown_timeout_s",
+        s.shutdown_timeout_s.unwrap_or(30.0),
+        1.0,
+        86_400.0,
+    )?;
     Ok(ServerConfig {
         http_addr,
         max_request_bytes,
@@ -218,18 +226,26 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
     })
 }
 
-/// A duration from a number of `unit`-seconds, refusing negatives and non-numbers.
-fn seconds(key: &str, value: f64, unit: f64) -> Result<Duration, Invalid> {
+/// A duration from a number of `unit`-seconds, refusing negatives, non-numbers and
+/// values over `max` (in the key's own unit).
+fn seconds(key: &str, value: f64, unit: f64, max: f64) -> Result<Duration, Invalid> {
     if !value.is_finite() || value < 0.0 {
         return invalid(key, format!("must be a non-negative number, got {value}"));
+    }
+    if value > max {
+        return invalid(key, format!("must be at most {max}, got {value}"));
     }
     Ok(Duration::from_secs_f64(value * unit))
 }
 
-fn at_least(key: &str, value: Option<i64>, default: i64, min: i64) -> Result<usize, Invalid> {
+/// An integer in `min..=max`, `default` when absent.
+fn in_range(key: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> Result<usize, Invalid> {
     let v = value.unwrap_or(default);
     if v < min {
         return invalid(key, format!("must be at least {min}, got {v}"));
+    }
+    if v > max {
+        return invalid(key, format!("must be at most {max}, got {v}"));
     }
     Ok(v as usize)
 }
@@ -243,6 +259,12 @@ fn fraction(key: &str, value: Option<f64>) -> Result<f64, Invalid> {
 }
 
 fn validate_deployment(d: &raw::Deployment, base_dir: Option<&Path>) -> Result<Deployment, Invalid> {
+    if d.name == "stats" {
+        return invalid(
+            "name",
+            "\"stats\" is reserved: /v2/models/stats is the statistics of every model",
+        );
+    }
     let name_ok = !d.name.is_empty()
         && d.name.len() <= 128
         && d.name
@@ -258,7 +280,7 @@ fn validate_deployment(d: &raw::Deployment, base_dir: Option<&Path>) -> Result<D
             ),
         );
     }
-    let num_replicas = at_least("num_replicas", d.num_replicas, 1, 1)?;
+    let num_replicas = in_range("num_replicas", d.num_replicas, 1, 1, 1024)?;
     let fallback = match d.fallback.as_deref() {
         None | Some("cpu") => Fallback::Cpu,
         Some("none") => Fallback::None,
@@ -279,24 +301,22 @@ fn validate_deployment(d: &raw::Deployment, base_dir: Option<&Path>) -> Result<D
             format!("must be a fraction up to 1 (like 0.25) or a whole number of GPUs, got {num_gpus}"),
         );
     }
-    let threads = at_least("actor.threads", d.actor.threads, 1, 1)?;
-    if threads > 1024 {
-        return invalid("actor.threads", format!("must be at most 1024, got {threads}"));
-    }
+    let threads = in_range("actor.threads", d.actor.threads, 1, 1, 1024)?;
 
-    let max_batch_size = at_least("batching.max_batch_size", d.batching.max_batch_size, 32, 1)?;
+    let max_batch_size = in_range("batching.max_batch_size", d.batching.max_batch_size, 32, 1, 1 << 16)?;
     let batch_wait_timeout = seconds(
         "batching.batch_wait_timeout_ms",
         d.batching.batch_wait_timeout_ms.unwrap_or(2.0),
         1e-3,
+        60_000.0,
     )?;
-    let max_queue_size = at_least("batching.max_queue_size", d.batching.max_queue_size, 1024, 1)?;
+    let max_queue_size = in_range("batching.max_queue_size", d.batching.max_queue_size, 1024, 1, 1 << 24)?;
 
     let fault_injection = match &d.fault_injection {
         None => FaultInjection::default(),
         Some(f) => FaultInjection {
             error_rate: fraction("fault_injection.error_rate", f.error_rate)?,
-            delay: seconds("fault_injection.delay_ms", f.delay_ms.unwrap_or(0.0), 1e-3)?,
+            delay: seconds("fault_injection.delay_ms", f.delay_ms.unwrap_or(0.0), 1e-3, 3_600_000.0)?,
             delay_rate: fraction("fault_injection.delay_rate", f.delay_rate.or(f.delay_ms.map(|_| 1.0)))?,
         },
     };
@@ -418,11 +438,13 @@ fn single_tensor(key: &str, tensors: Option<&[raw::Tensor]>) -> Result<TensorSpe
         Err(e) => return invalid(&format!("{key0}.datatype"), e),
     };
     let features = match t.shape.as_slice() {
-        [-1, f] if *f >= 1 => *f as usize,
+        [-1, f] if (1..=MAX_FEATURES).contains(f) => *f as usize,
         other => {
             return invalid(
                 &format!("{key0}.shape"),
-                format!("expected [-1, features]: a batch dimension, then a fixed width of at least 1; got {other:?}"),
+                format!(
+                    "expected [-1, features]: a batch dimension, then a fixed width from 1 to {MAX_FEATURES}; got {other:?}"
+                ),
             );
         }
     };

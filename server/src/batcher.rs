@@ -325,6 +325,14 @@ impl Batcher {
                     self.rx.close();
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                else => {
+                    // Closed, and no replica will ever report back: answer what is left.
+                    for r in &mut self.replicas {
+                        r.alive = false;
+                    }
+                    self.dispatch(true);
+                    break;
+                }
             }
         }
     }

@@ -53,8 +53,14 @@ pub fn split_body(body: &Bytes, header_len: Option<&str>) -> Result<(Bytes, Byte
 /// Parses and validates a request for `spec`. `binary` is the part of the body after the
 /// JSON header (empty for a JSON-only request).
 pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, ApiError> {
-    let request: InferRequest =
-        v2::from_slice(header).map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
+    let request: InferRequest = v2::from_slice(header).map_err(|e| {
+        let hint = if e.to_string().starts_with("trailing characters") {
+            format!(" (a body with binary tensors needs the {} header)", v2::HEADER_LENGTH)
+        } else {
+            String::new()
+        };
+        bad(format!("invalid inference request JSON: {e}{hint}"))
+    })?;
     let model = &spec.name;
     let want = &spec.input;
 
@@ -90,6 +96,12 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
     }
     let rows = match input.shape.as_slice() {
         [rows, f] if *rows >= 1 && *f == want.features as i64 => *rows as usize,
+        [rows, _] if *rows < 1 => {
+            return Err(bad(format!(
+                "input `{name}`: shape {:?} has {rows} rows; give the actual number of rows, at least 1 (the -1 in the model's metadata marks the batch dimension)",
+                input.shape
+            )));
+        }
         other => {
             return Err(bad(format!(
                 "input `{name}`: expected shape [-1, {}] (rows, then {} values per row), got {other:?}",
@@ -106,7 +118,8 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
     let count = rows * want.features;
     let shape = &input.shape;
 
-    let mut values = Vec::with_capacity(count);
+    // Reserved only once the data's length has been checked against the shape.
+    let mut values = Vec::new();
     match (&input.data, v2::binary_data_size(input.parameters.as_ref())) {
         (Some(_), Some(_)) => {
             return Err(bad(format!(
@@ -131,8 +144,10 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
                     data.len()
                 )));
             }
+            values.reserve_exact(count);
             match data {
                 TensorData::F32(v) => values.extend_from_slice(v),
+                TensorData::Integers(v) => values.extend(v.iter().map(|&x| x as f32)),
                 TensorData::Numbers(v) => values.extend(v.iter().map(|&x| x as f32)),
                 TensorData::Bools(v) => values.extend(v.iter().map(|&b| f32::from(u8::from(b)))),
                 TensorData::Strings(_) => {
@@ -162,6 +177,7 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
                     binary.len()
                 )));
             }
+            values.reserve_exact(count);
             dtype.decode_le(binary, &mut values);
         }
     }
@@ -189,6 +205,29 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
     })
 }
 
+/// `values` as JSON data of `dtype`: integers without a fraction, booleans as `true` /
+/// `false`, each converted as the binary form would be (a cast: integers round toward
+/// zero and saturate).
+fn json_values(dtype: DType, values: Vec<f32>) -> TensorData {
+    let ints = |f: fn(f32) -> i128| TensorData::Integers(values.iter().map(|&v| f(v)).collect());
+    match dtype {
+        DType::F32 => TensorData::F32(values),
+        DType::F16 => TensorData::Numbers(values.iter().map(|&v| f64::from(half::f16::from_f32(v))).collect()),
+        DType::BF16 => TensorData::Numbers(values.iter().map(|&v| f64::from(half::bf16::from_f32(v))).collect()),
+        DType::F64 => TensorData::Numbers(values.iter().map(|&v| f64::from(v)).collect()),
+        DType::Bool => TensorData::Bools(values.iter().map(|&v| v != 0.0).collect()),
+        DType::U8 => ints(|v| i128::from(v as u8)),
+        DType::U16 => ints(|v| i128::from(v as u16)),
+        DType::U32 => ints(|v| i128::from(v as u32)),
+        DType::U64 => ints(|v| i128::from(v as u64)),
+        DType::I8 => ints(|v| i128::from(v as i8)),
+        DType::I16 => ints(|v| i128::from(v as i16)),
+        DType::I32 => ints(|v| i128::from(v as i32)),
+        DType::I64 => ints(|v| i128::from(v as i64)),
+        DType::Bytes => unreachable!("outputs are numeric (validated with the config). This is a bug."),
+    }
+}
+
 /// The answer, as `(JSON header, binary part)`; the binary part is empty for JSON.
 pub fn encode(
     spec: &Spec,
@@ -208,18 +247,8 @@ pub fn encode(
         let mut p = Parameters::new();
         p.insert("binary_data_size".into(), tail.len().into());
         (None, Some(p))
-    } else if dtype == DType::F32 {
-        (Some(TensorData::F32(values.into_owned())), None)
     } else {
-        // Round-trip through the wire type so JSON shows what the binary form would hold.
-        let mut bytes = Vec::new();
-        dtype.encode_le(&values, &mut bytes);
-        let mut typed = Vec::new();
-        dtype.decode_le(&bytes, &mut typed);
-        (
-            Some(TensorData::Numbers(typed.into_iter().map(f64::from).collect())),
-            None,
-        )
+        (Some(json_values(dtype, values.into_owned())), None)
     };
     let response = InferResponse {
         model_name: spec.name.clone(),

@@ -185,9 +185,9 @@ impl Deployment {
             },
             SubmitError::Closed => ApiError::NotReady(self.spec.name.clone()),
         })?;
-        // A dropped sender means the batch was abandoned: only at shutdown.
+        // Every path answers before dropping the sender; a drop is a bug, not a shutdown.
         let answer = rx.await.unwrap_or_else(|_| {
-            Err(InferError::ShuttingDown {
+            Err(InferError::Lost {
                 model: self.spec.name.clone(),
             })
         });

@@ -25,6 +25,9 @@ pub enum InferError {
         "model `{model}`: InjectedFault: this execution was chosen to fail by the deployment's fault_injection (error_rate {rate})"
     )]
     InjectedFault { model: String, rate: f64 },
+    /// The replica dropped the request without an answer (a bug, reported as such).
+    #[error("model `{model}`: the replica running this request stopped without answering")]
+    Lost { model: String },
     /// The server stopped before the batch could run.
     #[error("model `{model}`: the server is shutting down")]
     ShuttingDown { model: String },
@@ -37,6 +40,7 @@ impl InferError {
             InferError::Model { .. } => "model_error",
             InferError::Panicked { .. } => "replica_crash",
             InferError::InjectedFault { .. } => "injected_fault",
+            InferError::Lost { .. } => "lost",
             InferError::ShuttingDown { .. } => "shutting_down",
         }
     }
@@ -57,6 +61,8 @@ pub enum ApiError {
     NotReady(String),
     #[error("the request body is larger than the server's limit of {limit} bytes (server.max_request_bytes)")]
     PayloadTooLarge { limit: usize },
+    #[error("Content-Encoding `{0}` is not supported; send the request body uncompressed")]
+    UnsupportedEncoding(String),
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
     #[error(transparent)]
@@ -73,6 +79,7 @@ impl ApiError {
             }
             ApiError::QueueFull { .. } | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Infer(InferError::ShuttingDown { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Infer(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -81,7 +88,9 @@ impl ApiError {
     /// The `outcome` label of the request metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) | ApiError::PayloadTooLarge { .. } => "bad_request",
+            ApiError::BadRequest(_) | ApiError::PayloadTooLarge { .. } | ApiError::UnsupportedEncoding(_) => {
+                "bad_request"
+            }
             ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } | ApiError::NoRoute { .. } => "not_found",
             ApiError::QueueFull { .. } => "rejected",
             ApiError::NotReady(_) | ApiError::Infer(InferError::ShuttingDown { .. }) => "unavailable",

@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -114,7 +114,14 @@ async fn track(State(app): App, request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    // Only the standard methods become label values: a client cannot mint new series.
+    let method = match *request.method() {
+        Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::HEAD | Method::OPTIONS | Method::PATCH => {
+            request.method().as_str()
+        }
+        _ => "other",
+    }
+    .to_owned();
     let response = next.run(request).await;
     let m = &app.metrics;
     m.http_requests
@@ -336,6 +343,13 @@ async fn infer(State(app): App, path: ModelParam, headers: HeaderMap, body: Resu
 
 async fn run_infer(d: &Deployment, headers: &HeaderMap, body: Result<Bytes, ApiError>) -> Result<Response, ApiError> {
     let body = body?;
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
+        && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Err(ApiError::UnsupportedEncoding(
+            String::from_utf8_lossy(encoding.as_bytes()).into_owned(),
+        ));
+    }
     let header_len = match headers.get(v2::HEADER_LENGTH) {
         Some(v) => Some(
             v.to_str()

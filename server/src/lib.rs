@@ -83,18 +83,22 @@ impl Server {
             let _ = signalled.wait_for(|s| *s).await;
             tokio::time::sleep(self.shutdown_timeout).await;
         };
-        tokio::select! {
-            result = serve => result?,
-            _ = deadline => tracing::warn!(
-                timeout_s = self.shutdown_timeout.as_secs_f64(),
-                "shutdown timeout passed with connections still open; closing the queues anyway"
-            ),
-        }
+        let served = tokio::select! {
+            result = serve => result,
+            _ = deadline => {
+                tracing::warn!(
+                    timeout_s = self.shutdown_timeout.as_secs_f64(),
+                    "shutdown timeout passed with connections still open; closing the queues anyway"
+                );
+                Ok(())
+            }
+        };
+        // Drain whether serving ended cleanly or not: accepted work is still answered.
         for d in &self.app.deployments {
             d.join().await;
         }
         tracing::info!("stopped");
-        Ok(())
+        Ok(served?)
     }
 }
 

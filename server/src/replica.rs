@@ -57,7 +57,12 @@ pub fn spawn(spec: ReplicaSpec) -> std::io::Result<(SyncSender<Batch>, JoinHandl
 fn run(spec: ReplicaSpec, rx: Receiver<Batch>) {
     tracing::debug!(model = %spec.model_name, replica = spec.index, device = %spec.device.location(), "replica started");
     while let Ok(batch) = rx.recv() {
-        execute(&spec, batch);
+        // The model's own panics are caught inside; this guards the replica's bookkeeping,
+        // so the thread (and its slot in the batcher) survives whatever one batch does.
+        // The batch's requests then get `InferError::Lost` from their dropped senders.
+        if catch_unwind(AssertUnwindSafe(|| execute(&spec, batch))).is_err() {
+            tracing::error!(model = %spec.model_name, replica = spec.index, "replica failed outside the model; batch lost");
+        }
         // The batcher may be gone at shutdown; then nobody needs to know.
         let _ = spec.done.send(spec.index);
     }

@@ -81,7 +81,16 @@ async fn malformed_json_and_wrong_shapes_and_datatypes_get_useful_400s() {
             celsius("[1]", "FP32", "[1]"),
             "expected shape [-1, 1]",
         ),
-        ("zero rows", celsius("[0, 1]", "FP32", "[]"), "got [0, 1]"),
+        (
+            "zero rows",
+            celsius("[0, 1]", "FP32", "[]"),
+            "shape [0, 1] has 0 rows; give the actual number of rows",
+        ),
+        (
+            "metadata shape",
+            celsius("[-1, 1]", "FP32", "[1]"),
+            "the -1 in the model's metadata marks the batch dimension",
+        ),
         (
             "too few values",
             celsius("[3, 1]", "FP32", "[1, 2]"),
@@ -237,6 +246,29 @@ async fn truncated_or_inconsistent_binary_bodies_get_400s() {
     let (status, message) = raw.post("mlp", body(&h, full), Some(h.len() - 5)).await;
     assert_eq!(status, 400);
     assert!(message.contains("invalid inference request JSON"), "{message}");
+
+    let (status, message) = raw.post("mlp", body(&h, full), None).await;
+    assert_eq!(status, 400);
+    assert!(
+        message.contains("needs the Inference-Header-Content-Length header"),
+        "{message}"
+    );
+
+    let r = raw
+        .http
+        .post(format!("{}/v2/models/mlp/infer", raw.url))
+        .header("Content-Encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Content-Encoding `gzip` is not supported")
+    );
 
     let (status, message) = raw.post("mlp", body(&h, full + 3), Some(h.len())).await;
     assert_eq!(status, 400);

@@ -177,6 +177,38 @@ async fn bad_model_files_are_refused_at_start_up_with_file_tensor_and_reason() {
     );
 }
 
+#[tokio::test]
+async fn integer_outputs_are_written_as_integers() {
+    let dir = tempfile::tempdir().unwrap();
+    write_safetensors(&dir.path().join("w.safetensors"), &[("w", vec![1, 2], vec![1.0, -2.0])]);
+    let text = deployment("w.safetensors", r#"{ op = "linear", weight = "w" }"#, 2, 1).replace(
+        r#"{ name = "y", datatype = "FP32""#,
+        r#"{ name = "y", datatype = "INT64""#,
+    );
+    let server = TestServer::start(config(&text, dir.path())).await;
+    let request = InferRequest {
+        inputs: vec![InferInput::fp32("x", vec![2, 2], vec![7.5, 1.0, 0.0, 2.0])],
+        ..Default::default()
+    };
+    let body = reqwest::Client::new()
+        .post(format!("{}/v2/models/net/infer", server.url))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // 7.5 - 2 = 5.5 and 0 - 4 = -4, cast as the binary form would be.
+    assert!(body.contains(r#""datatype":"INT64","data":[5,-4]"#), "{body}");
+    let binary = server.client.infer_binary("net", &request, true).await.unwrap();
+    assert_eq!(
+        binary.outputs[0].data.as_ref().and_then(|d| d.to_f32()),
+        Some(vec![5.0, -4.0])
+    );
+    server.stop().await.unwrap();
+}
+
 #[test]
 fn unknown_keys_in_a_model_file_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
