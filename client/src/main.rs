@@ -5,13 +5,17 @@
 //! prism model mlp                                # one model's metadata and config
 //! prism infer celsius --input '[[100]]'          # one inference; shape from the nesting
 //! prism infer celsius --request '{"inputs": [...]}'
+//! prism bench --model mlp --concurrency 1,8,32 --duration 15s --out r.json
 //! ```
 
 use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use prism_client::Client;
+use prism_client::bench::{self, Format, Load, Report, Window, Workload, WorkloadSpec};
 use prism_client::v2::{InferInput, InferRequest, TensorData};
 use serde_json::Value;
 
@@ -52,6 +56,55 @@ enum Command {
         #[arg(long)]
         binary: bool,
     },
+    /// Load-test a model on any V2 server: throughput and latency percentiles.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The model to load.
+    #[arg(long, short = 'm')]
+    model: String,
+    /// Closed loop: requests in flight; a list is a sweep (`1,8,32,64`).
+    #[arg(long, short = 'c', value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Open loop: Poisson arrivals per second; a list is a sweep.
+    #[arg(long, short = 'r', value_delimiter = ',', conflicts_with = "concurrency")]
+    rate: Vec<f64>,
+    /// The measured window of each point.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Load offered before each window, not measured.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// How tensors travel.
+    #[arg(long, value_enum, default_value_t = Format::Binary)]
+    format: Format,
+    /// Rows per request.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// A V2 JSON request body to send instead of random inputs from the model's metadata.
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+    /// The path to POST to (default `/v2/models/{model}/infer`).
+    #[arg(long)]
+    path: Option<String>,
+    /// Results as JSON here; a CSV and, for a sweep, an SVG latency-throughput plot are
+    /// written beside it with the same name.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A request unanswered after this counts as a `timeout` error.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Open loop: most requests in flight; arrivals beyond are `client_overload` errors.
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// No progress display.
+    #[arg(long, short = 'q')]
+    quiet: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -102,6 +155,97 @@ async fn main() -> Result<()> {
             };
             println!("{}", serde_json::to_string_pretty(&response)?);
         }
+        Command::Bench(args) => run_bench(&client, args).await?,
+    }
+    Ok(())
+}
+
+async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
+    let spec = WorkloadSpec {
+        model: args.model.clone(),
+        format: args.format,
+        batch_size: args.batch_size.max(1),
+        input_file: args.input_file.clone(),
+        path: args.path.clone(),
+        variants: 16,
+        seed: args.seed,
+    };
+    let workload = Workload::prepare(client, &spec).await?;
+    let loads: Vec<Load> = if !args.rate.is_empty() {
+        args.rate
+            .iter()
+            .map(|&rate| Load::Open {
+                rate,
+                max_in_flight: args.max_in_flight,
+            })
+            .collect()
+    } else if args.concurrency.is_empty() {
+        vec![Load::Closed { concurrency: 1 }]
+    } else {
+        args.concurrency
+            .iter()
+            .map(|&concurrency| Load::Closed { concurrency })
+            .collect()
+    };
+    let window = Window {
+        warmup: args.warmup,
+        duration: args.duration,
+        timeout: args.timeout,
+    };
+    let max_connections = loads
+        .iter()
+        .map(|l| match l {
+            Load::Closed { concurrency } => *concurrency,
+            Load::Open { max_in_flight, .. } => *max_in_flight,
+        })
+        .max()
+        .unwrap_or(1);
+    let http = reqwest::Client::builder()
+        .timeout(args.timeout)
+        .pool_max_idle_per_host(max_connections)
+        .tcp_nodelay(true)
+        .build()?;
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut points = Vec::new();
+    for (i, &load) in loads.iter().enumerate() {
+        let bar = (!args.quiet).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>16} [{bar:30}] {elapsed:>4} {msg}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(format!("{}/{} {}", i + 1, loads.len(), load));
+            bar
+        });
+        points.push(bench::run_point(&http, client.url(), &workload, load, window, bar).await);
+    }
+    let report = Report {
+        tool: format!("prism bench {}", env!("CARGO_PKG_VERSION")),
+        url: client.url().to_owned(),
+        model: args.model,
+        format: args.format.to_string(),
+        batch_size: workload.rows,
+        request_bytes: workload.body_bytes,
+        warmup_s: args.warmup.as_secs_f64(),
+        started_unix_s,
+        points,
+    };
+    print!("{}", report.table());
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+        let csv = out.with_extension("csv");
+        std::fs::write(&csv, report.csv()).with_context(|| format!("writing {}", csv.display()))?;
+        let mut written = vec![out.display().to_string(), csv.display().to_string()];
+        if report.points.len() > 1 {
+            let svg = out.with_extension("svg");
+            bench::write_svg(&report, &svg)?;
+            written.push(svg.display().to_string());
+        }
+        eprintln!("wrote {}", written.join(", "));
     }
     Ok(())
 }

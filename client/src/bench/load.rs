@@ -1,0 +1,251 @@
+//! Offering load: closed-loop workers or Poisson arrivals, timed against one window.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::report::{Errors, Point};
+use super::workload::Workload;
+use super::{Load, Window};
+use crate::v2::HEADER_LENGTH;
+
+/// Latencies are recorded in microseconds, up to 10 minutes, to 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// One request; `Err` carries the error's kind.
+async fn send(http: &reqwest::Client, url: &str, workload: &Workload, i: usize) -> Result<(), String> {
+    let (body, header_len) = &workload.bodies[i % workload.bodies.len()];
+    let mut request = http.post(url).body(body.clone());
+    request = match header_len {
+        Some(n) => request
+            .header(HEADER_LENGTH, *n)
+            .header("Content-Type", "application/octet-stream"),
+        None => request.header("Content-Type", "application/json"),
+    };
+    let response = request.send().await.map_err(|e| error_kind(&e))?;
+    let status = response.status();
+    // Read the whole answer: a request is done when its last byte has arrived.
+    response.bytes().await.map_err(|e| error_kind(&e))?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("http_{}", status.as_u16()))
+    }
+}
+
+fn error_kind(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "transport"
+    }
+    .into()
+}
+
+/// Shows elapsed time and requests so far, until `end`.
+fn progress(
+    bar: Option<ProgressBar>,
+    done: Arc<AtomicU64>,
+    start: Instant,
+    end: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(bar) = bar else { return };
+        let total = (end - start).as_secs_f64();
+        bar.set_length((total * 10.0) as u64);
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = Instant::now();
+            let n = done.load(Ordering::Relaxed);
+            let rate = (n - last.1) as f64 / (now - last.0).as_secs_f64();
+            last = (now, n);
+            bar.set_position(((now - start).as_secs_f64() * 10.0) as u64);
+            bar.set_message(format!("{n} requests, {rate:.0}/s"));
+            if now >= end {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+    })
+}
+
+/// Runs one point of a run and measures it.
+pub async fn run_point(
+    http: &reqwest::Client,
+    base_url: &str,
+    workload: &Workload,
+    load: Load,
+    window: Window,
+    bar: Option<ProgressBar>,
+) -> Point {
+    let url = format!("{}{}", base_url.trim_end_matches('/'), workload.path);
+    let start = Instant::now();
+    let measure_from = start + window.warmup;
+    let end = measure_from + window.duration;
+    let done = Arc::new(AtomicU64::new(0));
+    let ticker = progress(bar, Arc::clone(&done), start, end);
+    let (hist, errors) = match load {
+        Load::Closed { concurrency } => closed(http, &url, workload, concurrency, measure_from, end, &done).await,
+        Load::Open { rate, max_in_flight } => {
+            open(
+                http,
+                &url,
+                workload,
+                rate,
+                max_in_flight,
+                measure_from,
+                end,
+                window.timeout,
+                &done,
+            )
+            .await
+        }
+    };
+    ticker.abort();
+    Point::new(load, workload, window.duration, &hist, errors)
+}
+
+async fn closed(
+    http: &reqwest::Client,
+    url: &str,
+    workload: &Workload,
+    concurrency: usize,
+    measure_from: Instant,
+    end: Instant,
+    done: &Arc<AtomicU64>,
+) -> (Histogram<u64>, Errors) {
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|w| {
+            let (http, url, workload, done) = (http.clone(), url.to_owned(), workload.clone(), Arc::clone(done));
+            tokio::spawn(async move {
+                let mut hist = histogram();
+                let mut errors = Errors::default();
+                let mut i = w;
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let outcome = send(&http, &url, &workload, i).await;
+                    let t1 = Instant::now();
+                    done.fetch_add(1, Ordering::Relaxed);
+                    if t0 >= measure_from && t1 <= end {
+                        match outcome {
+                            Ok(()) => hist.saturating_record((t1 - t0).as_micros() as u64),
+                            Err(kind) => errors.add(&kind),
+                        }
+                    }
+                    i += concurrency;
+                }
+                (hist, errors)
+            })
+        })
+        .collect();
+    let mut hist = histogram();
+    let mut errors = Errors::default();
+    for w in workers {
+        let (h, e) = w.await.expect("a load worker does not panic");
+        hist.add(&h).expect("histograms with the same bounds merge");
+        errors.merge(e);
+    }
+    (hist, errors)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open(
+    http: &reqwest::Client,
+    url: &str,
+    workload: &Workload,
+    rate: f64,
+    max_in_flight: usize,
+    measure_from: Instant,
+    end: Instant,
+    timeout: Duration,
+    done: &Arc<AtomicU64>,
+) -> (Histogram<u64>, Errors) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Instant, Result<(), String>)>();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut errors = Errors::default();
+    // Arrival times come from a thread of their own: tokio's timer ticks in milliseconds,
+    // too coarse for thousands of arrivals per second, while a thread's sleep wakes within
+    // tens of microseconds. Each request is timed from its scheduled start, so any lag
+    // in starting it is charged to the latency, not hidden.
+    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<Instant>();
+    let end_std = end.into_std();
+    std::thread::Builder::new()
+        .name("prism-bench-arrivals".into())
+        .spawn(move || {
+            let mut rng = rand::rngs::StdRng::from_os_rng();
+            let mut next = std::time::Instant::now();
+            loop {
+                // Exponential gaps: a Poisson process of `rate` arrivals per second.
+                next += Duration::from_secs_f64(-(1.0 - rng.random::<f64>()).ln() / rate);
+                if next >= end_std {
+                    break;
+                }
+                if let Some(wait) = next.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if arrivals_tx.send(Instant::from_std(next)).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn the arrivals thread");
+    let mut i = 0usize;
+    while let Some(scheduled) = arrivals.recv().await {
+        if in_flight.load(Ordering::Relaxed) >= max_in_flight {
+            if scheduled >= measure_from {
+                errors.add("client_overload");
+            }
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let (http, url, workload, tx, in_flight, done) = (
+            http.clone(),
+            url.to_owned(),
+            workload.clone(),
+            tx.clone(),
+            Arc::clone(&in_flight),
+            Arc::clone(done),
+        );
+        let index = i;
+        tokio::spawn(async move {
+            let outcome = send(&http, &url, &workload, index).await;
+            let finished = Instant::now();
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            done.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send((scheduled, finished, outcome));
+        });
+        i += 1;
+    }
+    drop(tx);
+    let mut hist = histogram();
+    // Requests still out after the window are waited for up to the request timeout; they
+    // ended outside the window, so they do not count either way.
+    let _ = tokio::time::timeout(timeout + Duration::from_secs(1), async {
+        while let Some((scheduled, finished, outcome)) = rx.recv().await {
+            if scheduled >= measure_from && finished <= end {
+                match outcome {
+                    Ok(()) => hist.saturating_record((finished - scheduled).as_micros() as u64),
+                    Err(kind) => errors.add(&kind),
+                }
+            }
+        }
+    })
+    .await;
+    (hist, errors)
+}

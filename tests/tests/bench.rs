@@ -1,0 +1,153 @@
+//! `prism bench`'s engine against a real server: it measures, and it counts errors
+//! apart from latencies.
+
+use std::time::Duration;
+
+use prism_client::bench::{self, Format, Load, Report, Window, Workload, WorkloadSpec};
+use prism_config::Config;
+use prism_tests::{TestServer, config};
+
+fn spec(model: &str, format: Format) -> WorkloadSpec {
+    WorkloadSpec {
+        model: model.into(),
+        format,
+        batch_size: 2,
+        input_file: None,
+        path: None,
+        variants: 4,
+        seed: 1,
+    }
+}
+
+const WINDOW: Window = Window {
+    warmup: Duration::from_millis(100),
+    duration: Duration::from_millis(400),
+    timeout: Duration::from_secs(5),
+};
+
+#[tokio::test]
+async fn closed_and_open_loops_measure_a_v2_server() {
+    let server = TestServer::start(Config::embedded_default()).await;
+    let http = reqwest::Client::new();
+    for format in [Format::Json, Format::Binary] {
+        let workload = Workload::prepare(&server.client, &spec("mlp", format)).await.unwrap();
+        assert_eq!(workload.rows, 2, "shaped from the metadata: [-1, 784] with batch 2");
+        let p = bench::run_point(
+            &http,
+            &server.url,
+            &workload,
+            Load::Closed { concurrency: 4 },
+            WINDOW,
+            None,
+        )
+        .await;
+        assert!(p.requests > 10, "{format}: {p:?}");
+        assert_eq!(p.error_count, 0, "{format}: {:?}", p.errors);
+        assert!(p.latency_ms_p50 > 0.0 && p.latency_ms_p50 <= p.latency_ms_p99 && p.latency_ms_p99 <= p.latency_ms_max);
+        assert_eq!(p.rows_per_s, 2.0 * p.throughput);
+    }
+    let workload = Workload::prepare(&server.client, &spec("celsius", Format::Binary))
+        .await
+        .unwrap();
+    let open = Load::Open {
+        rate: 200.0,
+        max_in_flight: 64,
+    };
+    let p = bench::run_point(&http, &server.url, &workload, open, WINDOW, None).await;
+    // 200/s for 0.4 s: about 80 arrivals (Poisson), all answered.
+    assert!((30..=160).contains(&p.requests), "{p:?}");
+    assert_eq!(p.error_count, 0);
+
+    // The server counted what the generator sent.
+    let stats = server.client.model_statistics(Some("mlp")).await.unwrap();
+    assert!(stats["model_stats"][0]["inference_count"].as_u64().unwrap() >= 2 * 20);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_are_counted_by_kind_and_kept_out_of_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[[deployments]]
+name = "broken"
+[deployments.model]
+builtin = "celsius"
+[deployments.fault_injection]
+error_rate = 1.0
+"#;
+    let server = TestServer::start(config(text, dir.path())).await;
+    let http = reqwest::Client::new();
+    let workload = Workload::prepare(&server.client, &spec("broken", Format::Json))
+        .await
+        .unwrap();
+    let p = bench::run_point(
+        &http,
+        &server.url,
+        &workload,
+        Load::Closed { concurrency: 2 },
+        WINDOW,
+        None,
+    )
+    .await;
+    assert_eq!(p.requests, 0, "no success, so no latency");
+    assert!(p.errors.0.get("http_500").copied().unwrap_or(0) > 5, "{:?}", p.errors);
+    assert_eq!(p.latency_ms_max, 0.0);
+
+    // A server that is not there: connection errors, not a crash.
+    let gone = bench::run_point(
+        &http,
+        "http://127.0.0.1:9",
+        &workload,
+        Load::Closed { concurrency: 1 },
+        WINDOW,
+        None,
+    )
+    .await;
+    assert!(gone.errors.0.contains_key("connect"), "{:?}", gone.errors);
+
+    let report = Report {
+        tool: "test".into(),
+        url: server.url.clone(),
+        model: "broken".into(),
+        format: "json".into(),
+        batch_size: 2,
+        request_bytes: workload.body_bytes,
+        warmup_s: 0.1,
+        started_unix_s: 0,
+        points: vec![p, gone],
+    };
+    let csv = report.csv();
+    assert_eq!(csv.lines().count(), 3);
+    let svg = dir.path().join("plot.svg");
+    bench::write_svg(&report, &svg).unwrap();
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_plain_format_posts_a_fixed_body_anywhere() {
+    let server = TestServer::start(Config::embedded_default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(
+        &body,
+        r#"{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[100]}]}"#,
+    )
+    .unwrap();
+    let mut s = spec("celsius", Format::Plain);
+    s.input_file = Some(body);
+    let workload = Workload::prepare(&server.client, &s).await.unwrap();
+    assert_eq!(workload.path, "/v2/models/celsius/infer");
+    let http = reqwest::Client::new();
+    let p = bench::run_point(
+        &http,
+        &server.url,
+        &workload,
+        Load::Closed { concurrency: 2 },
+        WINDOW,
+        None,
+    )
+    .await;
+    assert!(p.requests > 10 && p.error_count == 0, "{p:?}");
+    server.stop().await.unwrap();
+}
