@@ -58,6 +58,11 @@ impl Server {
         })
     }
 
+    /// The API as a router, for in-process use (benchmarks, embedding).
+    pub fn router(&self) -> axum::Router {
+        http::router(Arc::clone(&self.app))
+    }
+
     /// Serves the API on `listener` until `shutdown` completes; then stops accepting
     /// connections, answers every request already accepted (for up to
     /// `server.shutdown_timeout_s`), drains the queues and stops the replicas.
