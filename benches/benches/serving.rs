@@ -22,12 +22,19 @@ use prism_server::metrics::Metrics;
 use tower::ServiceExt;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
 }
 
 fn batcher(c: &mut Criterion) {
     let rt = runtime();
-    let spec = Config::embedded_default().deployments.into_iter().find(|d| d.name == "celsius").expect("celsius");
+    let spec = Config::embedded_default()
+        .deployments
+        .into_iter()
+        .find(|d| d.name == "celsius")
+        .expect("celsius");
     let metrics = Metrics::new();
     let deployment: Arc<Deployment> = rt.block_on(async { Deployment::start(spec, &metrics).expect("starts") });
     let mut group = c.benchmark_group("batcher");
@@ -53,7 +60,10 @@ fn router(c: &mut Criterion) {
         let server = Server::start(&Config::embedded_default()).expect("starts");
         (server.router(), server)
     });
-    let x: Vec<f32> = prism_kernels::testing::uniform(784, 3).into_iter().map(f32::abs).collect();
+    let x: Vec<f32> = prism_kernels::testing::uniform(784, 3)
+        .into_iter()
+        .map(f32::abs)
+        .collect();
     let request = InferRequest {
         inputs: vec![InferInput::fp32("INPUT0", vec![1, 784], x)],
         ..Default::default()

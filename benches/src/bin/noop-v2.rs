@@ -55,7 +55,13 @@ async fn infer(headers: HeaderMap, body: Bytes) -> Response {
     }
     std::hint::black_box(values);
     let binary_out = v2::bool_parameter(request.parameters.as_ref(), "binary_data_output").unwrap_or(false);
-    let rows = request.inputs.first().and_then(|i| i.shape.first()).copied().unwrap_or(1).max(1);
+    let rows = request
+        .inputs
+        .first()
+        .and_then(|i| i.shape.first())
+        .copied()
+        .unwrap_or(1)
+        .max(1);
     let out = vec![0.1f32; rows as usize * 10];
     let mut output = v2::InferOutput {
         name: "OUTPUT0".into(),
@@ -89,7 +95,10 @@ async fn infer(headers: HeaderMap, body: Bytes) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::HeaderName::from_static("inference-header-content-length"), n.to_string()),
+            (
+                header::HeaderName::from_static("inference-header-content-length"),
+                n.to_string(),
+            ),
         ],
         bytes,
     )
