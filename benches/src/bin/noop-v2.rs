@@ -48,7 +48,10 @@ async fn infer(headers: HeaderMap, body: Bytes) -> Response {
     let mut values = 0usize;
     for input in &request.inputs {
         match &input.data {
-            Some(TensorData::Numbers(v)) => values += std::hint::black_box(v.iter().map(|&x| x as f32).count()),
+            Some(TensorData::Numbers(v)) => {
+                let tensor: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                values += std::hint::black_box(tensor).len();
+            }
             Some(other) => values += other.len(),
             None => values += binary.len() / 4,
         }
