@@ -3,7 +3,9 @@
 # safetensors file), with max_batch_size 32 and a 2 ms batch window everywhere, driven by
 # the same load generator (`prism bench`) at concurrency 1, 8, 32, 64:
 #
-#   * Triton (the tritonserver in nvidia-pytriton 0.7.0), MLServer 1.7.1, Ray Serve 2.60.0;
+#   * Triton (the tritonserver in nvidia-pytriton 0.7.0), MLServer 1.7.1, Ray Serve 2.60.0,
+#     and the no-op V2 baseline (benches/src/bin/noop-v2.rs: parses the request, answers a
+#     fixed body), the ceiling of the HTTP path on this machine;
 #   * table 1, "V2": each V2 server in its best V2 form (binary tensors for Prism and Triton;
 #     MLServer has no binary extension, so JSON);
 #   * table 2, "plain JSON": the same V2-shaped JSON body POSTed to every server, Ray Serve
@@ -38,19 +40,20 @@ install venv-mlserver "mlserver==1.7.1" "uvloop==0.21.0" numpy safetensors # 1.7
 
 "$work/venv-ray/bin/python" "$here/make_model.py" "$work"
 cp "$here/prism.toml" "$work/prism.toml"
-rm -rf "$work/mlserver" && cp -r "$here/mlserver" "$work/mlserver"
+rm -rf "$work/mlserver" && cp -r "$here/mlserver" "$work/mlserver" && cp "$here/mlp_np.py" "$work/mlserver/"
 cat > "$work/mlserver/settings.json" <<JSON
 {"host": "127.0.0.1", "http_port": 18120, "grpc_port": 18121, "metrics_port": 18122, "debug": false}
 JSON
-cargo build --release --quiet -p prism-server -p prism-client
+cargo build --release --quiet -p prism-server -p prism-client -p prism-benches
 prism=$PWD/target/release/prism
 
-declare -A PORT=([prism]=18100 [triton]=18110 [mlserver]=18120 [ray]=18130)
+declare -A PORT=([prism]=18100 [noop]=18140 [triton]=18110 [mlserver]=18120 [ray]=18130)
 pid=
 start() {
   local log=$work/results/$1.log
   case $1 in
     prism) target/release/prism-server --config "$work/prism.toml" --http-addr 127.0.0.1:${PORT[prism]} > "$log" 2>&1 & ;;
+    noop) target/release/noop-v2 127.0.0.1:${PORT[noop]} > "$log" 2>&1 & ;;
     # PyTriton's Python-backend stub links the venv's base libpython.
     triton) LD_LIBRARY_PATH=$(dirname "$(readlink -f "$work/venv-triton/bin/python")")/../lib \
               "$work/venv-triton/bin/python" "$here/pytriton_mlp.py" ${PORT[triton]} > "$log" 2>&1 & ;;
@@ -80,15 +83,15 @@ bench() { # server table format [extra args...]
   local server=$1 table=$2 format=$3; shift 3
   "$prism" --url http://127.0.0.1:${PORT[$server]} bench -m mlp --format "$format" -c 1,8,32,64 \
     --duration "$duration" --warmup "$warmup" --quiet --out "$work/results/${server}_${table}_r${round}.json" "$@" \
-    > /dev/null
+    > /dev/null 2> "$work/results/${server}_${table}_r${round}.err"
   echo "round $round: $server $table done" >&2
 }
 
 for round in $(seq "$rounds"); do
-  for server in prism triton mlserver ray; do
+  for server in prism noop triton mlserver ray; do
     start $server || continue
     case $server in
-      prism | triton) bench $server v2 binary ;;
+      prism | noop | triton) bench $server v2 binary ;;
       mlserver) bench $server v2 json --input-file "$work/body.json" ;;
     esac
     bench $server plain plain --input-file "$work/body.json"

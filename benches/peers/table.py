@@ -1,12 +1,13 @@
 """Prints the comparison's two tables from the results of run.sh: throughput and p50/p99
 latency at each concurrency, as the range over the rounds, and Prism's throughput as a
-multiple of each peer's. Usage: table.py RESULTS_DIR ROUNDS"""
+multiple of each server's (below 1 against the no-op baseline: the share of the HTTP
+ceiling Prism reaches). Usage: table.py RESULTS_DIR ROUNDS"""
 import json
 import os
 import sys
 
 out, rounds = sys.argv[1], int(sys.argv[2])
-NAMES = {"prism": "Prism", "triton": "Triton (PyTriton)", "mlserver": "MLServer", "ray": "Ray Serve"}
+NAMES = {"prism": "Prism", "noop": "no-op V2 baseline", "triton": "Triton (PyTriton)", "mlserver": "MLServer", "ray": "Ray Serve"}
 
 
 def points(server, table):
@@ -23,7 +24,7 @@ def span(values, fmt):
     return f"{lo:{fmt}}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}–{hi:{fmt}}"
 
 
-for table, title in (("v2", "V2 (binary tensors for Prism and Triton, JSON for MLServer)"),
+for table, title in (("v2", "V2 (binary tensors for Prism, the baseline and Triton; JSON for MLServer)"),
                      ("plain", "plain JSON (the same V2-shaped JSON body to every server)")):
     prism = points("prism", table)
     print(f"\n### {title}\n")
@@ -41,6 +42,7 @@ for table, title in (("v2", "V2 (binary tensors for Prism and Triton, JSON for M
             ratio = ""
             if prism and server != "prism":
                 mine = sum(r["points"][i]["throughput"] for r in prism) / len(prism)
-                ratio = f"{mine / (sum(thr) / len(thr)):.1f}×" if sum(thr) else "∞"
+                r = mine / (sum(thr) / len(thr)) if sum(thr) else float("inf")
+                ratio = f"{r:.2f}×" if r < 2 else f"{r:.1f}×"
             print(f"| {NAMES[server]} | {runs[0]['format']} | {p['concurrency']} | {span(thr, ',.0f')} | "
                   f"{span(p50, '.2f')} | {span(p99, '.2f')} | {errs} | {ratio} |")

@@ -6,7 +6,8 @@ from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# run.sh copies mlp_np.py beside this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mlp_np import MLP  # noqa: E402
 
 
