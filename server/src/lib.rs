@@ -9,7 +9,9 @@ pub mod codec;
 pub mod deployment;
 pub mod error;
 pub mod http;
+pub mod inventory;
 pub mod metrics;
+pub mod placement;
 pub mod replica;
 pub mod stats;
 

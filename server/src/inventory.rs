@@ -1,0 +1,227 @@
+//! What the machine has: CPUs, memory and GPUs.
+//!
+//! [`Inventory`] is a trait so that placement is tested on any machine: [`SystemInventory`]
+//! reads the real machine (GPUs through NVML, loaded at run time), [`SimulatedInventory`]
+//! stands in for cards that are not there (`prism-server --simulate-gpus 2x80GiB`). A
+//! missing NVML library or driver means zero GPUs and one log line saying why, never a
+//! panic.
+
+use serde::Serialize;
+
+/// One GPU as seen at start-up.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GpuInfo {
+    pub index: usize,
+    pub name: String,
+    pub uuid: String,
+    pub memory_total: u64,
+    pub memory_free: u64,
+    /// Percent busy over NVML's last sample period.
+    pub utilization: Option<u32>,
+    /// A simulated card places replicas but runs nothing.
+    pub simulated: bool,
+}
+
+/// A snapshot of the machine.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Machine {
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Physical memory, bytes.
+    pub memory: u64,
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// A source of machine facts.
+pub trait Inventory: Send + Sync {
+    fn machine(&self) -> Machine;
+}
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `MemTotal` from /proc/meminfo (0 where there is none).
+fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
+}
+
+/// The real machine. NVML is probed once; without it (no driver, no library) there are
+/// no GPUs and the reason is kept for the status page.
+pub struct SystemInventory {
+    nvml: Option<nvml_wrapper::Nvml>,
+    /// Why there are no GPUs, when there are none.
+    pub no_gpu_reason: Option<String>,
+}
+
+impl SystemInventory {
+    pub fn probe() -> Self {
+        match nvml_wrapper::Nvml::init() {
+            Ok(nvml) => SystemInventory {
+                nvml: Some(nvml),
+                no_gpu_reason: None,
+            },
+            Err(e) => {
+                let reason = format!("NVML is not available ({e}); serving on the CPU");
+                tracing::info!("no GPU: {reason}");
+                SystemInventory {
+                    nvml: None,
+                    no_gpu_reason: Some(reason),
+                }
+            }
+        }
+    }
+
+    fn gpus(&self) -> Vec<GpuInfo> {
+        let Some(nvml) = &self.nvml else { return Vec::new() };
+        let count = match nvml.device_count() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("NVML could not count the GPUs: {e}");
+                return Vec::new();
+            }
+        };
+        (0..count)
+            .filter_map(|i| {
+                let device = nvml
+                    .device_by_index(i)
+                    .map_err(|e| tracing::warn!(gpu = i, "NVML could not open the GPU: {e}"))
+                    .ok()?;
+                let memory = device
+                    .memory_info()
+                    .map_err(|e| tracing::warn!(gpu = i, "NVML could not read the GPU's memory: {e}"))
+                    .ok()?;
+                Some(GpuInfo {
+                    index: i as usize,
+                    name: device.name().unwrap_or_else(|_| "unknown".into()),
+                    uuid: device.uuid().unwrap_or_default(),
+                    memory_total: memory.total,
+                    memory_free: memory.free,
+                    utilization: device.utilization_rates().ok().map(|u| u.gpu),
+                    simulated: false,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Inventory for SystemInventory {
+    fn machine(&self) -> Machine {
+        Machine {
+            cpus: host_cpus(),
+            memory: host_memory(),
+            gpus: self.gpus(),
+        }
+    }
+}
+
+/// Cards that are not there, for placement only.
+pub struct SimulatedInventory {
+    pub machine: Machine,
+}
+
+impl SimulatedInventory {
+    /// The host's CPUs and memory with the GPUs of `spec`: comma-separated `COUNTxSIZE`
+    /// groups, like `2x80GiB` or `1x80GiB,2x24GB` (sizes in B, KB, MB, GB, TB or their
+    /// KiB..TiB forms).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut gpus = Vec::new();
+        for group in spec.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+            let (count, size) = group
+                .split_once(['x', 'X'])
+                .ok_or_else(|| format!("--simulate-gpus: `{group}` is not COUNTxSIZE, like 2x80GiB"))?;
+            let count: usize = count
+                .trim()
+                .parse()
+                .map_err(|_| format!("--simulate-gpus: `{count}` in `{group}` is not a count of GPUs"))?;
+            let bytes = parse_size(size.trim()).ok_or_else(|| {
+                format!("--simulate-gpus: `{size}` in `{group}` is not a size like 80GiB or 24GB")
+            })?;
+            for _ in 0..count {
+                let index = gpus.len();
+                gpus.push(GpuInfo {
+                    index,
+                    name: "simulated GPU".into(),
+                    uuid: format!("GPU-simulated-{index}"),
+                    memory_total: bytes,
+                    memory_free: bytes,
+                    utilization: None,
+                    simulated: true,
+                });
+            }
+        }
+        if gpus.is_empty() {
+            return Err("--simulate-gpus: no GPUs given; use COUNTxSIZE, like 2x80GiB".into());
+        }
+        Ok(SimulatedInventory {
+            machine: Machine {
+                cpus: host_cpus(),
+                memory: host_memory(),
+                gpus,
+            },
+        })
+    }
+}
+
+impl Inventory for SimulatedInventory {
+    fn machine(&self) -> Machine {
+        self.machine.clone()
+    }
+}
+
+/// `80GiB`, `24GB`, `512MiB`, `1024` (bytes).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        _ => return None,
+    };
+    (number.is_finite() && number >= 0.0).then(|| (number * scale) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_gpus_parse_from_the_command_line_form() {
+        let inv = SimulatedInventory::parse("2x80GiB, 1x24GB").unwrap();
+        let gpus = inv.machine().gpus;
+        assert_eq!(gpus.len(), 3);
+        assert_eq!(gpus[1].memory_total, 80 << 30);
+        assert_eq!(gpus[2].memory_total, 24_000_000_000);
+        assert!(gpus.iter().all(|g| g.simulated));
+        assert_eq!(gpus[2].index, 2);
+        for bad in ["", "2", "twox80GiB", "2x80 parsecs"] {
+            assert!(SimulatedInventory::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_machine_without_nvml_has_no_gpus_and_says_why() {
+        // On machines with a driver this still must not panic; without one, it says why.
+        let inv = SystemInventory::probe();
+        let machine = inv.machine();
+        assert!(machine.cpus >= 1);
+        if machine.gpus.is_empty() && inv.nvml.is_none() {
+            assert!(inv.no_gpu_reason.as_deref().unwrap_or("").contains("NVML"));
+        }
+    }
+}
