@@ -48,11 +48,67 @@ pub struct Deployment {
     pub stats: Arc<ModelStats>,
     ready: AtomicBool,
     close: watch::Sender<bool>,
+    pub replicas: Vec<ReplicaStatus>,
     threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
     batcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// Where one replica was placed.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "placement", rename_all = "snake_case")]
+pub enum ReplicaPlacement {
+    /// It asked for no GPU.
+    Cpu,
+    /// On these cards, each at `share` of a card.
+    Gpu {
+        gpus: Vec<usize>,
+        share: f64,
+        /// Why it runs on the CPU all the same (simulated cards, no CUDA backend).
+        note: String,
+    },
+    /// No card could take it; `fallback = "cpu"` put it on the CPU.
+    CpuFallback { reason: String },
+    /// No card could take it and `fallback = "none"`: it does not run.
+    Pending { reason: String },
+}
+
+impl ReplicaPlacement {
+    pub fn runs(&self) -> bool {
+        !matches!(self, ReplicaPlacement::Pending { .. })
+    }
+}
+
+/// A replica as the status page shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplicaStatus {
+    pub index: usize,
+    #[serde(flatten)]
+    pub placement: ReplicaPlacement,
+    /// Where its kernels run.
+    pub device: Option<String>,
+}
+
+/// A deployment's model, loaded once; replicas share its weights.
+pub struct Loaded {
+    pub model: Model,
+    pub platform: &'static str,
+}
+
+impl Loaded {
+    /// Bytes one replica needs on a card: the weights, and room for a few full batches of
+    /// input and output.
+    pub fn replica_memory(&self, spec: &Spec) -> u64 {
+        let batch = spec.batching.max_batch_size * (spec.input.features + spec.output.features) * 4;
+        (self.model.weight_bytes() + 4 * batch) as u64
+    }
+}
+
 /// Loads the model of `spec` once; replicas share its weights.
+pub fn load(spec: &Spec) -> Result<Loaded, StartError> {
+    let (model, platform) = load_model(spec)?;
+    Ok(Loaded { model, platform })
+}
+
 fn load_model(spec: &Spec) -> Result<(Model, &'static str), StartError> {
     let fail = |source| StartError::Model {
         name: spec.name.clone(),
@@ -81,10 +137,23 @@ fn load_model(spec: &Spec) -> Result<(Model, &'static str), StartError> {
 }
 
 impl Deployment {
-    /// Loads the model, starts the replicas and the batcher. Must run inside the tokio
-    /// runtime (the batcher is a task).
+    /// Loads the model and starts every replica on the CPU (no placement). Must run
+    /// inside the tokio runtime (the batcher is a task).
     pub fn start(spec: Spec, metrics: &Metrics) -> Result<Arc<Self>, StartError> {
-        let (model, platform) = load_model(&spec)?;
+        let loaded = load(&spec)?;
+        let placements = vec![ReplicaPlacement::Cpu; spec.num_replicas];
+        Self::start_placed(spec, loaded, placements, metrics)
+    }
+
+    /// Starts the replicas that `placements` lets run (one entry per replica) and the
+    /// batcher. Must run inside the tokio runtime.
+    pub fn start_placed(
+        spec: Spec,
+        loaded: Loaded,
+        placements: Vec<ReplicaPlacement>,
+        metrics: &Metrics,
+    ) -> Result<Arc<Self>, StartError> {
+        let Loaded { model, platform } = loaded;
         let name = spec.name.clone();
         let stats = Arc::new(ModelStats::default());
         let replica_metrics = ReplicaMetrics {
@@ -96,13 +165,29 @@ impl Deployment {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut senders = Vec::new();
         let mut threads = Vec::new();
-        for index in 0..spec.num_replicas {
+        let mut replicas = Vec::new();
+        for (index, placement) in placements.into_iter().enumerate() {
+            if !placement.runs() {
+                replicas.push(ReplicaStatus {
+                    index,
+                    placement,
+                    device: None,
+                });
+                continue;
+            }
             let fail = |reason: String| StartError::Replica {
                 name: name.clone(),
                 index,
                 reason,
             };
+            // Every replica computes on the CPU until the CUDA backend lands; a GPU
+            // placement reserves its share of the card all the same.
             let device = Device::cpu(spec.actor.threads).map_err(|e| fail(e.to_string()))?;
+            replicas.push(ReplicaStatus {
+                index,
+                placement,
+                device: Some(device.location().to_string()),
+            });
             metrics
                 .replicas
                 .with_label_values(&[name.as_str(), &device.location().to_string()])
@@ -120,6 +205,10 @@ impl Deployment {
             .map_err(|e| fail(e.to_string()))?;
             senders.push(tx);
             threads.push(thread);
+        }
+        let senders_empty = senders.is_empty();
+        if senders_empty {
+            tracing::warn!(model = %name, "no replica could be placed: the model is not ready (see GET /v2/status)");
         }
         let cancelled = replica_metrics.cancelled.clone();
         let hooks = Hooks {
@@ -153,8 +242,9 @@ impl Deployment {
             platform,
             handle,
             stats,
-            ready: AtomicBool::new(true),
+            ready: AtomicBool::new(!senders_empty),
             close,
+            replicas,
             threads: std::sync::Mutex::new(threads),
             batcher: std::sync::Mutex::new(Some(batcher)),
         }))

@@ -25,8 +25,19 @@ use crate::deployment::{Deployment, MODEL_VERSION};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
+/// The machine and what the replicas took of it.
+pub struct Cluster {
+    pub machine: crate::inventory::Machine,
+    pub no_gpu_reason: Option<String>,
+    /// Share of each card taken by placed replicas.
+    pub gpu_used: Vec<f64>,
+    /// Logical CPUs asked for by running replicas.
+    pub cpus_asked: f64,
+}
+
 /// What every handler shares.
 pub struct AppState {
+    pub cluster: Cluster,
     /// In the order of the deployment file.
     pub deployments: Vec<Arc<Deployment>>,
     by_name: HashMap<String, Arc<Deployment>>,
@@ -37,12 +48,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(deployments: Vec<Arc<Deployment>>, metrics: Arc<Metrics>, max_request_bytes: usize) -> Self {
+    pub fn new(
+        deployments: Vec<Arc<Deployment>>,
+        metrics: Arc<Metrics>,
+        max_request_bytes: usize,
+        cluster: Cluster,
+    ) -> Self {
         let by_name = deployments
             .iter()
             .map(|d| (d.name().to_owned(), Arc::clone(d)))
             .collect();
         AppState {
+            cluster,
             deployments,
             by_name,
             metrics,
@@ -95,6 +112,8 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v2", get(server_metadata))
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/repository/index", post(repository_index))
+        .route("/v2/resources", get(resources))
+        .route("/v2/status", get(status))
         .route("/metrics", get(metrics));
     r = model_routes(r, "", get(model_metadata));
     r = model_routes(r, "/ready", get(model_ready));
@@ -293,6 +312,53 @@ async fn repository_index(State(app): App, body: Bytes) -> Result<axum::Json<Vec
         })
         .collect();
     Ok(axum::Json(models))
+}
+
+/// Total and available logical resources, like `ray.cluster_resources()` and
+/// `ray.available_resources()`: `GPU` counts cards, fractional.
+async fn resources(State(app): App) -> axum::Json<Value> {
+    let c = &app.cluster;
+    let gpus = c.machine.gpus.len() as f64;
+    let gpu_free: f64 = c.gpu_used.iter().map(|u| (1.0 - u).max(0.0)).sum();
+    let cpus = c.machine.cpus as f64;
+    axum::Json(json!({
+        "total": { "CPU": cpus, "GPU": gpus, "memory": c.machine.memory },
+        "available": {
+            "CPU": (cpus - c.cpus_asked).max(0.0),
+            "GPU": (gpu_free * 1e4).round() / 1e4,
+            "memory": c.machine.memory,
+        },
+    }))
+}
+
+/// Deployments, replicas and where they were placed, queue depths, the GPUs.
+async fn status(State(app): App) -> axum::Json<Value> {
+    let c = &app.cluster;
+    let deployments: Vec<Value> = app
+        .deployments
+        .iter()
+        .map(|d| {
+            json!({
+                "name": d.name(),
+                "ready": d.is_ready(),
+                "num_replicas": d.spec.num_replicas,
+                "queue_depth": d.queued(),
+                "replicas": d.replicas,
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "ready": app.accepting.load(Ordering::Acquire),
+        "cpus": c.machine.cpus,
+        "memory": c.machine.memory,
+        "gpus": c.machine.gpus.iter().zip(&c.gpu_used).map(|(g, used)| {
+            let mut v = serde_json::to_value(g).expect("GPU info serializes");
+            v["used"] = json!(used);
+            v
+        }).collect::<Vec<_>>(),
+        "no_gpu_reason": c.no_gpu_reason,
+        "deployments": deployments,
+    }))
 }
 
 async fn metrics(State(app): App) -> impl IntoResponse {

@@ -35,6 +35,11 @@ pub struct Machine {
 /// A source of machine facts.
 pub trait Inventory: Send + Sync {
     fn machine(&self) -> Machine;
+
+    /// Why there are no GPUs, when there are none and a reason is known.
+    fn no_gpu_reason(&self) -> Option<String> {
+        None
+    }
 }
 
 fn host_cpus() -> usize {
@@ -120,6 +125,10 @@ impl Inventory for SystemInventory {
             gpus: self.gpus(),
         }
     }
+
+    fn no_gpu_reason(&self) -> Option<String> {
+        self.no_gpu_reason.clone()
+    }
 }
 
 /// Cards that are not there, for placement only.
@@ -141,9 +150,8 @@ impl SimulatedInventory {
                 .trim()
                 .parse()
                 .map_err(|_| format!("--simulate-gpus: `{count}` in `{group}` is not a count of GPUs"))?;
-            let bytes = parse_size(size.trim()).ok_or_else(|| {
-                format!("--simulate-gpus: `{size}` in `{group}` is not a size like 80GiB or 24GB")
-            })?;
+            let bytes = parse_size(size.trim())
+                .ok_or_else(|| format!("--simulate-gpus: `{size}` in `{group}` is not a size like 80GiB or 24GB"))?;
             for _ in 0..count {
                 let index = gpus.len();
                 gpus.push(GpuInfo {
@@ -193,7 +201,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "tib" => 1024f64.powi(4),
         _ => return None,
     };
-    (number.is_finite() && number >= 0.0).then(|| (number * scale) as u64)
+    (number.is_finite() && number >= 0.0).then_some((number * scale) as u64)
 }
 
 #[cfg(test)]

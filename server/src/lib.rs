@@ -25,9 +25,11 @@ use tokio::sync::watch;
 
 pub use deployment::StartError;
 
-use crate::deployment::Deployment;
-use crate::http::AppState;
+use crate::deployment::{Deployment, ReplicaPlacement};
+use crate::http::{AppState, Cluster};
+use crate::inventory::{Inventory, SystemInventory};
 use crate::metrics::Metrics;
+use crate::placement::Ask;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -49,13 +51,112 @@ impl Server {
     /// cannot load stops everything, with the file and the reason. Must be called from
     /// within a tokio runtime.
     pub fn start(config: &Config) -> Result<Server, StartError> {
+        Self::start_with(config, Arc::new(SystemInventory::probe()))
+    }
+
+    /// Like [`Server::start`], on the machine `inventory` describes (a simulated one in
+    /// tests and with `--simulate-gpus`). Replicas that ask for GPUs are placed onto
+    /// fractional slots first (see [`placement`]).
+    pub fn start_with(config: &Config, inventory: Arc<dyn Inventory>) -> Result<Server, StartError> {
+        let machine = inventory.machine();
+        let no_gpu_reason = inventory.no_gpu_reason();
+        if machine.gpus.iter().any(|g| g.simulated) {
+            tracing::warn!(
+                gpus = machine.gpus.len(),
+                "simulated GPUs: placement only; replicas placed on them run on the CPU"
+            );
+        }
+        let loaded = config
+            .deployments
+            .iter()
+            .map(deployment::load)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        // Every replica that asks for a GPU, placed together.
+        let mut asks = Vec::new();
+        let mut owners = Vec::new();
+        for (d, (spec, l)) in config.deployments.iter().zip(&loaded).enumerate() {
+            if spec.actor.num_gpus > 0.0 {
+                for r in 0..spec.num_replicas {
+                    asks.push(Ask {
+                        num_gpus: spec.actor.num_gpus,
+                        memory: l.replica_memory(spec),
+                    });
+                    owners.push((d, r));
+                }
+            }
+        }
+        let free: Vec<u64> = machine.gpus.iter().map(|g| g.memory_free).collect();
+        let placed = placement::place(&free, &asks);
+        let mut gpu_used = vec![0.0; machine.gpus.len()];
+        let mut placements: Vec<Vec<ReplicaPlacement>> = config
+            .deployments
+            .iter()
+            .map(|s| vec![ReplicaPlacement::Cpu; s.num_replicas])
+            .collect();
+        for ((&(d, r), ask), cards) in owners.iter().zip(&asks).zip(placed) {
+            let spec = &config.deployments[d];
+            placements[d][r] = match cards {
+                Some(gpus) => {
+                    let share = ask.num_gpus.min(1.0);
+                    for &g in &gpus {
+                        gpu_used[g] += share;
+                    }
+                    let note = if gpus.iter().all(|&g| machine.gpus[g].simulated) {
+                        "simulated GPU: placement only, runs on the CPU"
+                    } else {
+                        "the CUDA backend is not built yet: runs on the CPU"
+                    };
+                    ReplicaPlacement::Gpu {
+                        gpus,
+                        share,
+                        note: note.into(),
+                    }
+                }
+                None => {
+                    let reason = match (&no_gpu_reason, machine.gpus.is_empty()) {
+                        (Some(why), true) => format!("no GPU: {why}"),
+                        (None, true) => "the machine has no GPU".into(),
+                        _ => format!(
+                            "no GPU has num_gpus = {} of a card and {} bytes of memory free",
+                            ask.num_gpus, ask.memory
+                        ),
+                    };
+                    match spec.fallback {
+                        prism_config::Fallback::Cpu => ReplicaPlacement::CpuFallback { reason },
+                        prism_config::Fallback::None => ReplicaPlacement::Pending { reason },
+                    }
+                }
+            };
+        }
+
         let metrics = Arc::new(Metrics::new());
         let mut deployments = Vec::new();
-        for spec in &config.deployments {
-            deployments.push(Deployment::start(spec.clone(), &metrics)?);
+        let mut cpus_asked = 0.0;
+        for ((spec, l), p) in config.deployments.iter().zip(loaded).zip(placements) {
+            cpus_asked += spec.actor.num_cpus * p.iter().filter(|p| p.runs()).count() as f64;
+            deployments.push(Deployment::start_placed(spec.clone(), l, p, &metrics)?);
         }
+        if cpus_asked > machine.cpus as f64 {
+            tracing::warn!(
+                asked = cpus_asked,
+                cpus = machine.cpus,
+                "the replicas ask for more logical CPUs than the machine has; they share them"
+            );
+        }
+        let cluster = Cluster {
+            machine,
+            no_gpu_reason,
+            gpu_used,
+            cpus_asked,
+        };
         Ok(Server {
-            app: Arc::new(AppState::new(deployments, metrics, config.server.max_request_bytes)),
+            app: Arc::new(AppState::new(
+                deployments,
+                metrics,
+                config.server.max_request_bytes,
+                cluster,
+            )),
             shutdown_timeout: config.server.shutdown_timeout,
         })
     }

@@ -24,6 +24,10 @@ struct Args {
     /// Print the embedded default deployment file and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Place replicas on simulated GPUs instead of the machine's (placement only: a
+    /// simulated card runs nothing): `2x80GiB`, `1x80GiB,2x24GB`.
+    #[arg(long, value_name = "COUNTxSIZE")]
+    simulate_gpus: Option<String>,
     /// Check the deployment file (and load its models), then exit.
     #[arg(long)]
     check: bool,
@@ -54,7 +58,17 @@ async fn main() -> ExitCode {
         config.server.http_addr = addr;
     }
     tracing::info!(config = %config.source_name, deployments = config.deployments.len(), "starting");
-    let server = match prism_server::Server::start(&config) {
+    let inventory: std::sync::Arc<dyn prism_server::inventory::Inventory> = match &args.simulate_gpus {
+        Some(spec) => match prism_server::inventory::SimulatedInventory::parse(spec) {
+            Ok(i) => std::sync::Arc::new(i),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => std::sync::Arc::new(prism_server::inventory::SystemInventory::probe()),
+    };
+    let server = match prism_server::Server::start_with(&config, inventory) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

@@ -197,8 +197,15 @@ mod tests {
             }
         }
         for c in 0..memory_free.len() {
-            assert!(share[c] <= CARD, "card {c} holds {} shares: {asks:?} -> {placed:?}", share[c]);
-            assert!(memory[c] <= memory_free[c], "card {c} over its memory: {asks:?} -> {placed:?}");
+            assert!(
+                share[c] <= CARD,
+                "card {c} holds {} shares: {asks:?} -> {placed:?}",
+                share[c]
+            );
+            assert!(
+                memory[c] <= memory_free[c],
+                "card {c} over its memory: {asks:?} -> {placed:?}"
+            );
         }
     }
 
@@ -233,7 +240,11 @@ mod tests {
         let placed = place(&[80 * GIB], &[ask(0.25, 10); 4]);
         assert!(placed.iter().all(|p| p.as_deref() == Some(&[0][..])));
         let placed = place(&[80 * GIB], &[ask(0.25, 10); 5]);
-        assert_eq!(placed.iter().filter(|p| p.is_none()).count(), 1, "a fifth quarter does not fit");
+        assert_eq!(
+            placed.iter().filter(|p| p.is_none()).count(),
+            1,
+            "a fifth quarter does not fit"
+        );
         let tenth = place(&[80 * GIB], &[ask(0.1, 1); 10]);
         assert!(tenth.iter().all(Option::is_some), "ten tenths fill a card exactly");
     }
@@ -257,17 +268,27 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
         let fractions = [0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 1.0];
         for case in 0..400 {
-            let cards: Vec<u64> = (0..rng.random_range(1..=3)).map(|_| rng.random_range(4..=80) * GIB).collect();
+            let cards: Vec<u64> = (0..rng.random_range(1..=3))
+                .map(|_| rng.random_range(4..=80) * GIB)
+                .collect();
             let asks: Vec<Ask> = (0..rng.random_range(1..=7))
                 .map(|_| {
-                    let num_gpus = if rng.random_bool(0.15) { 2.0 } else { fractions[rng.random_range(0..fractions.len())] };
+                    let num_gpus = if rng.random_bool(0.15) {
+                        2.0
+                    } else {
+                        fractions[rng.random_range(0..fractions.len())]
+                    };
                     ask(num_gpus, rng.random_range(1..=40))
                 })
                 .collect();
             let placed = place(&cards, &asks);
             check_capacity(&cards, &asks, &placed);
             let count = placed.iter().filter(|p| p.is_some()).count();
-            assert_eq!(count, brute_force_max(&cards, &asks), "case {case}: {cards:?} {asks:?} -> {placed:?}");
+            assert_eq!(
+                count,
+                brute_force_max(&cards, &asks),
+                "case {case}: {cards:?} {asks:?} -> {placed:?}"
+            );
         }
     }
 
@@ -276,7 +297,9 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..50 {
             let cards: Vec<u64> = (0..8).map(|_| 80 * GIB).collect();
-            let asks: Vec<Ask> = (0..60).map(|_| ask(rng.random_range(1..=20) as f64 / 20.0, rng.random_range(1..=20))).collect();
+            let asks: Vec<Ask> = (0..60)
+                .map(|_| ask(rng.random_range(1..=20) as f64 / 20.0, rng.random_range(1..=20)))
+                .collect();
             check_capacity(&cards, &asks, &place(&cards, &asks));
         }
     }

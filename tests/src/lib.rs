@@ -19,14 +19,27 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts `config` on `127.0.0.1:0` and waits until it is ready.
+    /// Starts `config` on `127.0.0.1:0` and waits until it answers (its models are loaded
+    /// before it listens).
     pub async fn start(config: Config) -> TestServer {
         Self::try_start(config).await.expect("the server starts")
     }
 
     /// Like [`TestServer::start`], but hands back a start-up error.
     pub async fn try_start(config: Config) -> Result<TestServer, prism_server::StartError> {
-        let server = prism_server::Server::start(&config)?;
+        Self::start_with(
+            config,
+            std::sync::Arc::new(prism_server::inventory::SystemInventory::probe()),
+        )
+        .await
+    }
+
+    /// Starts `config` on the machine `inventory` describes (simulated GPUs).
+    pub async fn start_with(
+        config: Config,
+        inventory: std::sync::Arc<dyn prism_server::inventory::Inventory>,
+    ) -> Result<TestServer, prism_server::StartError> {
+        let server = prism_server::Server::start_with(&config, inventory)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -37,7 +50,7 @@ impl TestServer {
         }));
         let client = Client::new(&url);
         for _ in 0..200 {
-            if client.server_ready().await.unwrap_or(false) {
+            if client.server_live().await.unwrap_or(false) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -1,0 +1,137 @@
+//! Replicas placed on simulated GPUs, seen through the status and resources APIs.
+
+use std::sync::Arc;
+
+use prism_client::v2::{InferInput, InferRequest};
+use prism_server::inventory::SimulatedInventory;
+use prism_tests::{TestServer, config};
+
+const DEPLOYMENTS: &str = r#"
+[[deployments]]
+name = "quarters"
+num_replicas = 4
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_gpus = 0.25
+
+[[deployments]]
+name = "whole"
+fallback = "none"
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_gpus = 1
+
+[[deployments]]
+name = "half"
+fallback = "cpu"
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_gpus = 0.5
+"#;
+
+fn one() -> InferRequest {
+    InferRequest {
+        inputs: vec![InferInput::fp32("INPUT0", vec![1, 1], vec![100.0])],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn four_quarters_fill_a_card_and_the_rest_fall_back_or_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = Arc::new(SimulatedInventory::parse("1x80GiB").unwrap());
+    let server = TestServer::start_with(config(DEPLOYMENTS, dir.path()), inventory)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let http = http.clone();
+        let url = format!("{}{path}", server.url);
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    let status = get("/v2/status").await;
+    let deployments = status["deployments"].as_array().unwrap();
+    let quarters = &deployments[0]["replicas"];
+    for r in quarters.as_array().unwrap() {
+        assert_eq!(r["placement"], "gpu", "{r}");
+        assert_eq!(r["gpus"], serde_json::json!([0]));
+        assert_eq!(r["share"], 0.25);
+        assert!(r["note"].as_str().unwrap().contains("simulated"));
+    }
+    let whole = &deployments[1];
+    assert_eq!(whole["ready"], false);
+    assert_eq!(whole["replicas"][0]["placement"], "pending");
+    assert!(
+        whole["replicas"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("num_gpus = 1"),
+        "{whole}"
+    );
+    let half = &deployments[2];
+    assert_eq!(half["ready"], true);
+    assert_eq!(half["replicas"][0]["placement"], "cpu_fallback");
+    assert_eq!(status["gpus"][0]["used"], 1.0);
+    assert_eq!(status["gpus"][0]["simulated"], true);
+
+    let resources = get("/v2/resources").await;
+    assert_eq!(resources["total"]["GPU"], 1.0);
+    assert_eq!(resources["available"]["GPU"], 0.0);
+    assert!(resources["total"]["CPU"].as_f64().unwrap() >= 1.0);
+
+    // Placed and fallen-back replicas serve; the pending deployment says it is not ready.
+    for model in ["quarters", "half"] {
+        let a = server.client.infer(model, &one()).await.unwrap();
+        assert_eq!(a.outputs[0].data.as_ref().unwrap().to_f32(), Some(vec![212.0]));
+    }
+    assert!(!server.client.model_ready("whole").await.unwrap());
+    let err = server.client.infer("whole", &one()).await.unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err}");
+    assert!(
+        !server.client.server_ready().await.unwrap(),
+        "a deployment with no replica keeps the server unready"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_gpus_every_replica_runs_on_the_cpu_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = DEPLOYMENTS.replace("fallback = \"none\"", "fallback = \"cpu\"");
+    let server = TestServer::start(config(&text, dir.path())).await;
+    let status: serde_json::Value = reqwest::get(format!("{}/v2/status", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    if status["gpus"].as_array().unwrap().is_empty() {
+        for d in status["deployments"].as_array().unwrap() {
+            for r in d["replicas"].as_array().unwrap() {
+                assert_eq!(r["placement"], "cpu_fallback", "{r}");
+                assert!(r["reason"].as_str().unwrap().contains("no GPU"), "{r}");
+            }
+        }
+        let resources: serde_json::Value = reqwest::get(format!("{}/v2/resources", server.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(resources["total"]["GPU"], 0.0);
+    }
+    assert!(server.client.server_ready().await.unwrap());
+    server.stop().await.unwrap();
+}
