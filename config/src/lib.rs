@@ -7,7 +7,7 @@
 
 mod raw;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// After SIGTERM / Ctrl-C: how long accepted requests may take to finish (default 30 s).
     pub shutdown_timeout: Duration,
+    /// Custom logical resources and how many of each the server has (`[server.resources]`).
+    pub resources: BTreeMap<String, f64>,
 }
 
 /// One deployment: a model served by `num_replicas` actors behind one batcher.
@@ -101,6 +103,8 @@ pub struct ActorOptions {
     pub num_cpus: f64,
     pub num_gpus: f64,
     pub threads: usize,
+    /// Custom resources one replica asks for; each is declared in `[server.resources]`.
+    pub resources: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,7 +174,8 @@ impl Config {
         let mut deployments = Vec::new();
         for (i, d) in file.deployments.iter().enumerate() {
             let at = format!("deployments[{i}] ({})", d.name);
-            let dep = validate_deployment(d, base_dir).map_err(|(k, r)| err(&format!("{at}.{k}"), r))?;
+            let dep =
+                validate_deployment(d, base_dir, &server.resources).map_err(|(k, r)| err(&format!("{at}.{k}"), r))?;
             if !names.insert(dep.name.clone()) {
                 return Err(err(
                     &format!("{at}.name"),
@@ -219,10 +224,20 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
         1.0,
         86_400.0,
     )?;
+    for (name, &amount) in &s.resources {
+        let key = format!("resources.{name}");
+        if matches!(name.as_str(), "CPU" | "GPU" | "memory" | "object_store_memory") || name.is_empty() {
+            return invalid(&key, "is a built-in resource name; custom resources need other names");
+        }
+        if !amount.is_finite() || amount < 0.0 {
+            return invalid(&key, format!("must be a non-negative number, got {amount}"));
+        }
+    }
     Ok(ServerConfig {
         http_addr,
         max_request_bytes,
         shutdown_timeout,
+        resources: s.resources.clone(),
     })
 }
 
@@ -258,7 +273,11 @@ fn fraction(key: &str, value: Option<f64>) -> Result<f64, Invalid> {
     Ok(v)
 }
 
-fn validate_deployment(d: &raw::Deployment, base_dir: Option<&Path>) -> Result<Deployment, Invalid> {
+fn validate_deployment(
+    d: &raw::Deployment,
+    base_dir: Option<&Path>,
+    declared: &BTreeMap<String, f64>,
+) -> Result<Deployment, Invalid> {
     if d.name == "stats" {
         return invalid(
             "name",
@@ -302,6 +321,18 @@ fn validate_deployment(d: &raw::Deployment, base_dir: Option<&Path>) -> Result<D
         );
     }
     let threads = in_range("actor.threads", d.actor.threads, 1, 1, 1024)?;
+    for (name, &amount) in &d.actor.resources {
+        let key = format!("actor.resources.{name}");
+        if !declared.contains_key(name) {
+            return invalid(
+                &key,
+                format!("the server declares no resource `{name}`; declare it under [server.resources]"),
+            );
+        }
+        if !amount.is_finite() || amount < 0.0 {
+            return invalid(&key, format!("must be a non-negative number, got {amount}"));
+        }
+    }
 
     let max_batch_size = in_range("batching.max_batch_size", d.batching.max_batch_size, 32, 1, 1 << 16)?;
     let batch_wait_timeout = seconds(
@@ -333,6 +364,7 @@ fn validate_deployment(d: &raw::Deployment, base_dir: Option<&Path>) -> Result<D
             num_cpus,
             num_gpus,
             threads,
+            resources: d.actor.resources.clone(),
         },
         batching: Batching {
             max_batch_size,

@@ -2,6 +2,7 @@
 //! file may leave it out, unknown keys refused. [`crate::Config::parse`] turns these into
 //! the validated types once.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use prism_kernels::LayerSpec;
@@ -22,6 +23,8 @@ pub(crate) struct Server {
     pub http_addr: Option<String>,
     pub max_request_bytes: Option<u64>,
     pub shutdown_timeout_s: Option<f64>,
+    #[serde(default)]
+    pub resources: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +65,8 @@ pub(crate) struct Actor {
     pub num_cpus: Option<f64>,
     pub num_gpus: Option<f64>,
     pub threads: Option<i64>,
+    #[serde(default)]
+    pub resources: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -117,6 +117,21 @@ fn names_must_be_unique_and_url_safe() {
 }
 
 #[test]
+fn custom_resources_are_declared_by_the_server_and_asked_for_by_actors() {
+    let text = DIGITS.replace("[server]\n", "[server]\nresources = { licence = 2 }\n");
+    let with_ask = text.replace("threads = 1 ", "threads = 1\nresources = { licence = 1 } ");
+    assert_ne!(with_ask, text);
+    let c = parse(&with_ask).unwrap();
+    assert_eq!(c.server.resources["licence"], 2.0);
+    assert_eq!(c.deployments[0].actor.resources["licence"], 1.0);
+    let undeclared = DIGITS.replace("threads = 1 ", "threads = 1\nresources = { licence = 1 } ");
+    assert!(error(&undeclared).contains("actor.resources.licence: the server declares no resource `licence`"));
+    assert!(
+        error(&DIGITS.replace("[server]\n", "[server]\nresources = { GPU = 2 }\n")).contains("built-in resource name")
+    );
+}
+
+#[test]
 fn fault_injection_defaults_its_delay_rate_to_always() {
     let text = format!("{DIGITS}\n[deployments.fault_injection]\ndelay_ms = 50\n");
     let f = parse(&text).unwrap().deployments[0].fault_injection.clone();

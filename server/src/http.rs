@@ -33,6 +33,9 @@ pub struct Cluster {
     pub gpu_used: Vec<f64>,
     /// Logical CPUs asked for by running replicas.
     pub cpus_asked: f64,
+    /// Custom resources declared in `[server.resources]`, and what replicas left of them.
+    pub resources_total: std::collections::BTreeMap<String, f64>,
+    pub resources_left: std::collections::BTreeMap<String, f64>,
 }
 
 /// What every handler shares.
@@ -321,14 +324,17 @@ async fn resources(State(app): App) -> axum::Json<Value> {
     let gpus = c.machine.gpus.len() as f64;
     let gpu_free: f64 = c.gpu_used.iter().map(|u| (1.0 - u).max(0.0)).sum();
     let cpus = c.machine.cpus as f64;
-    axum::Json(json!({
-        "total": { "CPU": cpus, "GPU": gpus, "memory": c.machine.memory },
-        "available": {
-            "CPU": (cpus - c.cpus_asked).max(0.0),
-            "GPU": (gpu_free * 1e4).round() / 1e4,
-            "memory": c.machine.memory,
-        },
-    }))
+    let mut total = json!({ "CPU": cpus, "GPU": gpus, "memory": c.machine.memory });
+    let mut available = json!({
+        "CPU": (cpus - c.cpus_asked).max(0.0),
+        "GPU": (gpu_free * 1e4).round() / 1e4,
+        "memory": c.machine.memory,
+    });
+    for (name, amount) in &c.resources_total {
+        total[name] = json!(amount);
+        available[name] = json!(c.resources_left[name]);
+    }
+    axum::Json(json!({ "total": total, "available": available }))
 }
 
 /// Deployments, replicas and where they were placed, queue depths, the GPUs.

@@ -72,12 +72,45 @@ impl Server {
             .map(deployment::load)
             .collect::<Result<Vec<_>, _>>()?;
 
+        // Custom resources first, in file order: a replica whose ask the server's pool cannot
+        // meet stays pending, whatever its fallback (no device can stand in for it).
+        let mut placements: Vec<Vec<ReplicaPlacement>> = config
+            .deployments
+            .iter()
+            .map(|s| vec![ReplicaPlacement::Cpu; s.num_replicas])
+            .collect();
+        let mut resources_left = config.server.resources.clone();
+        for (d, spec) in config.deployments.iter().enumerate() {
+            for slot in placements[d].iter_mut() {
+                let short = spec
+                    .actor
+                    .resources
+                    .iter()
+                    .find(|(name, need)| resources_left[*name] + 1e-9 < **need);
+                match short {
+                    Some((name, need)) => {
+                        *slot = ReplicaPlacement::Pending {
+                            reason: format!(
+                                "resource `{name}`: needs {need}, {} of {} left",
+                                resources_left[name], config.server.resources[name]
+                            ),
+                        };
+                    }
+                    None => {
+                        for (name, need) in &spec.actor.resources {
+                            *resources_left.get_mut(name).expect("declared (validated)") -= need;
+                        }
+                    }
+                }
+            }
+        }
+
         // Every replica that asks for a GPU, placed together.
         let mut asks = Vec::new();
         let mut owners = Vec::new();
         for (d, (spec, l)) in config.deployments.iter().zip(&loaded).enumerate() {
             if spec.actor.num_gpus > 0.0 {
-                for r in 0..spec.num_replicas {
+                for r in (0..spec.num_replicas).filter(|&r| placements[d][r].runs()) {
                     asks.push(Ask {
                         num_gpus: spec.actor.num_gpus,
                         memory: l.replica_memory(spec),
@@ -89,11 +122,6 @@ impl Server {
         let free: Vec<u64> = machine.gpus.iter().map(|g| g.memory_free).collect();
         let placed = placement::place(&free, &asks);
         let mut gpu_used = vec![0.0; machine.gpus.len()];
-        let mut placements: Vec<Vec<ReplicaPlacement>> = config
-            .deployments
-            .iter()
-            .map(|s| vec![ReplicaPlacement::Cpu; s.num_replicas])
-            .collect();
         for ((&(d, r), ask), cards) in owners.iter().zip(&asks).zip(placed) {
             let spec = &config.deployments[d];
             placements[d][r] = match cards {
@@ -149,6 +177,8 @@ impl Server {
             no_gpu_reason,
             gpu_used,
             cpus_asked,
+            resources_total: config.server.resources.clone(),
+            resources_left,
         };
         Ok(Server {
             app: Arc::new(AppState::new(

@@ -107,6 +107,47 @@ async fn four_quarters_fill_a_card_and_the_rest_fall_back_or_wait() {
 }
 
 #[tokio::test]
+async fn custom_resources_are_counted_and_a_short_pool_leaves_replicas_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[server]
+resources = { licence = 3 }
+
+[[deployments]]
+name = "licensed"
+num_replicas = 4
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+resources = { licence = 1 }
+"#;
+    let server = TestServer::start(config(text, dir.path())).await;
+    let resources: serde_json::Value = reqwest::get(format!("{}/v2/resources", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resources["total"]["licence"], 3.0);
+    assert_eq!(resources["available"]["licence"], 0.0);
+    let status: serde_json::Value = reqwest::get(format!("{}/v2/status", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let replicas = status["deployments"][0]["replicas"].as_array().unwrap();
+    assert_eq!(replicas.iter().filter(|r| r["placement"] == "cpu").count(), 3);
+    let pending = replicas
+        .iter()
+        .find(|r| r["placement"] == "pending")
+        .expect("the fourth waits");
+    assert_eq!(pending["reason"], "resource `licence`: needs 1, 0 of 3 left");
+    server.client.infer("licensed", &one()).await.unwrap();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn without_gpus_every_replica_runs_on_the_cpu_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let text = DEPLOYMENTS.replace("fallback = \"none\"", "fallback = \"cpu\"");
