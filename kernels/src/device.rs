@@ -1,8 +1,7 @@
 //! Where a replica's kernels run.
 //!
-//! One [`Device`] value per replica (actor). Today that is always the CPU; the CUDA
-//! backend adds a `Cuda` variant whose value is a cheap clone of the context, stream and
-//! handles, so a replica can carry its device the same way.
+//! One [`Device`] value per replica (actor): the CPU with the replica's own intra-op
+//! pool, or a CUDA card (see [`crate::cuda`]).
 
 use std::sync::Arc;
 
@@ -12,6 +11,11 @@ use crate::error::KernelError;
 #[derive(Clone, Debug)]
 pub enum Device {
     Cpu(CpuDevice),
+    /// A CUDA card by ordinal. The replica that gets it opens its own context, stream and
+    /// cuBLAS handle on its own thread ([`crate::cuda::CudaDevice::new`]).
+    Cuda {
+        ordinal: usize,
+    },
 }
 
 impl Device {
@@ -24,6 +28,7 @@ impl Device {
     pub fn location(&self) -> Location {
         match self {
             Device::Cpu(_) => Location::Cpu,
+            Device::Cuda { ordinal } => Location::Cuda(*ordinal),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! ops through `ndarray`.
 
 pub mod builtin;
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod model;

@@ -102,7 +102,7 @@ pub struct Model {
 /// 35 against 15 GFLOP/s on 1×784×256). `matmul` weights already have the `[in, out]`
 /// layout and are read in place.
 #[derive(Clone, Debug)]
-enum Step {
+pub(crate) enum Step {
     Gemm {
         /// `[in, out]`.
         weight: Weight,
@@ -194,6 +194,11 @@ impl Model {
 
     pub fn out_features(&self) -> usize {
         self.out_features
+    }
+
+    /// What `forward` runs, for other backends to mirror.
+    pub(crate) fn steps(&self) -> &[Step] {
+        &self.steps
     }
 
     pub fn layers(&self) -> &[Layer] {

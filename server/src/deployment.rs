@@ -63,7 +63,9 @@ pub enum ReplicaPlacement {
     Gpu {
         gpus: Vec<usize>,
         share: f64,
-        /// Why it runs on the CPU all the same (simulated cards, no CUDA backend).
+        /// The card it computes on, when CUDA works here; otherwise it computes on the
+        /// CPU and `note` says why (a simulated card, no CUDA libraries).
+        cuda: Option<usize>,
         note: String,
     },
     /// No card could take it; `fallback = "cpu"` put it on the CPU.
@@ -180,9 +182,12 @@ impl Deployment {
                 index,
                 reason,
             };
-            // Every replica computes on the CPU until the CUDA backend lands; a GPU
-            // placement reserves its share of the card all the same.
-            let device = Device::cpu(spec.actor.threads).map_err(|e| fail(e.to_string()))?;
+            let device = match &placement {
+                ReplicaPlacement::Gpu {
+                    cuda: Some(ordinal), ..
+                } => Device::Cuda { ordinal: *ordinal },
+                _ => Device::cpu(spec.actor.threads).map_err(|e| fail(e.to_string()))?,
+            };
             replicas.push(ReplicaStatus {
                 index,
                 placement,

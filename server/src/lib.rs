@@ -71,6 +71,16 @@ impl Server {
             .iter()
             .map(deployment::load)
             .collect::<Result<Vec<_>, _>>()?;
+        // CUDA is probed once, and only where NVML saw a real card.
+        let real_gpus = machine.gpus.iter().any(|g| !g.simulated);
+        let cuda = if real_gpus {
+            prism_kernels::cuda::probe()
+        } else {
+            Err("no real GPU".into())
+        };
+        if let (Err(why), true) = (&cuda, real_gpus) {
+            tracing::warn!("GPUs found, but CUDA cannot be used ({why}): replicas placed on them run on the CPU");
+        }
 
         // Custom resources first, in file order: a replica whose ask the server's pool cannot
         // meet stays pending, whatever its fallback (no device can stand in for it).
@@ -130,15 +140,19 @@ impl Server {
                     for &g in &gpus {
                         gpu_used[g] += share;
                     }
-                    let note = if gpus.iter().all(|&g| machine.gpus[g].simulated) {
-                        "simulated GPU: placement only, runs on the CPU"
+                    let (cuda, note) = if gpus.iter().all(|&g| machine.gpus[g].simulated) {
+                        (None, "simulated GPU: placement only, runs on the CPU".to_owned())
                     } else {
-                        "the CUDA backend is not built yet: runs on the CPU"
+                        match &cuda {
+                            Ok(_) => (Some(gpus[0]), format!("runs on cuda:{}", gpus[0])),
+                            Err(why) => (None, format!("CUDA unavailable ({why}): runs on the CPU")),
+                        }
                     };
                     ReplicaPlacement::Gpu {
                         gpus,
                         share,
-                        note: note.into(),
+                        cuda,
+                        note,
                     }
                 }
                 None => {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView2, Axis, s};
 use prism_config::FaultInjection;
-use prism_kernels::{Device, Model};
+use prism_kernels::cuda::{CudaDevice, GpuModel};
+use prism_kernels::{CpuDevice, Device, Model};
 use prometheus::{Histogram, IntCounter};
 use rand::Rng;
 use tokio::sync::mpsc::UnboundedSender;
@@ -54,13 +55,39 @@ pub fn spawn(spec: ReplicaSpec) -> std::io::Result<(SyncSender<Batch>, JoinHandl
     Ok((tx, thread))
 }
 
+/// What a replica computes with, made on its own thread (a CUDA context and stream
+/// belong to the thread that uses them).
+enum Backend {
+    Cpu(CpuDevice),
+    Cuda(Box<GpuModel>),
+}
+
+impl Backend {
+    fn open(spec: &ReplicaSpec) -> Backend {
+        match &spec.device {
+            Device::Cpu(cpu) => Backend::Cpu(cpu.clone()),
+            Device::Cuda { ordinal } => {
+                match CudaDevice::new(*ordinal).and_then(|d| GpuModel::upload(&spec.model, d)) {
+                    Ok(model) => Backend::Cuda(Box::new(model)),
+                    Err(e) => {
+                        tracing::error!(model = %spec.model_name, replica = spec.index, gpu = ordinal, error = %e,
+                            "cannot run on the GPU; this replica runs on the CPU");
+                        Backend::Cpu(CpuDevice::new(1).expect("a one-thread CPU device needs no pool"))
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn run(spec: ReplicaSpec, rx: Receiver<Batch>) {
     tracing::debug!(model = %spec.model_name, replica = spec.index, device = %spec.device.location(), "replica started");
+    let mut backend = Backend::open(&spec);
     while let Ok(batch) = rx.recv() {
         // The model's own panics are caught inside; this guards the replica's bookkeeping,
         // so the thread (and its slot in the batcher) survives whatever one batch does.
         // The batch's requests then get `InferError::Lost` from their dropped senders.
-        if catch_unwind(AssertUnwindSafe(|| execute(&spec, batch))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| execute(&spec, &mut backend, batch))).is_err() {
             tracing::error!(model = %spec.model_name, replica = spec.index, "replica failed outside the model; batch lost");
         }
         // The batcher may be gone at shutdown; then nobody needs to know.
@@ -69,7 +96,7 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>) {
     tracing::debug!(model = %spec.model_name, replica = spec.index, "replica stopped");
 }
 
-fn execute(spec: &ReplicaSpec, mut batch: Batch) {
+fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     let started = Instant::now();
     let now = tokio::time::Instant::now();
     let queue_total: Duration = batch
@@ -88,7 +115,7 @@ fn execute(spec: &ReplicaSpec, mut batch: Batch) {
     let rows: Vec<usize> = batch.entries.iter().map(Entry::rows).collect();
     let input = gather(&mut batch.entries);
     let gathered = Instant::now();
-    let result = run_model(spec, input.view());
+    let result = run_model(spec, backend, input.view());
     let computed = Instant::now();
     spec.metrics
         .compute_duration
@@ -138,7 +165,7 @@ fn gather(entries: &mut [Entry]) -> Array2<f32> {
     ndarray::concatenate(Axis(0), &views).expect("every request was validated to the model's input width")
 }
 
-fn run_model(spec: &ReplicaSpec, input: ArrayView2<'_, f32>) -> Result<Array2<f32>, InferError> {
+fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: ArrayView2<'_, f32>) -> Result<Array2<f32>, InferError> {
     let faults = &spec.faults;
     if faults.is_active() {
         let mut rng = rand::rng();
@@ -152,12 +179,24 @@ fn run_model(spec: &ReplicaSpec, input: ArrayView2<'_, f32>) -> Result<Array2<f3
             });
         }
     }
-    let Device::Cpu(cpu) = &spec.device;
-    match catch_unwind(AssertUnwindSafe(|| spec.model.forward(cpu, input))) {
+    let forward = || -> Result<Array2<f32>, String> {
+        match backend {
+            Backend::Cpu(cpu) => spec.model.forward(cpu, input).map_err(|e| e.to_string()),
+            Backend::Cuda(gpu) => {
+                let rows = input.nrows();
+                let x = input.as_standard_layout();
+                let y = gpu
+                    .forward(x.as_slice().expect("standard layout is contiguous"), rows)
+                    .map_err(|e| e.to_string())?;
+                Ok(Array2::from_shape_vec((rows, spec.model.out_features()), y).expect("the GPU answers rows × out"))
+            }
+        }
+    };
+    match catch_unwind(AssertUnwindSafe(forward)) {
         Ok(Ok(output)) => Ok(output),
-        Ok(Err(e)) => Err(InferError::Model {
+        Ok(Err(reason)) => Err(InferError::Model {
             model: spec.model_name.clone(),
-            reason: e.to_string(),
+            reason,
         }),
         Err(panic) => {
             let reason = panic

@@ -1,0 +1,342 @@
+//! The CUDA backend: cuBLAS for the GEMMs, small NVRTC kernels for bias, activations and
+//! softmax, page-locked staging for every batch.
+//!
+//! cudarc loads the CUDA libraries at run time and *panics* on first use when one is
+//! missing, so [`probe`] checks each library (driver, NVRTC, cuBLAS) before anything else
+//! touches them, and [`CudaDevice::new`] runs behind `catch_unwind` as well. Every CUDA
+//! failure becomes a [`GpuError`], a system failure the caller may retry elsewhere.
+
+use std::collections::HashMap;
+use std::panic::catch_unwind;
+use std::sync::Arc;
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
+
+use crate::model::{Layer, Model, Step};
+
+/// A CUDA failure: a system failure, never a panic of the server.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("CUDA: {0}")]
+pub struct GpuError(pub String);
+
+fn gpu<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> GpuError {
+    move |e| GpuError(format!("{what}: {e:?}"))
+}
+
+/// How many CUDA devices can be used, or why none can. Never panics.
+pub fn probe() -> Result<usize, String> {
+    // SAFETY: these only try to open the libraries; they touch no CUDA state.
+    let (driver, nvrtc, cublas) = unsafe {
+        (
+            cudarc::driver::sys::is_culib_present(),
+            cudarc::nvrtc::sys::is_culib_present(),
+            cudarc::cublas::sys::is_culib_present(),
+        )
+    };
+    match (driver, nvrtc, cublas) {
+        (false, _, _) => return Err("the CUDA driver library (libcuda) is not installed".into()),
+        (_, false, _) => return Err("the NVRTC library (libnvrtc) is not on the library path".into()),
+        (_, _, false) => return Err("the cuBLAS library (libcublas) is not on the library path".into()),
+        _ => {}
+    }
+    match catch_unwind(CudaContext::device_count) {
+        Ok(Ok(n)) => Ok(n.max(0) as usize),
+        Ok(Err(e)) => Err(format!("the CUDA driver reports no usable device: {e:?}")),
+        Err(_) => Err("the CUDA driver library could not be used (a symbol is missing)".into()),
+    }
+}
+
+const KERNELS: &str = r#"
+extern "C" __global__ void add_row(float* y, const float* t, int rows, int cols) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < rows * cols) y[i] += t[i % cols];
+}
+
+// act: 1 relu, 2 gelu (erf), 3 gelu (tanh), 4 sigmoid, 5 tanh
+extern "C" __global__ void activate(float* y, int n, int act) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = y[i];
+    switch (act) {
+        case 1: v = fmaxf(v, 0.0f); break;
+        case 2: v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); break;
+        case 3: v = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v))); break;
+        case 4: v = 1.0f / (1.0f + expf(-v)); break;
+        case 5: v = tanhf(v); break;
+    }
+    y[i] = v;
+}
+
+// One thread per row: the rows of a serving model are short (tens to thousands).
+extern "C" __global__ void softmax_rows(float* y, int rows, int cols) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    float* row = y + (long long)r * cols;
+    float m = -INFINITY;
+    for (int c = 0; c < cols; c++) m = fmaxf(m, row[c]);
+    float s = 0.0f;
+    for (int c = 0; c < cols; c++) { row[c] = expf(row[c] - m); s += row[c]; }
+    for (int c = 0; c < cols; c++) row[c] /= s;
+}
+"#;
+
+/// One replica's view of a card: its own stream and cuBLAS handle, the kernels compiled
+/// once.
+pub struct CudaDevice {
+    ordinal: usize,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    add_row: CudaFunction,
+    activate: CudaFunction,
+    softmax: CudaFunction,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice").field("ordinal", &self.ordinal).finish()
+    }
+}
+
+impl CudaDevice {
+    /// A context on card `ordinal` with a new stream. Call [`probe`] first.
+    pub fn new(ordinal: usize) -> Result<Self, GpuError> {
+        catch_unwind(|| Self::open(ordinal))
+            .unwrap_or_else(|_| Err(GpuError("cudarc panicked opening the device".into())))
+    }
+
+    fn open(ordinal: usize) -> Result<Self, GpuError> {
+        let ctx = CudaContext::new(ordinal).map_err(gpu("create a context"))?;
+        let stream = ctx.new_stream().map_err(gpu("create a stream"))?;
+        let blas = CudaBlas::new(Arc::clone(&stream)).map_err(gpu("create a cuBLAS handle"))?;
+        let ptx = cudarc::nvrtc::compile_ptx(KERNELS).map_err(gpu("compile the kernels"))?;
+        let module = ctx.load_module(ptx).map_err(gpu("load the kernels"))?;
+        let f = |name| module.load_function(name).map_err(gpu("find a kernel"));
+        Ok(CudaDevice {
+            ordinal,
+            add_row: f("add_row")?,
+            activate: f("activate")?,
+            softmax: f("softmax_rows")?,
+            ctx,
+            stream,
+            blas,
+        })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+}
+
+fn grid(n: usize) -> LaunchConfig {
+    LaunchConfig::for_num_elems(n.max(1) as u32)
+}
+
+enum GpuStep {
+    /// `[in, out]` weights, optional bias.
+    Gemm {
+        weight: CudaSlice<f32>,
+        k: usize,
+        n: usize,
+        bias: Option<CudaSlice<f32>>,
+    },
+    Add(CudaSlice<f32>),
+    Activate(i32),
+    Softmax,
+}
+
+/// Page-locked host buffers and device buffers for batches of up to `rows` rows.
+struct Staging {
+    rows: usize,
+    input: PinnedHostSlice<f32>,
+    output: PinnedHostSlice<f32>,
+    /// Activations, ping-ponged between layers; each sized for the widest layer.
+    buffers: [CudaSlice<f32>; 2],
+}
+
+/// A model on one card: weights uploaded once, staging buffers per batch-size bucket.
+pub struct GpuModel {
+    device: CudaDevice,
+    steps: Vec<GpuStep>,
+    in_features: usize,
+    out_features: usize,
+    widest: usize,
+    /// Keyed by rows rounded up to a power of two, so a few buffers serve every batch.
+    staging: HashMap<usize, Staging>,
+}
+
+impl GpuModel {
+    /// Uploads `model`'s weights (the `[in, out]` layout the CPU path also uses) to `device`.
+    pub fn upload(model: &Model, device: CudaDevice) -> Result<Self, GpuError> {
+        let up = |w: &crate::Weight| device.stream.clone_htod(w.as_slice()).map_err(gpu("upload weights"));
+        let mut widest = model.in_features();
+        let mut steps = Vec::new();
+        for step in model.steps() {
+            steps.push(match step {
+                Step::Gemm { weight, bias, .. } => {
+                    let (k, n) = (weight.shape()[0], weight.shape()[1]);
+                    widest = widest.max(n);
+                    GpuStep::Gemm {
+                        weight: up(weight)?,
+                        k,
+                        n,
+                        bias: bias.as_ref().map(up).transpose()?,
+                    }
+                }
+                Step::Layer(Layer::Add { tensor }) => GpuStep::Add(up(tensor)?),
+                Step::Layer(Layer::Relu) => GpuStep::Activate(1),
+                Step::Layer(Layer::Gelu { tanh: false }) => GpuStep::Activate(2),
+                Step::Layer(Layer::Gelu { tanh: true }) => GpuStep::Activate(3),
+                Step::Layer(Layer::Sigmoid) => GpuStep::Activate(4),
+                Step::Layer(Layer::Tanh) => GpuStep::Activate(5),
+                Step::Layer(Layer::Softmax) => GpuStep::Softmax,
+                Step::Layer(Layer::Linear { .. } | Layer::Matmul { .. }) => {
+                    unreachable!("weighted layers are Step::Gemm. This is a bug.")
+                }
+            });
+        }
+        Ok(GpuModel {
+            in_features: model.in_features(),
+            out_features: model.out_features(),
+            widest,
+            steps,
+            device,
+            staging: HashMap::new(),
+        })
+    }
+
+    /// The buffers for a batch of `rows`, made on first use of their bucket.
+    fn staging<'a>(
+        d: &CudaDevice,
+        map: &'a mut HashMap<usize, Staging>,
+        (in_features, out_features, widest): (usize, usize, usize),
+        rows: usize,
+    ) -> Result<&'a mut Staging, GpuError> {
+        let bucket = rows.next_power_of_two();
+        if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(bucket) {
+            // SAFETY: the buffers are written before they are read (input by the caller,
+            // output by the copy back), and live as long as this model.
+            let (input, output) = unsafe {
+                (
+                    // Write-combined suits a buffer the CPU only writes.
+                    d.ctx
+                        .alloc_pinned::<f32>(bucket * in_features)
+                        .map_err(gpu("allocate pinned input"))?,
+                    // The CPU reads this one: plain page-locked memory, not write-combined.
+                    d.ctx
+                        .alloc_pinned_with_flags::<f32>(
+                            bucket * out_features,
+                            cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
+                        )
+                        .map_err(gpu("allocate pinned output"))?,
+                )
+            };
+            let buffer = || {
+                d.stream
+                    .alloc_zeros::<f32>(bucket * widest)
+                    .map_err(gpu("allocate activations"))
+            };
+            let buffers = [buffer()?, buffer()?];
+            slot.insert(Staging {
+                rows: bucket,
+                input,
+                output,
+                buffers,
+            });
+        }
+        Ok(map.get_mut(&bucket).expect("inserted above"))
+    }
+
+    /// Runs the model on `rows` rows of `x` (row-major) and returns `rows × out_features`.
+    pub fn forward(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>, GpuError> {
+        let (in_features, out_features) = (self.in_features, self.out_features);
+        assert_eq!(
+            x.len(),
+            rows * in_features,
+            "input length and rows disagree. This is a bug."
+        );
+        let GpuModel {
+            device: d,
+            steps,
+            staging,
+            widest,
+            ..
+        } = self;
+        let staging = Self::staging(d, staging, (in_features, out_features, *widest), rows)?;
+        let bucket = staging.rows;
+        // Stage the batch in page-locked memory (padded to the bucket with zeros) and copy
+        // it to the card asynchronously on this replica's stream.
+        {
+            let host = staging.input.as_mut_slice().map_err(gpu("map pinned input"))?;
+            host[..x.len()].copy_from_slice(x);
+            host[x.len()..].fill(0.0);
+        }
+        let [a, b] = &mut staging.buffers;
+        let (mut cur, mut other) = (a, b);
+        d.stream
+            .memcpy_htod(&staging.input, &mut cur.slice_mut(0..bucket * in_features))
+            .map_err(gpu("copy the batch to the card"))?;
+        let mut width = in_features;
+        for step in steps.iter() {
+            match step {
+                GpuStep::Gemm { weight, k, n, bias } => {
+                    let (k, n) = (*k, *n);
+                    // Row-major C[m×n] = A[m×k]·B[k×n] is column-major Cᵀ = Bᵀ·Aᵀ.
+                    let cfg = GemmConfig {
+                        transa: cublasOperation_t::CUBLAS_OP_N,
+                        transb: cublasOperation_t::CUBLAS_OP_N,
+                        m: n as i32,
+                        n: bucket as i32,
+                        k: k as i32,
+                        alpha: 1.0f32,
+                        lda: n as i32,
+                        ldb: k as i32,
+                        beta: 0.0f32,
+                        ldc: n as i32,
+                    };
+                    // SAFETY: `weight` holds k·n values, `cur` at least bucket·k, `other`
+                    // at least bucket·n (both sized for the widest layer); all on this stream.
+                    unsafe { d.blas.gemm(cfg, weight, &*cur, &mut *other) }.map_err(gpu("cuBLAS sgemm"))?;
+                    std::mem::swap(&mut cur, &mut other);
+                    if let Some(bias) = bias {
+                        let (r, c) = (bucket as i32, n as i32);
+                        let mut launch = d.stream.launch_builder(&d.add_row);
+                        launch.arg(&mut *cur).arg(bias).arg(&r).arg(&c);
+                        // SAFETY: the kernel reads `bias[0..n]` and updates `cur[0..bucket·n]`.
+                        unsafe { launch.launch(grid(bucket * n)) }.map_err(gpu("launch add_row"))?;
+                    }
+                    width = n;
+                }
+                GpuStep::Add(t) => {
+                    let (r, c) = (bucket as i32, width as i32);
+                    let mut launch = d.stream.launch_builder(&d.add_row);
+                    launch.arg(&mut *cur).arg(t).arg(&r).arg(&c);
+                    // SAFETY: as above, `t` holds `width` values.
+                    unsafe { launch.launch(grid(bucket * width)) }.map_err(gpu("launch add_row"))?;
+                }
+                GpuStep::Activate(act) => {
+                    let count = (bucket * width) as i32;
+                    let mut launch = d.stream.launch_builder(&d.activate);
+                    launch.arg(&mut *cur).arg(&count).arg(act);
+                    // SAFETY: the kernel touches `cur[0..count]` only.
+                    unsafe { launch.launch(grid(bucket * width)) }.map_err(gpu("launch activate"))?;
+                }
+                GpuStep::Softmax => {
+                    let (r, c) = (bucket as i32, width as i32);
+                    let mut launch = d.stream.launch_builder(&d.softmax);
+                    launch.arg(&mut *cur).arg(&r).arg(&c);
+                    // SAFETY: one thread per row of `cur[0..bucket·width]`.
+                    unsafe { launch.launch(grid(bucket)) }.map_err(gpu("launch softmax"))?;
+                }
+            }
+        }
+        d.stream
+            .memcpy_dtoh(&cur.slice(0..bucket * out_features), &mut staging.output)
+            .map_err(gpu("copy the answer back"))?;
+        d.stream.synchronize().map_err(gpu("synchronize"))?;
+        let host = staging.output.as_slice().map_err(gpu("map pinned output"))?;
+        Ok(host[..rows * out_features].to_vec())
+    }
+}

@@ -1,0 +1,80 @@
+//! The CUDA backend against the CPU path, on fresh random inputs. Runs for real where a
+//! GPU and the CUDA libraries are found; elsewhere it says it was skipped.
+
+use prism_kernels::cuda::{CudaDevice, GpuModel, probe};
+use prism_kernels::testing::uniform;
+use prism_kernels::{CpuDevice, Layer, Model, Weight, builtin};
+
+fn gpu_available() -> bool {
+    match probe() {
+        Ok(n) if n > 0 => true,
+        Ok(_) => {
+            eprintln!("skipped: no CUDA device");
+            false
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}
+
+/// ‖gpu − cpu‖ / ‖cpu‖; NaN anywhere fails.
+fn relative_error(gpu: &[f32], cpu: &[f32]) -> f64 {
+    assert_eq!(gpu.len(), cpu.len());
+    assert!(gpu.iter().all(|v| v.is_finite()), "non-finite GPU output");
+    let diff: f64 = gpu.iter().zip(cpu).map(|(g, c)| ((g - c) as f64).powi(2)).sum();
+    let norm: f64 = cpu.iter().map(|c| (*c as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+fn every_op_model() -> Model {
+    let (i, h, o) = (48, 64, 12);
+    let layers = vec![
+        Layer::Linear {
+            weight: Weight::from_vec(vec![h, i], uniform(h * i, 1)),
+            bias: Some(Weight::from_vec(vec![h], uniform(h, 2))),
+        },
+        Layer::Gelu { tanh: false },
+        Layer::Matmul {
+            weight: Weight::from_vec(vec![h, h], uniform(h * h, 3)),
+        },
+        Layer::Add {
+            tensor: Weight::from_vec(vec![h], uniform(h, 4)),
+        },
+        Layer::Tanh,
+        Layer::Gelu { tanh: true },
+        Layer::Linear {
+            weight: Weight::from_vec(vec![o, h], uniform(o * h, 5)),
+            bias: None,
+        },
+        Layer::Sigmoid,
+        Layer::Relu,
+        Layer::Softmax,
+    ];
+    Model::new(std::path::Path::new("test:every-op"), layers, i).unwrap()
+}
+
+#[test]
+fn gpu_models_match_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    let cpu = CpuDevice::new(1).unwrap();
+    for (name, model) in [
+        ("mlp", builtin::mlp()),
+        ("celsius", builtin::celsius()),
+        ("every-op", every_op_model()),
+    ] {
+        let mut gpu = GpuModel::upload(&model, CudaDevice::new(0).expect("open GPU 0")).expect("upload");
+        for rows in [1, 7, 32, 100] {
+            let x = uniform(rows * model.in_features(), rows as u64 + 10);
+            let view = ndarray::ArrayView2::from_shape((rows, model.in_features()), &x).unwrap();
+            let want = model.forward(&cpu, view).unwrap();
+            let got = gpu.forward(&x, rows).expect("forward");
+            let err = relative_error(&got, want.as_slice().unwrap());
+            eprintln!("{name} rows={rows}: relative error {err:.2e}");
+            assert!(err < 1e-5, "{name} rows={rows}: relative error {err:.2e}");
+        }
+    }
+}
