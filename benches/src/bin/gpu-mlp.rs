@@ -1,0 +1,50 @@
+//! The default MLP on a GPU: throughput at batch 1, 32, 256 and 1024 (fp32), and its
+//! relative error against the CPU path on the same random inputs. Prints one line per
+//! batch size; `scripts/gpu-check` puts them beside PyTorch's.
+
+use std::time::{Duration, Instant};
+
+use prism_kernels::cuda::{CudaDevice, GpuModel, probe};
+use prism_kernels::testing::uniform;
+use prism_kernels::{CpuDevice, builtin};
+
+fn main() {
+    match probe() {
+        Ok(n) if n > 0 => {}
+        Ok(_) => return println!("skipped: no CUDA device"),
+        Err(why) => return println!("skipped: {why}"),
+    }
+    let model = builtin::mlp();
+    let mut gpu = GpuModel::upload(&model, CudaDevice::new(0).expect("open GPU 0")).expect("upload the MLP");
+    let cpu = CpuDevice::new(1).expect("a CPU device");
+    println!("{:<8}{:>14}{:>14}{:>16}", "batch", "rows/s", "ms/batch", "rel. error");
+    for rows in [1usize, 32, 256, 1024] {
+        let x = uniform(rows * 784, rows as u64)
+            .into_iter()
+            .map(f32::abs)
+            .collect::<Vec<_>>();
+        let want = model
+            .forward(&cpu, ndarray::ArrayView2::from_shape((rows, 784), &x).expect("shape"))
+            .expect("CPU forward");
+        let got = gpu.forward(&x, rows).expect("GPU forward");
+        let diff: f64 = got.iter().zip(want.iter()).map(|(g, c)| ((g - c) as f64).powi(2)).sum();
+        let norm: f64 = want.iter().map(|c| (*c as f64).powi(2)).sum();
+        let err = (diff / norm).sqrt();
+        for _ in 0..20 {
+            gpu.forward(&x, rows).expect("warm-up");
+        }
+        let start = Instant::now();
+        let mut n = 0;
+        while start.elapsed() < Duration::from_secs(1) {
+            gpu.forward(&x, rows).expect("GPU forward");
+            n += 1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{rows:<8}{:>14.0}{:>14.3}{:>16.2e}",
+            (n * rows) as f64 / secs,
+            secs * 1e3 / n as f64,
+            err
+        );
+    }
+}
