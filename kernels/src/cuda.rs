@@ -74,8 +74,9 @@ extern "C" __global__ void softmax_rows(float* y, int rows, int cols) {
     int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
     float* row = y + (long long)r * cols;
-    float m = -INFINITY;
-    for (int c = 0; c < cols; c++) m = fmaxf(m, row[c]);
+    // NVRTC has no system headers (no INFINITY): start from the first element.
+    float m = row[0];
+    for (int c = 1; c < cols; c++) m = fmaxf(m, row[c]);
     float s = 0.0f;
     for (int c = 0; c < cols; c++) { row[c] = expf(row[c] - m); s += row[c]; }
     for (int c = 0; c < cols; c++) row[c] /= s;

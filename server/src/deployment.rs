@@ -199,7 +199,10 @@ impl Deployment {
                 .inc();
             let (tx, thread) = replica::spawn(ReplicaSpec {
                 model_name: name.clone(),
-                index,
+                // The batcher knows running replicas by their position among its
+                // senders, which skips pending ones.
+                index: senders.len(),
+                threads: spec.actor.threads,
                 model: model.clone(),
                 device,
                 faults: spec.fault_injection.clone(),

@@ -82,45 +82,17 @@ impl Server {
             tracing::warn!("GPUs found, but CUDA cannot be used ({why}): replicas placed on them run on the CPU");
         }
 
-        // Custom resources first, in file order: a replica whose ask the server's pool cannot
-        // meet stays pending, whatever its fallback (no device can stand in for it).
         let mut placements: Vec<Vec<ReplicaPlacement>> = config
             .deployments
             .iter()
             .map(|s| vec![ReplicaPlacement::Cpu; s.num_replicas])
             .collect();
-        let mut resources_left = config.server.resources.clone();
-        for (d, spec) in config.deployments.iter().enumerate() {
-            for slot in placements[d].iter_mut() {
-                let short = spec
-                    .actor
-                    .resources
-                    .iter()
-                    .find(|(name, need)| resources_left[*name] + 1e-9 < **need);
-                match short {
-                    Some((name, need)) => {
-                        *slot = ReplicaPlacement::Pending {
-                            reason: format!(
-                                "resource `{name}`: needs {need}, {} of {} left",
-                                resources_left[name], config.server.resources[name]
-                            ),
-                        };
-                    }
-                    None => {
-                        for (name, need) in &spec.actor.resources {
-                            *resources_left.get_mut(name).expect("declared (validated)") -= need;
-                        }
-                    }
-                }
-            }
-        }
-
         // Every replica that asks for a GPU, placed together.
         let mut asks = Vec::new();
         let mut owners = Vec::new();
         for (d, (spec, l)) in config.deployments.iter().zip(&loaded).enumerate() {
             if spec.actor.num_gpus > 0.0 {
-                for r in (0..spec.num_replicas).filter(|&r| placements[d][r].runs()) {
+                for r in 0..spec.num_replicas {
                     asks.push(Ask {
                         num_gpus: spec.actor.num_gpus,
                         memory: l.replica_memory(spec),
@@ -143,8 +115,16 @@ impl Server {
                     let (cuda, note) = if gpus.iter().all(|&g| machine.gpus[g].simulated) {
                         (None, "simulated GPU: placement only, runs on the CPU".to_owned())
                     } else {
+                        // NVML's index; CUDA_VISIBLE_DEVICES or a different device order
+                        // could still make CUDA's numbering differ (matching by UUID is
+                        // the sturdier way, not done yet).
+                        let ordinal = machine.gpus[gpus[0]].index;
                         match &cuda {
-                            Ok(_) => (Some(gpus[0]), format!("runs on cuda:{}", gpus[0])),
+                            Ok(count) if ordinal < *count => (Some(ordinal), format!("runs on cuda:{ordinal}")),
+                            Ok(count) => (
+                                None,
+                                format!("CUDA sees {count} devices, not GPU {ordinal}: runs on the CPU"),
+                            ),
                             Err(why) => (None, format!("CUDA unavailable ({why}): runs on the CPU")),
                         }
                     };
@@ -170,6 +150,37 @@ impl Server {
                     }
                 }
             };
+        }
+
+        // Custom resources, in file order, for the replicas that will run: one whose ask the
+        // server's pool cannot meet stays pending whatever its fallback (no device can stand
+        // in for it), and gives its GPU share back.
+        let mut resources_left = config.server.resources.clone();
+        for (d, spec) in config.deployments.iter().enumerate() {
+            for slot in placements[d].iter_mut().filter(|p| p.runs()) {
+                let short = spec
+                    .actor
+                    .resources
+                    .iter()
+                    .find(|(name, need)| resources_left[*name] + 1e-9 < **need);
+                if let Some((name, need)) = short {
+                    if let ReplicaPlacement::Gpu { gpus, share, .. } = &*slot {
+                        for &g in gpus {
+                            gpu_used[g] -= share;
+                        }
+                    }
+                    *slot = ReplicaPlacement::Pending {
+                        reason: format!(
+                            "resource `{name}`: needs {need}, {} of {} left",
+                            resources_left[name], config.server.resources[name]
+                        ),
+                    };
+                } else {
+                    for (name, need) in &spec.actor.resources {
+                        *resources_left.get_mut(name).expect("declared (validated)") -= need;
+                    }
+                }
+            }
         }
 
         let metrics = Arc::new(Metrics::new());

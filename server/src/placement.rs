@@ -15,6 +15,10 @@ pub const CARD: u32 = 10_000;
 /// Up to this many asks, a placement the heuristic could not complete is searched exactly.
 const EXACT_SEARCH_MAX_ASKS: usize = 10;
 
+/// The exact search gives up after visiting this many partial placements (many identical
+/// cards and whole-card asks make the tree explode) and keeps the best found so far.
+const EXACT_SEARCH_BUDGET: usize = 200_000;
+
 /// One replica's need.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Ask {
@@ -68,6 +72,7 @@ pub fn place(memory_free: &[u64], asks: &[Ask]) -> Placement {
             best: placed.clone(),
             best_count: asks.len() - missing,
             current: vec![None; asks.len()],
+            budget: EXACT_SEARCH_BUDGET,
         };
         let mut free = start;
         search.run(0, 0, &mut free);
@@ -122,13 +127,16 @@ struct Search<'a> {
     best: Placement,
     best_count: usize,
     current: Placement,
+    /// Nodes left to visit.
+    budget: usize,
 }
 
 impl Search<'_> {
     fn run(&mut self, at: usize, count: usize, free: &mut Vec<Free>) {
-        if count + (self.order.len() - at) <= self.best_count {
-            return; // cannot beat the best found
+        if count + (self.order.len() - at) <= self.best_count || self.budget == 0 {
+            return; // cannot beat the best found, or out of time
         }
+        self.budget -= 1;
         if at == self.order.len() {
             self.best_count = count;
             self.best = self.current.clone();
@@ -137,7 +145,20 @@ impl Search<'_> {
         let i = self.order[at];
         let ask = self.asks[i];
         let (cards, _) = ask.shape();
-        for choice in combinations(&candidates(free, ask), cards) {
+        // Cards with the same free share and memory are interchangeable: try one of each.
+        let mut seen = Vec::new();
+        let distinct: Vec<usize> = candidates(free, ask)
+            .into_iter()
+            .filter(|&c| {
+                cards > 1 || {
+                    let key = free[c];
+                    let new = !seen.contains(&key);
+                    seen.push(key);
+                    new
+                }
+            })
+            .collect();
+        for choice in combinations(&distinct, cards) {
             take(free, &choice, ask);
             self.current[i] = Some(choice.clone());
             self.run(at + 1, count + 1, free);
@@ -290,6 +311,12 @@ mod tests {
                 "case {case}: {cards:?} {asks:?} -> {placed:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_exact_search_stays_bounded_on_many_identical_cards() {
+        let placed = place(&[80 * GIB; 16], &[ask(2.0, 1); 10]);
+        assert_eq!(placed.iter().filter(|p| p.is_some()).count(), 8);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct ReplicaSpec {
     pub index: usize,
     pub model: Model,
     pub device: Device,
+    /// Intra-op threads, for a CPU fallback when the GPU cannot be opened.
+    pub threads: usize,
     pub faults: FaultInjection,
     pub metrics: ReplicaMetrics,
     pub stats: Arc<ModelStats>,
@@ -72,7 +74,10 @@ impl Backend {
                     Err(e) => {
                         tracing::error!(model = %spec.model_name, replica = spec.index, gpu = ordinal, error = %e,
                             "cannot run on the GPU; this replica runs on the CPU");
-                        Backend::Cpu(CpuDevice::new(1).expect("a one-thread CPU device needs no pool"))
+                        let cpu = CpuDevice::new(spec.threads)
+                            .or_else(|_| CpuDevice::new(1))
+                            .expect("a one-thread CPU device needs no pool");
+                        Backend::Cpu(cpu)
                     }
                 }
             }

@@ -148,6 +148,46 @@ resources = { licence = 1 }
 }
 
 #[tokio::test]
+async fn a_replica_left_pending_by_placement_gives_its_resources_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[server]
+resources = { licence = 2 }
+
+[[deployments]]
+name = "greedy"
+fallback = "none"
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_gpus = 2
+resources = { licence = 1 }
+
+[[deployments]]
+name = "pair"
+num_replicas = 2
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+resources = { licence = 1 }
+"#;
+    let inventory = Arc::new(SimulatedInventory::parse("1x80GiB").unwrap());
+    let server = TestServer::start_with(config(text, dir.path()), inventory)
+        .await
+        .unwrap();
+    let status: serde_json::Value = reqwest::get(format!("{}/v2/status", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["deployments"][0]["replicas"][0]["placement"], "pending");
+    let pair = status["deployments"][1]["replicas"].as_array().unwrap();
+    assert!(pair.iter().all(|r| r["placement"] == "cpu"), "{pair:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn without_gpus_every_replica_runs_on_the_cpu_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let text = DEPLOYMENTS.replace("fallback = \"none\"", "fallback = \"cpu\"");
