@@ -218,6 +218,29 @@ impl Model {
             .sum()
     }
 
+    /// The widest row anywhere in the model (input, any layer's output).
+    pub fn widest(&self) -> usize {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Gemm { weight, .. } => Some(weight.shape()[1]),
+                Step::Layer(_) => None,
+            })
+            .fold(self.in_features, usize::max)
+    }
+
+    /// Bytes the GPU backend uploads: the `[in, out]` weights, biases and added tensors
+    /// (not the `[out, in]` copies the CPU keeps for single rows).
+    pub fn gpu_weight_bytes(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Gemm { weight, bias, .. } => weight.byte_len() + bias.as_ref().map_or(0, Weight::byte_len),
+                Step::Layer(l) => l.weight_bytes(),
+            })
+            .sum()
+    }
+
     /// Runs the model on a batch. Shapes were checked at load; a wrong input width is
     /// still reported, not a panic.
     pub fn forward(&self, device: &CpuDevice, x: ArrayView2<'_, f32>) -> Result<Array2<f32>, KernelError> {

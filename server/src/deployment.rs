@@ -97,11 +97,14 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Bytes one replica needs on a card: the weights, and room for a few full batches of
-    /// input and output.
+    /// Bytes one replica needs on a card, as the CUDA backend allocates them: the uploaded
+    /// weights, and two activation buffers of the widest row for the largest batch
+    /// bucket (rows rounded up to a power of two). Smaller buckets add at most as much
+    /// again, which the doubled bucket term covers.
     pub fn replica_memory(&self, spec: &Spec) -> u64 {
-        let batch = spec.batching.max_batch_size * (spec.input.features + spec.output.features) * 4;
-        (self.model.weight_bytes() + 4 * batch) as u64
+        let bucket = spec.batching.max_batch_size.next_power_of_two();
+        let activations = 2 * bucket * self.model.widest() * 4;
+        (self.model.gpu_weight_bytes() + 2 * activations) as u64
     }
 }
 
