@@ -63,6 +63,16 @@ impl TestServer {
         })
     }
 
+    /// `GET path` as JSON (for the routes the client has no method for).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let url = format!("{}{path}", self.url);
+        let response = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+    }
+
     /// Asks the server to stop (as SIGTERM does) without waiting.
     pub fn signal_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -74,6 +84,14 @@ impl TestServer {
     pub async fn stop(mut self) -> Result<(), ServerError> {
         self.signal_shutdown();
         self.task.await.expect("the server task does not panic")
+    }
+}
+
+/// One row for a one-feature model (`celsius`): `INPUT0` FP32 `[1, 1]` holding `value`.
+pub fn one_row(value: f32) -> prism_client::v2::InferRequest {
+    prism_client::v2::InferRequest {
+        inputs: vec![prism_client::v2::InferInput::fp32("INPUT0", vec![1, 1], vec![value])],
+        ..Default::default()
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use prism_client::v2::{InferInput, InferRequest};
 use prism_config::Config;
-use prism_tests::{TestServer, config, random, reference};
+use prism_tests::{TestServer, config, one_row, random, reference};
 
 fn mlp_request(x: Vec<f32>) -> InferRequest {
     let rows = x.len() / 784;
@@ -17,7 +17,7 @@ fn mlp_request(x: Vec<f32>) -> InferRequest {
 }
 
 #[tokio::test]
-async fn concurrent_requests_batch_and_answer_as_if_alone() {
+async fn concurrent_requests_batch_and_answer_as_if_alone_row() {
     let server = TestServer::start(Config::embedded_default()).await;
     let c = &server.client;
     let n = 48;
@@ -73,13 +73,6 @@ delay_ms = 100
     )
 }
 
-fn one(c: f32) -> InferRequest {
-    InferRequest {
-        inputs: vec![InferInput::fp32("INPUT0", vec![1, 1], vec![c])],
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn the_model_runs_once_per_batch_not_once_per_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,10 +81,10 @@ async fn the_model_runs_once_per_batch_not_once_per_request() {
     // The first request occupies the replica for 100 ms; the next 16 arrive meanwhile.
     let first = tokio::spawn({
         let c = c.clone();
-        async move { c.infer("slow", &one(0.0)).await }
+        async move { c.infer("slow", &one_row(0.0)).await }
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let requests: Vec<_> = (1..=16).map(|i| one(i as f32)).collect();
+    let requests: Vec<_> = (1..=16).map(|i| one_row(i as f32)).collect();
     let rest = join_all(requests.iter().map(|r| c.infer("slow", r))).await;
     assert_eq!(
         first.await.unwrap().unwrap().outputs[0]
@@ -130,7 +123,7 @@ async fn a_full_queue_answers_503_and_every_accepted_request_is_answered() {
     let server = TestServer::start(config(&slow_celsius(1, 2), dir.path())).await;
     let c = &server.client;
     // One running + one prefetched on the replica, two in the queue: the rest are refused.
-    let requests: Vec<_> = (0..12).map(|i| one(i as f32)).collect();
+    let requests: Vec<_> = (0..12).map(|i| one_row(i as f32)).collect();
     let answers = join_all(requests.iter().map(|r| c.infer("slow", r))).await;
     let mut ok = 0;
     let mut full = 0;
@@ -153,7 +146,7 @@ async fn a_full_queue_answers_503_and_every_accepted_request_is_answered() {
     );
     assert!((2..=4).contains(&ok), "accepted {ok}");
     // The server keeps serving once the queue drains.
-    c.infer("slow", &one(100.0)).await.unwrap();
+    c.infer("slow", &one_row(100.0)).await.unwrap();
     let metrics = c.metrics().await.unwrap();
     assert!(
         metrics.contains(&format!(
@@ -172,7 +165,7 @@ async fn shutdown_answers_every_accepted_request_before_exiting() {
     let inflight: Vec<_> = (0..6)
         .map(|i| {
             let c = c.clone();
-            tokio::spawn(async move { c.infer("slow", &one(i as f32)).await })
+            tokio::spawn(async move { c.infer("slow", &one_row(i as f32)).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(30)).await;

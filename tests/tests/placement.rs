@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use prism_client::v2::{InferInput, InferRequest};
 use prism_server::inventory::SimulatedInventory;
-use prism_tests::{TestServer, config};
+use prism_tests::{TestServer, config, one_row};
 
 const DEPLOYMENTS: &str = r#"
 [[deployments]]
@@ -32,13 +31,6 @@ builtin = "celsius"
 num_gpus = 0.5
 "#;
 
-fn one() -> InferRequest {
-    InferRequest {
-        inputs: vec![InferInput::fp32("INPUT0", vec![1, 1], vec![100.0])],
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn four_quarters_fill_a_card_and_the_rest_fall_back_or_wait() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,7 +53,7 @@ async fn four_quarters_fill_a_card_and_the_rest_fall_back_or_wait() {
         }
     };
 
-    let status = get("/v2/status").await;
+    let status = server.get_json("/v2/status").await;
     let deployments = status["deployments"].as_array().unwrap();
     let quarters = &deployments[0]["replicas"];
     for r in quarters.as_array().unwrap() {
@@ -86,18 +78,18 @@ async fn four_quarters_fill_a_card_and_the_rest_fall_back_or_wait() {
     assert_eq!(status["gpus"][0]["used"], 1.0);
     assert_eq!(status["gpus"][0]["simulated"], true);
 
-    let resources = get("/v2/resources").await;
+    let resources = server.get_json("/v2/resources").await;
     assert_eq!(resources["total"]["GPU"], 1.0);
     assert_eq!(resources["available"]["GPU"], 0.0);
     assert!(resources["total"]["CPU"].as_f64().unwrap() >= 1.0);
 
     // Placed and fallen-back replicas serve; the pending deployment says it is not ready.
     for model in ["quarters", "half"] {
-        let a = server.client.infer(model, &one()).await.unwrap();
+        let a = server.client.infer(model, &one_row(100.0)).await.unwrap();
         assert_eq!(a.outputs[0].data.as_ref().unwrap().to_f32(), Some(vec![212.0]));
     }
     assert!(!server.client.model_ready("whole").await.unwrap());
-    let err = server.client.infer("whole", &one()).await.unwrap_err();
+    let err = server.client.infer("whole", &one_row(100.0)).await.unwrap_err();
     assert_eq!(err.status(), Some(503), "{err}");
     assert!(
         !server.client.server_ready().await.unwrap(),
@@ -122,20 +114,10 @@ builtin = "celsius"
 resources = { licence = 1 }
 "#;
     let server = TestServer::start(config(text, dir.path())).await;
-    let resources: serde_json::Value = reqwest::get(format!("{}/v2/resources", server.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resources: serde_json::Value = server.get_json("/v2/resources").await;
     assert_eq!(resources["total"]["licence"], 3.0);
     assert_eq!(resources["available"]["licence"], 0.0);
-    let status: serde_json::Value = reqwest::get(format!("{}/v2/status", server.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = server.get_json("/v2/status").await;
     let replicas = status["deployments"][0]["replicas"].as_array().unwrap();
     assert_eq!(replicas.iter().filter(|r| r["placement"] == "cpu").count(), 3);
     let pending = replicas
@@ -143,7 +125,7 @@ resources = { licence = 1 }
         .find(|r| r["placement"] == "pending")
         .expect("the fourth waits");
     assert_eq!(pending["reason"], "resource `licence`: needs 1, 0 of 3 left");
-    server.client.infer("licensed", &one()).await.unwrap();
+    server.client.infer("licensed", &one_row(100.0)).await.unwrap();
     server.stop().await.unwrap();
 }
 
@@ -175,12 +157,7 @@ resources = { licence = 1 }
     let server = TestServer::start_with(config(text, dir.path()), inventory)
         .await
         .unwrap();
-    let status: serde_json::Value = reqwest::get(format!("{}/v2/status", server.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = server.get_json("/v2/status").await;
     assert_eq!(status["deployments"][0]["replicas"][0]["placement"], "pending");
     let pair = status["deployments"][1]["replicas"].as_array().unwrap();
     assert!(pair.iter().all(|r| r["placement"] == "cpu"), "{pair:?}");
@@ -192,12 +169,7 @@ async fn without_gpus_every_replica_runs_on_the_cpu_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let text = DEPLOYMENTS.replace("fallback = \"none\"", "fallback = \"cpu\"");
     let server = TestServer::start(config(&text, dir.path())).await;
-    let status: serde_json::Value = reqwest::get(format!("{}/v2/status", server.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = server.get_json("/v2/status").await;
     if status["gpus"].as_array().unwrap().is_empty() {
         for d in status["deployments"].as_array().unwrap() {
             for r in d["replicas"].as_array().unwrap() {
@@ -205,12 +177,7 @@ async fn without_gpus_every_replica_runs_on_the_cpu_and_says_why() {
                 assert!(r["reason"].as_str().unwrap().contains("no GPU"), "{r}");
             }
         }
-        let resources: serde_json::Value = reqwest::get(format!("{}/v2/resources", server.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let resources: serde_json::Value = server.get_json("/v2/resources").await;
         assert_eq!(resources["total"]["GPU"], 0.0);
     }
     assert!(server.client.server_ready().await.unwrap());
