@@ -38,21 +38,6 @@ async fn four_quarters_fill_a_card_and_the_rest_fall_back_or_wait() {
     let server = TestServer::start_with(config(DEPLOYMENTS, dir.path()), inventory)
         .await
         .unwrap();
-    let http = reqwest::Client::new();
-    let get = |path: &str| {
-        let http = http.clone();
-        let url = format!("{}{path}", server.url);
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        }
-    };
-
     let status = server.get_json("/v2/status").await;
     let deployments = status["deployments"].as_array().unwrap();
     let quarters = &deployments[0]["replicas"];
