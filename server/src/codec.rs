@@ -18,6 +18,9 @@ pub struct Decoded {
     pub input: Array2<f32>,
     /// Whether the output is wanted in the binary part of the answer.
     pub binary_output: bool,
+    /// How long the client will wait: Triton's `timeout` parameter (microseconds) or
+    /// Prism's `timeout_ms`. A request not answered by then is dropped from its queue.
+    pub timeout: Option<std::time::Duration>,
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -198,10 +201,30 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
             binary_output = v2::bool_parameter(o.parameters.as_ref(), "binary_data").unwrap_or(binary_default);
         }
     }
+    let parameter = |key: &str| request.parameters.as_ref().and_then(|p| p.get(key));
+    let timeout = match (parameter("timeout"), parameter("timeout_ms")) {
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(bad("give either `timeout` (microseconds) or `timeout_ms`, not both")),
+        (Some(v), None) => Some(std::time::Duration::from_micros(
+            v.as_u64().filter(|&us| us > 0).ok_or_else(|| {
+                bad(format!(
+                    "parameter `timeout`: expected a positive number of microseconds, got {v}"
+                ))
+            })?,
+        )),
+        (None, Some(v)) => Some(std::time::Duration::from_millis(
+            v.as_u64().filter(|&ms| ms > 0).ok_or_else(|| {
+                bad(format!(
+                    "parameter `timeout_ms`: expected a positive number of milliseconds, got {v}"
+                ))
+            })?,
+        )),
+    };
     Ok(Decoded {
         id: request.id,
         input,
         binary_output,
+        timeout,
     })
 }
 

@@ -59,6 +59,15 @@ pub enum ApiError {
     QueueFull { model: String, max_queue_size: usize },
     #[error("model `{0}` is not ready")]
     NotReady(String),
+    /// The request's own `timeout` passed before its answer (Triton: "Request timeout
+    /// expired", UNAVAILABLE).
+    #[error(
+        "model `{model}`: the request timed out after {timeout:?} (its `timeout` parameter) before it was answered"
+    )]
+    DeadlineExceeded {
+        model: String,
+        timeout: std::time::Duration,
+    },
     #[error("the request body is larger than the server's limit of {limit} bytes (server.max_request_bytes)")]
     PayloadTooLarge { limit: usize },
     #[error("Content-Encoding `{0}` is not supported; send the request body uncompressed")]
@@ -77,7 +86,9 @@ impl ApiError {
             ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } | ApiError::NoRoute { .. } => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::QueueFull { .. } | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QueueFull { .. } | ApiError::NotReady(_) | ApiError::DeadlineExceeded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Infer(InferError::ShuttingDown { .. }) => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +104,7 @@ impl ApiError {
             }
             ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } | ApiError::NoRoute { .. } => "not_found",
             ApiError::QueueFull { .. } => "rejected",
+            ApiError::DeadlineExceeded { .. } => "timeout",
             ApiError::NotReady(_) | ApiError::Infer(InferError::ShuttingDown { .. }) => "unavailable",
             ApiError::Infer(_) => "failed",
         }

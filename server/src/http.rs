@@ -431,7 +431,19 @@ async fn run_infer(d: &Deployment, headers: &HeaderMap, body: Result<Bytes, ApiE
     };
     let (json_part, binary_part) = codec::split_body(&body, header_len)?;
     let request = codec::decode(&d.spec, &json_part, &binary_part)?;
-    let output = d.infer(request.input).await?;
+    let output = match request.timeout {
+        // Dropping the pending answer at the deadline takes the request out of its queue
+        // (the batcher skips requests nobody waits for) or discards its rows.
+        Some(t) => {
+            tokio::time::timeout(t, d.infer(request.input))
+                .await
+                .map_err(|_| ApiError::DeadlineExceeded {
+                    model: d.name().to_owned(),
+                    timeout: t,
+                })??
+        }
+        None => d.infer(request.input).await?,
+    };
     let (header_bytes, tail) = codec::encode(&d.spec, MODEL_VERSION, request.id, &output, request.binary_output);
     if tail.is_empty() && !request.binary_output {
         return Ok(([(header::CONTENT_TYPE, "application/json")], header_bytes).into_response());

@@ -102,6 +102,17 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>) {
 }
 
 fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
+    // A prefetched batch may hold requests whose client left (or whose timeout passed)
+    // while it waited: skip them rather than compute answers nobody reads.
+    let before = batch.entries.len();
+    batch.entries.retain(|e| !e.reply.is_closed());
+    if batch.entries.len() < before {
+        spec.metrics.cancelled.inc_by((before - batch.entries.len()) as u64);
+        batch.rows = batch.entries.iter().map(Entry::rows).sum();
+        if batch.entries.is_empty() {
+            return;
+        }
+    }
     let started = Instant::now();
     let now = tokio::time::Instant::now();
     let queue_total: Duration = batch

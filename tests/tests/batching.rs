@@ -158,6 +158,47 @@ async fn a_full_queue_answers_503_and_every_accepted_request_is_answered() {
 }
 
 #[tokio::test]
+async fn a_request_timeout_answers_503_and_takes_the_request_out_of_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(config(&slow_celsius(1, 100), dir.path())).await;
+    let c = server.client.clone();
+    // The replica is busy for 100 ms with the first request; the second, prefetched behind
+    // it, gives up after 30 ms and is skipped when its turn comes.
+    let first = tokio::spawn({
+        let c = c.clone();
+        async move { c.infer("slow", &one_row(1.0)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let mut impatient = one_row(2.0);
+    let mut p = prism_client::v2::Parameters::new();
+    p.insert("timeout_ms".into(), 30.into());
+    impatient.parameters = Some(p);
+    let err = c.infer("slow", &impatient).await.unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err}");
+    assert!(err.to_string().contains("timed out after 30ms"), "{err}");
+    first.await.unwrap().unwrap();
+    // Its rows never ran: one execution, one inference (the first request's).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stats = c.model_statistics(Some("slow")).await.unwrap();
+    assert_eq!(stats["model_stats"][0]["inference_count"], 1, "{stats}");
+    let metrics = c.metrics().await.unwrap();
+    assert!(metrics.contains(r#"prism_inference_requests_total{model="slow",outcome="timeout"} 1"#));
+    assert!(metrics.contains(r#"prism_inference_requests_total{model="slow",outcome="cancelled"} 1"#));
+
+    let mut bad = one_row(3.0);
+    let mut p = prism_client::v2::Parameters::new();
+    p.insert("timeout".into(), "soon".into());
+    bad.parameters = Some(p);
+    let err = c.infer("slow", &bad).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("parameter `timeout`: expected a positive number of microseconds"),
+        "{err}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn shutdown_answers_every_accepted_request_before_exiting() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start(config(&slow_celsius(2, 100), dir.path())).await;
