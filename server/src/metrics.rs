@@ -26,7 +26,7 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 pub struct Metrics {
     registry: Registry,
     /// Inference requests by `model` and `outcome` (success, bad_request, rejected,
-    /// failed, cancelled, unavailable).
+    /// failed, cancelled, unavailable, timeout).
     pub requests: IntCounterVec,
     /// From the request's arrival to its answer, by `model`.
     pub request_duration: HistogramVec,
