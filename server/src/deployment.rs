@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batcher::{Batcher, BatcherHandle, Hooks, SubmitError};
 use crate::error::{ApiError, InferError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestMetrics};
 use crate::replica::{self, ReplicaMetrics, ReplicaSpec};
 use crate::stats::ModelStats;
 
@@ -46,6 +46,8 @@ pub struct Deployment {
     pub platform: &'static str,
     handle: BatcherHandle,
     pub stats: Arc<ModelStats>,
+    /// This model's request counters and latency histogram, bound once.
+    pub request_metrics: RequestMetrics,
     ready: AtomicBool,
     close: watch::Sender<bool>,
     pub replicas: Vec<ReplicaStatus>,
@@ -161,11 +163,12 @@ impl Deployment {
         let Loaded { model, platform } = loaded;
         let name = spec.name.clone();
         let stats = Arc::new(ModelStats::default());
+        let request_metrics = RequestMetrics::new(metrics, &name);
         let replica_metrics = ReplicaMetrics {
             queue_duration: metrics.queue_duration.with_label_values(&[&name]),
             compute_duration: metrics.compute_duration.with_label_values(&[&name]),
             batch_size: metrics.batch_size.with_label_values(&[&name]),
-            cancelled: metrics.requests.with_label_values(&[name.as_str(), "cancelled"]),
+            cancelled: request_metrics.outcome("cancelled").clone(),
         };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut senders = Vec::new();
@@ -253,6 +256,7 @@ impl Deployment {
             platform,
             handle,
             stats,
+            request_metrics,
             ready: AtomicBool::new(!senders_empty),
             close,
             replicas,

@@ -396,11 +396,8 @@ async fn infer(State(app): App, path: ModelParam, headers: HeaderMap, body: Resu
         Err(e) => e.outcome(),
     };
     let name = d.name();
-    app.metrics.requests.with_label_values(&[name, outcome]).inc();
-    app.metrics
-        .request_duration
-        .with_label_values(&[name])
-        .observe(elapsed.as_secs_f64());
+    d.request_metrics.outcome(outcome).inc();
+    d.request_metrics.duration.observe(elapsed.as_secs_f64());
     d.stats.record_request(result.is_ok(), elapsed);
     match result {
         Ok(response) => response,

@@ -1,7 +1,10 @@
 //! Prometheus metrics: every name in one place, registered once per server, with
 //! explicit buckets. HTTP metrics are labelled by the matched route, never the raw URI.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 pub const INFERENCE_REQUESTS: &str = "prism_inference_requests_total";
 pub const INFERENCE_REQUEST_DURATION: &str = "prism_inference_request_duration_seconds";
@@ -118,6 +121,43 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding to a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Every `outcome` label value of [`INFERENCE_REQUESTS`].
+pub const OUTCOMES: [&str; 8] = [
+    "success",
+    "bad_request",
+    "not_found",
+    "rejected",
+    "timeout",
+    "unavailable",
+    "failed",
+    "cancelled",
+];
+
+/// One model's request metrics, bound to its labels once at start-up so the request path
+/// does no label hashing; every outcome's series exists (at 0) from the start.
+pub struct RequestMetrics {
+    pub duration: Histogram,
+    outcomes: [IntCounter; OUTCOMES.len()],
+}
+
+impl RequestMetrics {
+    pub fn new(metrics: &Metrics, model: &str) -> Self {
+        RequestMetrics {
+            duration: metrics.request_duration.with_label_values(&[model]),
+            outcomes: OUTCOMES.map(|o| metrics.requests.with_label_values(&[model, o])),
+        }
+    }
+
+    /// The counter of `outcome`, one of [`OUTCOMES`].
+    pub fn outcome(&self, outcome: &str) -> &IntCounter {
+        let i = OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or_else(|| panic!("unknown outcome `{outcome}`. This is a bug."));
+        &self.outcomes[i]
     }
 }
 
