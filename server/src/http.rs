@@ -20,23 +20,11 @@ use prism_client::v2::{self, MetadataTensor, ModelMetadata, RepositoryModel, Ser
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::cluster::Cluster;
 use crate::codec;
 use crate::deployment::{Deployment, MODEL_VERSION};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-
-/// The machine and what the replicas took of it.
-pub struct Cluster {
-    pub machine: crate::inventory::Machine,
-    pub no_gpu_reason: Option<String>,
-    /// Share of each card taken by placed replicas.
-    pub gpu_used: Vec<f64>,
-    /// Logical CPUs asked for by running replicas.
-    pub cpus_asked: f64,
-    /// Custom resources declared in `[server.resources]`, and what replicas left of them.
-    pub resources_total: std::collections::BTreeMap<String, f64>,
-    pub resources_left: std::collections::BTreeMap<String, f64>,
-}
 
 /// What every handler shares.
 pub struct AppState {
