@@ -89,8 +89,9 @@ pub fn plan(
                     (Some(why), true) => format!("no GPU: {why}"),
                     (None, true) => "the machine has no GPU".into(),
                     _ => format!(
-                        "no GPU has num_gpus = {} of a card and {} bytes of memory free",
-                        ask.num_gpus, ask.memory
+                        "no GPU has num_gpus = {} of a card and {:.1} MiB of memory free (the replica's weights and batch buffers)",
+                        ask.num_gpus,
+                        ask.memory as f64 / (1 << 20) as f64
                     ),
                 };
                 match spec.fallback {
