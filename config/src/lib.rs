@@ -36,8 +36,25 @@ pub struct Config {
     /// Where it came from, for messages: a path or `<embedded default>`.
     pub source_name: String,
     pub server: ServerConfig,
+    pub object_store: ObjectStoreConfig,
     pub deployments: Vec<Deployment>,
 }
+
+/// The object store (`[object_store]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectStoreConfig {
+    /// Bytes of memory for objects; `None`: 30% of the machine's memory, as Ray does.
+    pub memory: Option<usize>,
+    /// Where objects spill when memory is full; `None`: a folder of its own under the
+    /// system's temporary directory.
+    pub spill_dir: Option<PathBuf>,
+    /// How long an object handed to a client lives after its last access, unless the
+    /// put names its own `ttl_s` (default 600 s).
+    pub default_ttl: Duration,
+}
+
+/// The longest time-to-live an object may have: a week.
+pub const MAX_TTL_S: f64 = 7.0 * 86_400.0;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -164,6 +181,8 @@ impl Config {
         })?;
 
         let server = validate_server(&file.server).map_err(|(k, r)| err(&format!("server.{k}"), r))?;
+        let object_store = validate_object_store(&file.object_store, base_dir)
+            .map_err(|(k, r)| err(&format!("object_store.{k}"), r))?;
         if file.deployments.is_empty() {
             return Err(err(
                 "deployments",
@@ -187,6 +206,7 @@ impl Config {
         Ok(Config {
             source_name: source_name.to_owned(),
             server,
+            object_store,
             deployments,
         })
     }
@@ -238,6 +258,33 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
         max_request_bytes,
         shutdown_timeout,
         resources: s.resources.clone(),
+    })
+}
+
+fn validate_object_store(o: &raw::ObjectStore, base_dir: Option<&Path>) -> Result<ObjectStoreConfig, Invalid> {
+    let memory = match o.object_store_memory {
+        None => None,
+        Some(n) if n < 1 << 20 => {
+            return invalid(
+                "object_store_memory",
+                format!("must be at least 1048576 bytes (1 MiB), got {n}"),
+            );
+        }
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    let spill_dir = o.spill_dir.as_ref().map(|p| match base_dir {
+        Some(base) if p.is_relative() => base.join(p),
+        _ => p.clone(),
+    });
+    let ttl = o.default_ttl_s.unwrap_or(600.0);
+    if ttl <= 0.0 {
+        return invalid("default_ttl_s", format!("must be positive, got {ttl}"));
+    }
+    let default_ttl = seconds("default_ttl_s", ttl, 1.0, MAX_TTL_S)?;
+    Ok(ObjectStoreConfig {
+        memory,
+        spill_dir,
+        default_ttl,
     })
 }
 

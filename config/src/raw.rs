@@ -14,7 +14,17 @@ pub(crate) struct File {
     #[serde(default)]
     pub server: Server,
     #[serde(default)]
+    pub object_store: ObjectStore,
+    #[serde(default)]
     pub deployments: Vec<Deployment>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ObjectStore {
+    pub object_store_memory: Option<u64>,
+    pub spill_dir: Option<PathBuf>,
+    pub default_ttl_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

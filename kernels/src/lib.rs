@@ -15,12 +15,14 @@ pub mod device;
 pub mod error;
 pub mod model;
 pub mod ops;
+pub mod tasks;
 pub mod testing;
 pub mod weights;
 
 pub use device::{CpuDevice, Device, Location};
 pub use error::{KernelError, ModelError};
 pub use model::{GeluApproximation, Layer, LayerSpec, Model};
+pub use tasks::TaskOp;
 pub use weights::{Weight, WeightFile};
 
 /// A batch of rows: `[batch, features]`, standard (row-major) layout.

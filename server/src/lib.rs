@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod placement;
 pub mod replica;
 pub mod stats;
+pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;

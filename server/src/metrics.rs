@@ -2,7 +2,7 @@
 //! explicit buckets. HTTP metrics are labelled by the matched route, never the raw URI.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -15,6 +15,15 @@ pub const QUEUE_DEPTH: &str = "prism_queue_depth";
 pub const REPLICAS: &str = "prism_replicas";
 pub const HTTP_REQUESTS: &str = "prism_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "prism_http_request_duration_seconds";
+pub const OBJECTS: &str = "prism_object_store_objects";
+pub const OBJECT_MEMORY: &str = "prism_object_store_memory_bytes";
+pub const OBJECT_SPILLED: &str = "prism_object_store_spilled_bytes";
+pub const OBJECT_SPILLS: &str = "prism_object_store_spills_total";
+pub const OBJECT_RESTORES: &str = "prism_object_store_restores_total";
+pub const OBJECT_PUT_FAILURES: &str = "prism_object_store_put_failures_total";
+pub const TASKS: &str = "prism_tasks_total";
+pub const TASK_RETRIES: &str = "prism_task_retries_total";
+pub const TASK_DURATION: &str = "prism_task_duration_seconds";
 
 /// Latency buckets from 50 µs to 10 s: a lone CPU request answers in well under a
 /// millisecond, a full GPU batch or a queue under overload in seconds.
@@ -46,6 +55,14 @@ pub struct Metrics {
     /// HTTP requests by `method`, matched `route` and `status`.
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// The object store's gauges and counters.
+    pub store: crate::store::StoreMetrics,
+    /// Finished tasks by `op` and `outcome` (success, failed).
+    pub tasks: IntCounterVec,
+    /// Task executions retried, by `op` and `reason` (the error kind of the failed try).
+    pub task_retries: IntCounterVec,
+    /// From a task's start (arguments ready, resources taken) to its end, by `op`.
+    pub task_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -110,6 +127,17 @@ impl Metrics {
                 LATENCY_BUCKETS,
                 &["method", "route"],
             ),
+            store: crate::store::StoreMetrics {
+                objects: register(&registry, IntGauge::new(OBJECTS, "Objects in the store, pending ones included.").expect("valid metric")),
+                memory_bytes: register(&registry, IntGauge::new(OBJECT_MEMORY, "Bytes of objects in memory (puts in flight included).").expect("valid metric")),
+                spilled_bytes: register(&registry, IntGauge::new(OBJECT_SPILLED, "Bytes of objects spilled to disk.").expect("valid metric")),
+                spills: register(&registry, IntCounter::new(OBJECT_SPILLS, "Objects written to disk to make room.").expect("valid metric")),
+                restores: register(&registry, IntCounter::new(OBJECT_RESTORES, "Spilled objects brought back into memory on access.").expect("valid metric")),
+                put_failures: register(&registry, IntCounter::new(OBJECT_PUT_FAILURES, "Objects the store could not make room for.").expect("valid metric")),
+            },
+            tasks: counter(TASKS, "Finished tasks by op and outcome.", &["op", "outcome"]),
+            task_retries: counter(TASK_RETRIES, "Task executions retried, by op and the error kind of the failed try.", &["op", "reason"]),
+            task_duration: histogram(TASK_DURATION, "Task execution time, retries included.", LATENCY_BUCKETS, &["op"]),
             registry,
         }
     }

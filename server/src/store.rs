@@ -1,0 +1,1050 @@
+//! The object store: immutable tensors addressed by random 128-bit [`ObjectRef`]s.
+//!
+//! * Capacity is `object_store_memory` bytes of 64-byte-aligned heap memory. When a put
+//!   needs room, the least recently used objects that nothing is using are written to
+//!   files under `spill_dir` and memory-mapped from there; an access brings a spilled
+//!   object back into memory when room can be made (and reads it from the mapping when
+//!   not).
+//! * An object in use (a [`Lease`]: a queued request, a running task, a response being
+//!   sent) is never spilled, and its bytes outlive a `DELETE`: the lease keeps them.
+//! * Objects handed to clients expire `ttl` after their last access; the server's own
+//!   intermediates ([`Owner::Server`]) live until their owner deletes them.
+//! * An object may be created pending (the result of async work) and later fulfilled or
+//!   failed; [`Store::get`] and [`Store::wait`] block on that, like `ray.get` and
+//!   `ray.wait`.
+//!
+//! When even spilling cannot make room, a put fails with [`StoreError::Full`] and nothing
+//! already stored is touched.
+
+use std::alloc::Layout;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use prism_client::DType;
+use prometheus::{IntCounter, IntGauge};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// A 128-bit random object id, written as 32 lowercase hex digits. Never sequential:
+/// knowing one ref tells nothing of another.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef(u128);
+
+impl ObjectRef {
+    fn random() -> Self {
+        ObjectRef(rand::random())
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectRef({self})")
+    }
+}
+
+impl FromStr for ObjectRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("`{s}` is not an object ref (32 hex digits)"));
+        }
+        u128::from_str_radix(s, 16)
+            .map(ObjectRef)
+            .map_err(|e| format!("`{s}`: {e}"))
+    }
+}
+
+impl Serialize for ObjectRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What a tensor is: its datatype and shape. Its bytes are the little-endian elements,
+/// row-major, as in the V2 binary extension.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Meta {
+    pub datatype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl Meta {
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.elements() * self.datatype.size().expect("objects hold numeric tensors")
+    }
+}
+
+/// Heap memory aligned to 64 bytes (a cache line, and enough for any element type and
+/// SIMD loads), zero-initialised by the allocator.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+const ALIGN: usize = 64;
+
+// SAFETY: `AlignedBuf` owns its allocation exclusively, like a `Box<[u8]>`.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only reads through `&[u8]`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// `len` zeroed bytes, or `None` when the allocator refuses (no abort).
+    pub fn zeroed(len: usize) -> Option<Self> {
+        if len == 0 {
+            return Some(AlignedBuf {
+                ptr: NonNull::new(ALIGN as *mut u8).expect("non-zero"),
+                len: 0,
+            });
+        }
+        let layout = Layout::from_size_align(len, ALIGN).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        NonNull::new(ptr).map(|ptr| AlignedBuf { ptr, len })
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `len` initialised (zeroed) bytes while `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            let layout = Layout::from_size_align(self.len, ALIGN).expect("made from this layout");
+            // SAFETY: allocated in `zeroed` with this very layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+/// Where an object's bytes are.
+enum Data {
+    Memory(AlignedBuf),
+    /// A spill file, mapped read-only.
+    Mapped(memmap2::Mmap),
+}
+
+impl Data {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Memory(b) => b,
+            Data::Mapped(m) => m,
+        }
+    }
+}
+
+/// A read handle on a ready object. While it lives the object is not spilled, and its
+/// bytes stay valid even if the object is deleted.
+#[derive(Clone)]
+pub struct Lease {
+    pub object_ref: ObjectRef,
+    pub meta: Arc<Meta>,
+    data: Arc<Data>,
+    uses: Arc<Uses>,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("object_ref", &self.object_ref)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+/// How many leases an object has.
+struct Uses(AtomicUsize);
+
+impl Lease {
+    pub fn bytes(&self) -> &[u8] {
+        self.data.bytes()
+    }
+
+    /// The elements as `f32`: borrowed for FP32 objects, converted otherwise.
+    pub fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
+        if self.meta.datatype == DType::F32
+            && let Ok(v) = bytemuck::try_cast_slice::<u8, f32>(self.bytes())
+        {
+            return std::borrow::Cow::Borrowed(v);
+        }
+        let mut out = Vec::with_capacity(self.meta.elements());
+        self.meta.datatype.decode_le(self.bytes(), &mut out);
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+impl AsRef<[u8]> for Lease {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.uses.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why the work that should have produced an object failed. Kept in the store: every
+/// `get` of the object answers it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    /// `InjectedFault`, `ShapeError`, `ModelError`, `Panic`, `Timeout`, `StoreFull`, ...
+    pub kind: String,
+    pub message: String,
+    /// Executions tried, retries included.
+    pub attempts: u32,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.attempts == 1 { "" } else { "s" };
+        write!(f, "{}: {} (after {} attempt{s})", self.kind, self.message, self.attempts)
+    }
+}
+
+/// Who keeps an object alive.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Owner {
+    /// A client: until `DELETE`, or `ttl` after its last access.
+    Client { ttl: Duration },
+    /// The server's own intermediate: until the owner deletes it.
+    Server,
+}
+
+/// An object's state as `GET /v2/objects/{ref}/meta` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectState {
+    Pending,
+    Ready,
+    Spilled,
+    Failed,
+}
+
+/// What the store answers about one object.
+#[derive(Clone, Debug, Serialize)]
+pub struct ObjectInfo {
+    pub object_ref: ObjectRef,
+    pub state: ObjectState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datatype: Option<DType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Failure>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} not found (never stored, deleted, or expired)")]
+    NotFound(ObjectRef),
+    #[error(
+        "the object store cannot hold {need} more bytes: {reason} (object_store_memory is {capacity} bytes, {used} in use in memory)"
+    )]
+    Full {
+        need: usize,
+        capacity: usize,
+        used: usize,
+        reason: String,
+    },
+    #[error("object {object_ref} was not ready within {timeout:?}")]
+    Timeout { object_ref: ObjectRef, timeout: Duration },
+    #[error("object {object_ref} has no value: the work that should produce it failed: {failure}")]
+    Failed { object_ref: ObjectRef, failure: Failure },
+}
+
+enum State {
+    Pending,
+    Ready { data: Arc<Data>, meta: Arc<Meta> },
+    Failed(Failure),
+}
+
+struct Entry {
+    state: State,
+    uses: Arc<Uses>,
+    owner: Owner,
+    /// Logical clock of the last access, for LRU.
+    last_access: u64,
+    expires: Option<Instant>,
+    /// Turns `true` once the object is ready or failed.
+    settled: watch::Sender<bool>,
+    /// Order in which objects settled, for `wait`.
+    settled_seq: u64,
+}
+
+impl Entry {
+    fn in_memory(&self) -> Option<usize> {
+        match &self.state {
+            State::Ready { data, meta } if matches!(**data, Data::Memory(_)) => Some(meta.bytes()),
+            _ => None,
+        }
+    }
+
+    fn touch(&mut self, tick: u64, now: Instant) {
+        self.last_access = tick;
+        if let Owner::Client { ttl } = self.owner {
+            self.expires = Some(now + ttl);
+        }
+    }
+}
+
+/// The store's gauges and counters (registered by [`crate::metrics::Metrics`]).
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub objects: IntGauge,
+    pub memory_bytes: IntGauge,
+    pub spilled_bytes: IntGauge,
+    pub spills: IntCounter,
+    pub restores: IntCounter,
+    pub put_failures: IntCounter,
+}
+
+struct Inner {
+    objects: HashMap<ObjectRef, Entry>,
+    /// Bytes in memory, reservations for puts in flight included.
+    used: usize,
+    spilled: usize,
+    tick: u64,
+    settled_seq: u64,
+}
+
+/// The object store. Cheap to share behind an `Arc`.
+pub struct Store {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    spill_dir: PathBuf,
+    pub default_ttl: Duration,
+    metrics: StoreMetrics,
+}
+
+/// Room taken for a put in flight; given back if the put does not complete.
+pub struct Reservation<'a> {
+    store: &'a Store,
+    bytes: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.store.lock().used -= self.bytes;
+            self.store.update_gauges();
+        }
+    }
+}
+
+impl Store {
+    /// A store of `capacity` bytes that spills under `spill_dir` (created when needed).
+    pub fn new(capacity: usize, spill_dir: PathBuf, default_ttl: Duration, metrics: StoreMetrics) -> Self {
+        Store {
+            inner: Mutex::new(Inner {
+                objects: HashMap::new(),
+                used: 0,
+                spilled: 0,
+                tick: 0,
+                settled_seq: 0,
+            }),
+            capacity,
+            spill_dir,
+            default_ttl,
+            metrics,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the maps consistent (every update is a
+        // single assignment after the fallible work), so poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update_gauges(&self) {
+        let (objects, used, spilled) = {
+            let g = self.lock();
+            (g.objects.len(), g.used, g.spilled)
+        };
+        self.metrics.objects.set(objects as i64);
+        self.metrics.memory_bytes.set(used as i64);
+        self.metrics.spilled_bytes.set(spilled as i64);
+    }
+
+    /// Makes room for `bytes` (spilling what it must) and takes it. Blocking: spilling
+    /// writes files.
+    pub fn reserve(&self, bytes: usize) -> Result<Reservation<'_>, StoreError> {
+        let mut g = self.lock();
+        let result = self.make_room(&mut g, bytes);
+        if result.is_ok() {
+            g.used += bytes;
+        }
+        drop(g);
+        if let Err(e) = result {
+            self.metrics.put_failures.inc();
+            return Err(e);
+        }
+        self.update_gauges();
+        Ok(Reservation { store: self, bytes })
+    }
+
+    /// Spills least-recently-used objects nobody uses until `bytes` more fit.
+    fn make_room(&self, g: &mut Inner, bytes: usize) -> Result<(), StoreError> {
+        let full = |g: &Inner, reason: String| StoreError::Full {
+            need: bytes,
+            capacity: self.capacity,
+            used: g.used,
+            reason,
+        };
+        if bytes > self.capacity {
+            return Err(full(g, "the object is larger than the whole store".into()));
+        }
+        if g.used + bytes <= self.capacity {
+            return Ok(());
+        }
+        let mut victims: Vec<(u64, ObjectRef)> = g
+            .objects
+            .iter()
+            .filter(|(_, e)| e.in_memory().is_some() && e.uses.0.load(Ordering::Acquire) == 0)
+            .map(|(r, e)| (e.last_access, *r))
+            .collect();
+        victims.sort_unstable();
+        let spillable: usize = victims
+            .iter()
+            .map(|(_, r)| g.objects[r].in_memory().unwrap_or(0))
+            .sum();
+        if g.used + bytes > self.capacity + spillable {
+            return Err(full(
+                g,
+                format!("even spilling every object not in use ({spillable} bytes) would not free enough"),
+            ));
+        }
+        for (_, r) in victims {
+            if g.used + bytes <= self.capacity {
+                break;
+            }
+            self.spill(g, r)
+                .map_err(|e| full(g, format!("spilling to {} failed: {e}", self.spill_dir.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Writes one object to its spill file and maps it; frees its memory.
+    fn spill(&self, g: &mut Inner, r: ObjectRef) -> std::io::Result<()> {
+        let entry = g.objects.get_mut(&r).expect("victims are live entries");
+        let State::Ready { data, meta } = &entry.state else {
+            unreachable!("only ready objects are spilled")
+        };
+        let path = self.spill_path(r);
+        let write = || -> std::io::Result<memmap2::Mmap> {
+            std::fs::create_dir_all(&self.spill_dir)?;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(data.bytes())?;
+            f.sync_data()?;
+            map_file(&path)
+        };
+        let mapped = match write() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        let bytes = meta.bytes();
+        entry.state = State::Ready {
+            data: Arc::new(Data::Mapped(mapped)),
+            meta: Arc::clone(meta),
+        };
+        g.used -= bytes;
+        g.spilled += bytes;
+        self.metrics.spills.inc();
+        tracing::debug!(object = %r, bytes, "spilled");
+        Ok(())
+    }
+
+    fn spill_path(&self, r: ObjectRef) -> PathBuf {
+        self.spill_dir.join(format!("{r}.obj"))
+    }
+
+    /// Stores `buf` as a ready object. `reservation` must have taken `buf.len()` bytes.
+    pub fn commit(&self, reservation: Reservation<'_>, meta: Meta, buf: AlignedBuf, owner: Owner) -> ObjectRef {
+        assert_eq!(reservation.bytes, buf.len(), "reservation and buffer disagree. This is a bug.");
+        assert_eq!(meta.bytes(), buf.len(), "meta and buffer disagree. This is a bug.");
+        let mut g = self.lock();
+        let r = loop {
+            let r = ObjectRef::random();
+            if !g.objects.contains_key(&r) {
+                break r;
+            }
+        };
+        std::mem::forget(reservation);
+        let entry = self.ready_entry(&mut g, meta, buf, owner);
+        g.objects.insert(r, entry);
+        drop(g);
+        self.update_gauges();
+        r
+    }
+
+    fn ready_entry(&self, g: &mut Inner, meta: Meta, buf: AlignedBuf, owner: Owner) -> Entry {
+        g.tick += 1;
+        g.settled_seq += 1;
+        let now = Instant::now();
+        Entry {
+            state: State::Ready {
+                data: Arc::new(Data::Memory(buf)),
+                meta: Arc::new(meta),
+            },
+            uses: Arc::new(Uses(AtomicUsize::new(0))),
+            owner,
+            last_access: g.tick,
+            expires: match owner {
+                Owner::Client { ttl } => Some(now + ttl),
+                Owner::Server => None,
+            },
+            settled: watch::Sender::new(true),
+            settled_seq: g.settled_seq,
+        }
+    }
+
+    /// Copies `bytes` into a new ready object.
+    pub fn put(&self, meta: Meta, bytes: &[u8], owner: Owner) -> Result<ObjectRef, StoreError> {
+        let reservation = self.reserve(bytes.len())?;
+        let mut buf = self.allocate(bytes.len())?;
+        buf.copy_from_slice(bytes);
+        Ok(self.commit(reservation, meta, buf, owner))
+    }
+
+    /// Memory for an object of `bytes` (after [`Store::reserve`]).
+    pub fn allocate(&self, bytes: usize) -> Result<AlignedBuf, StoreError> {
+        AlignedBuf::zeroed(bytes).ok_or_else(|| StoreError::Full {
+            need: bytes,
+            capacity: self.capacity,
+            used: self.lock().used,
+            reason: "the machine could not allocate the memory".into(),
+        })
+    }
+
+    /// A pending object, to be fulfilled or failed by the work that produces it.
+    pub fn create_pending(&self, owner: Owner) -> ObjectRef {
+        let mut g = self.lock();
+        g.tick += 1;
+        let tick = g.tick;
+        let r = loop {
+            let r = ObjectRef::random();
+            if !g.objects.contains_key(&r) {
+                break r;
+            }
+        };
+        g.objects.insert(
+            r,
+            Entry {
+                state: State::Pending,
+                uses: Arc::new(Uses(AtomicUsize::new(0))),
+                owner,
+                last_access: tick,
+                expires: None,
+                settled: watch::Sender::new(false),
+                settled_seq: 0,
+            },
+        );
+        drop(g);
+        self.update_gauges();
+        r
+    }
+
+    /// Gives a pending object its value. If the object was deleted meanwhile the value is
+    /// dropped; if the store cannot hold it, the object fails with `StoreFull`.
+    pub fn fulfil(&self, r: ObjectRef, meta: Meta, bytes: &[u8]) {
+        if !self.lock().objects.contains_key(&r) {
+            return;
+        }
+        let stored = self.reserve(bytes.len()).and_then(|res| {
+            let mut buf = self.allocate(bytes.len())?;
+            buf.copy_from_slice(bytes);
+            Ok((res, buf))
+        });
+        match stored {
+            Ok((reservation, buf)) => {
+                let mut g = self.lock();
+                let Some(old) = g.objects.remove(&r) else {
+                    // Deleted while the bytes were copied; the reservation gives its room back.
+                    drop(g);
+                    return;
+                };
+                std::mem::forget(reservation);
+                let mut entry = self.ready_entry(&mut g, meta, buf, old.owner);
+                entry.settled = old.settled;
+                entry.uses = old.uses;
+                entry.settled.send_replace(true);
+                g.objects.insert(r, entry);
+                drop(g);
+                self.update_gauges();
+            }
+            Err(e) => self.fail(
+                r,
+                Failure {
+                    kind: "StoreFull".into(),
+                    message: e.to_string(),
+                    attempts: 1,
+                },
+            ),
+        }
+    }
+
+    /// Settles a pending object as failed.
+    pub fn fail(&self, r: ObjectRef, failure: Failure) {
+        let mut g = self.lock();
+        g.settled_seq += 1;
+        let seq = g.settled_seq;
+        g.tick += 1;
+        let tick = g.tick;
+        if let Some(e) = g.objects.get_mut(&r) {
+            e.state = State::Failed(failure);
+            e.settled_seq = seq;
+            e.touch(tick, Instant::now());
+            e.settled.send_replace(true);
+        }
+    }
+
+    /// A lease on a ready object, now. A spilled object is brought back into memory if
+    /// room can be made without failing anything.
+    pub fn lease(&self, r: ObjectRef) -> Result<Option<Lease>, StoreError> {
+        let mut g = self.lock();
+        g.tick += 1;
+        let tick = g.tick;
+        let e = g.objects.get_mut(&r).ok_or(StoreError::NotFound(r))?;
+        e.touch(tick, Instant::now());
+        let (data, meta) = match &e.state {
+            State::Pending => return Ok(None),
+            State::Failed(f) => {
+                return Err(StoreError::Failed {
+                    object_ref: r,
+                    failure: f.clone(),
+                });
+            }
+            State::Ready { data, meta } => (Arc::clone(data), Arc::clone(meta)),
+        };
+        let uses = Arc::clone(&e.uses);
+        // Counted before the lock is released, so no spill can pick it from here on.
+        uses.0.fetch_add(1, Ordering::AcqRel);
+        let lease = Lease {
+            object_ref: r,
+            meta,
+            data,
+            uses,
+        };
+        if matches!(*lease.data, Data::Mapped(_)) {
+            return Ok(Some(self.restore(&mut g, lease)));
+        }
+        Ok(Some(lease))
+    }
+
+    /// Copies a spilled object back into memory when it fits; otherwise the lease reads
+    /// the mapping.
+    fn restore(&self, g: &mut Inner, lease: Lease) -> Lease {
+        let bytes = lease.meta.bytes();
+        if self.make_room(g, bytes).is_err() {
+            return lease;
+        }
+        let Some(mut buf) = AlignedBuf::zeroed(bytes) else {
+            return lease;
+        };
+        buf.copy_from_slice(lease.bytes());
+        let data = Arc::new(Data::Memory(buf));
+        g.used += bytes;
+        g.spilled -= bytes;
+        if let Some(e) = g.objects.get_mut(&lease.object_ref) {
+            e.state = State::Ready {
+                data: Arc::clone(&data),
+                meta: Arc::clone(&lease.meta),
+            };
+        }
+        let _ = std::fs::remove_file(self.spill_path(lease.object_ref));
+        self.metrics.restores.inc();
+        Lease {
+            object_ref: lease.object_ref,
+            meta: Arc::clone(&lease.meta),
+            data,
+            uses: Arc::clone(&lease.uses),
+        }
+        // The old lease drops here and gives back its use; the new one holds its own.
+        .with_use()
+    }
+
+    /// Waits until `r` is ready (or failed), for at most `timeout` (forever with `None`),
+    /// then leases it, like `ray.get`.
+    pub async fn get(&self, r: ObjectRef, timeout: Option<Duration>) -> Result<Lease, StoreError> {
+        let mut settled = {
+            let g = self.lock();
+            g.objects.get(&r).ok_or(StoreError::NotFound(r))?.settled.subscribe()
+        };
+        let wait = settled.wait_for(|s| *s);
+        match timeout {
+            Some(t) => match tokio::time::timeout(t, wait).await {
+                Ok(_) => {}
+                Err(_) => return Err(StoreError::Timeout { object_ref: r, timeout: t }),
+            },
+            None => {
+                let _ = wait.await;
+            }
+        }
+        // Settled, or deleted (its sender dropped): `lease` tells which.
+        self.lease(r)?.ok_or(StoreError::NotFound(r))
+    }
+
+    /// What the store knows of `r`; counts as an access.
+    pub fn info(&self, r: ObjectRef) -> Result<ObjectInfo, StoreError> {
+        let mut g = self.lock();
+        g.tick += 1;
+        let tick = g.tick;
+        let e = g.objects.get_mut(&r).ok_or(StoreError::NotFound(r))?;
+        e.touch(tick, Instant::now());
+        let mut info = ObjectInfo {
+            object_ref: r,
+            state: ObjectState::Pending,
+            datatype: None,
+            shape: None,
+            bytes: None,
+            error: None,
+        };
+        match &e.state {
+            State::Pending => {}
+            State::Failed(f) => {
+                info.state = ObjectState::Failed;
+                info.error = Some(f.clone());
+            }
+            State::Ready { data, meta } => {
+                info.state = match **data {
+                    Data::Memory(_) => ObjectState::Ready,
+                    Data::Mapped(_) => ObjectState::Spilled,
+                };
+                info.datatype = Some(meta.datatype);
+                info.shape = Some(meta.shape.clone());
+                info.bytes = Some(meta.bytes());
+            }
+        }
+        Ok(info)
+    }
+
+    /// Forgets `r`. Leases already taken keep its bytes until they end. Returns whether
+    /// it existed.
+    pub fn delete(&self, r: ObjectRef) -> bool {
+        let mut g = self.lock();
+        let Some(e) = g.objects.remove(&r) else {
+            return false;
+        };
+        self.forget(&mut g, r, &e);
+        drop(g);
+        self.update_gauges();
+        true
+    }
+
+    fn forget(&self, g: &mut Inner, r: ObjectRef, e: &Entry) {
+        if let State::Ready { data, meta } = &e.state {
+            match **data {
+                Data::Memory(_) => g.used -= meta.bytes(),
+                Data::Mapped(_) => {
+                    g.spilled -= meta.bytes();
+                    // The mapping stays valid after the unlink for leases that hold it.
+                    let _ = std::fs::remove_file(self.spill_path(r));
+                }
+            }
+        }
+        // Waiters wake up and find it gone.
+        e.settled.send_replace(true);
+    }
+
+    /// Deletes the client objects whose time-to-live has passed and that nothing uses;
+    /// returns how many.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut g = self.lock();
+        let expired: Vec<ObjectRef> = g
+            .objects
+            .iter()
+            .filter(|(_, e)| e.expires.is_some_and(|t| t <= now) && e.uses.0.load(Ordering::Acquire) == 0)
+            .map(|(r, _)| *r)
+            .collect();
+        for r in &expired {
+            let e = g.objects.remove(r).expect("listed above");
+            self.forget(&mut g, *r, &e);
+        }
+        drop(g);
+        if !expired.is_empty() {
+            tracing::debug!(count = expired.len(), "objects expired");
+            self.update_gauges();
+        }
+        expired.len()
+    }
+
+    /// `ray.wait`: returns once `num_returns` of `refs` are ready (or failed) or
+    /// `timeout` has passed: `(ready, not_ready)`, ready in the order they settled, at
+    /// most `num_returns` of them; not_ready in the order given.
+    pub async fn wait(
+        &self,
+        refs: &[ObjectRef],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<ObjectRef>, Vec<ObjectRef>), StoreError> {
+        let mut done: Vec<(u64, ObjectRef)> = Vec::new();
+        let mut pending = FuturesUnordered::new();
+        {
+            let g = self.lock();
+            for &r in refs {
+                let e = g.objects.get(&r).ok_or(StoreError::NotFound(r))?;
+                if *e.settled.borrow() {
+                    done.push((e.settled_seq, r));
+                } else {
+                    let mut rx = e.settled.subscribe();
+                    pending.push(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                        r
+                    });
+                }
+            }
+        }
+        done.sort_unstable();
+        let mut ready: Vec<ObjectRef> = done.into_iter().map(|(_, r)| r).collect();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        while ready.len() < num_returns && !pending.is_empty() {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => pending.next().await,
+            };
+            match next {
+                Some(r) => ready.push(r),
+                None => break,
+            }
+        }
+        ready.truncate(num_returns);
+        let not_ready = refs.iter().filter(|r| !ready.contains(r)).copied().collect();
+        Ok((ready, not_ready))
+    }
+
+    /// Objects, bytes in memory, bytes spilled.
+    pub fn usage(&self) -> (usize, usize, usize) {
+        let g = self.lock();
+        (g.objects.len(), g.used, g.spilled)
+    }
+
+    /// Removes the spill directory's files of this store (at shutdown).
+    pub fn clear_spill_dir(&self) {
+        let g = self.lock();
+        for (r, e) in &g.objects {
+            if let State::Ready { data, .. } = &e.state
+                && matches!(**data, Data::Mapped(_))
+            {
+                let _ = std::fs::remove_file(self.spill_path(*r));
+            }
+        }
+    }
+}
+
+impl Lease {
+    fn with_use(self) -> Lease {
+        self.uses.0.fetch_add(1, Ordering::AcqRel);
+        self
+    }
+}
+
+fn map_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: spill files are written by this process under its own spill directory and
+    // never modified after they are mapped; they are unlinked only when no longer read
+    // through the store (a mapping outlives the unlink).
+    unsafe { memmap2::Mmap::map(&f) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> StoreMetrics {
+        StoreMetrics {
+            objects: IntGauge::new("o", "o").unwrap(),
+            memory_bytes: IntGauge::new("m", "m").unwrap(),
+            spilled_bytes: IntGauge::new("s", "s").unwrap(),
+            spills: IntCounter::new("sp", "sp").unwrap(),
+            restores: IntCounter::new("r", "r").unwrap(),
+            put_failures: IntCounter::new("f", "f").unwrap(),
+        }
+    }
+
+    fn store(capacity: usize, dir: &Path) -> Store {
+        Store::new(capacity, dir.to_owned(), Duration::from_secs(60), metrics())
+    }
+
+    fn meta(n: usize) -> Meta {
+        Meta {
+            datatype: DType::U8,
+            shape: vec![n],
+        }
+    }
+
+    const CLIENT: Owner = Owner::Client {
+        ttl: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn refs_are_32_hex_digits_and_round_trip() {
+        let r = ObjectRef::random();
+        let s = r.to_string();
+        assert_eq!(s.len(), 32);
+        assert_eq!(s.parse::<ObjectRef>().unwrap(), r);
+        assert!("xyz".parse::<ObjectRef>().is_err());
+        assert!("0123456789abcdef0123456789abcdeg".parse::<ObjectRef>().is_err());
+        assert_ne!(ObjectRef::random(), ObjectRef::random());
+    }
+
+    #[test]
+    fn spills_the_least_recently_used_object_not_in_use_and_restores_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(250, dir.path());
+        let a = s.put(meta(100), &[1; 100], CLIENT).unwrap();
+        let b = s.put(meta(100), &[2; 100], CLIENT).unwrap();
+        let held = s.lease(a).unwrap().unwrap(); // `a` is older, but in use
+        let c = s.put(meta(100), &[3; 100], CLIENT).unwrap();
+        assert_eq!(s.info(b).unwrap().state, ObjectState::Spilled);
+        assert_eq!(s.info(a).unwrap().state, ObjectState::Ready);
+        assert_eq!(s.usage(), (3, 200, 100));
+        drop(held);
+        // Reading `b` brings it back, spilling the least recently used of a and c.
+        let lb = s.lease(b).unwrap().unwrap();
+        assert_eq!(lb.bytes(), &[2; 100][..]);
+        assert_eq!(s.info(b).unwrap().state, ObjectState::Ready);
+        assert_eq!(s.usage(), (3, 200, 100));
+        for (r, v) in [(a, 1), (c, 3)] {
+            assert_eq!(s.lease(r).unwrap().unwrap().bytes(), &[v; 100][..]);
+        }
+    }
+
+    #[test]
+    fn a_put_that_cannot_fit_fails_and_harms_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(150, dir.path());
+        let a = s.put(meta(100), &[7; 100], CLIENT).unwrap();
+        let _held = s.lease(a).unwrap().unwrap();
+        let err = s.put(meta(100), &[8; 100], CLIENT).unwrap_err();
+        assert!(err.to_string().contains("not in use"), "{err}");
+        assert!(matches!(s.put(meta(200), &[0; 200], CLIENT), Err(StoreError::Full { .. })));
+        assert_eq!(s.usage(), (1, 100, 0));
+        assert_eq!(s.lease(a).unwrap().unwrap().bytes(), &[7; 100][..]);
+    }
+
+    #[test]
+    fn spill_failure_leaves_the_object_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"file").unwrap();
+        let s = store(150, &blocker);
+        let a = s.put(meta(100), &[5; 100], CLIENT).unwrap();
+        let err = s.put(meta(100), &[6; 100], CLIENT).unwrap_err();
+        assert!(err.to_string().contains("spilling to"), "{err}");
+        assert_eq!(s.info(a).unwrap().state, ObjectState::Ready);
+        assert_eq!(s.usage(), (1, 100, 0));
+    }
+
+    #[test]
+    fn a_lease_outlives_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(1000, dir.path());
+        let a = s.put(meta(3), &[1, 2, 3], CLIENT).unwrap();
+        let l = s.lease(a).unwrap().unwrap();
+        assert!(s.delete(a));
+        assert!(!s.delete(a));
+        assert!(matches!(s.lease(a), Err(StoreError::NotFound(_))));
+        assert_eq!(l.bytes(), &[1, 2, 3]);
+        assert_eq!(s.usage(), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn get_and_wait_block_until_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(store(1000, dir.path()));
+        let p1 = s.create_pending(CLIENT);
+        let p2 = s.create_pending(CLIENT);
+        let r = s.put(meta(1), &[9], CLIENT).unwrap();
+        let err = s.get(p1, Some(Duration::from_millis(20))).await.unwrap_err();
+        assert!(matches!(err, StoreError::Timeout { .. }));
+        let (ready, not_ready) = s.wait(&[p1, p2, r], 1, Some(Duration::from_millis(10))).await.unwrap();
+        assert_eq!((ready, not_ready), (vec![r], vec![p1, p2]));
+
+        let s2 = Arc::clone(&s);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s2.fulfil(p2, meta(2), &[4, 5]);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s2.fail(
+                p1,
+                Failure {
+                    kind: "InjectedFault".into(),
+                    message: "boom".into(),
+                    attempts: 2,
+                },
+            );
+        });
+        let (ready, not_ready) = s.wait(&[p1, p2, r], 3, None).await.unwrap();
+        assert_eq!(ready, vec![r, p2, p1]);
+        assert!(not_ready.is_empty());
+        assert_eq!(s.get(p2, None).await.unwrap().bytes(), &[4, 5]);
+        let err = s.get(p1, None).await.unwrap_err().to_string();
+        assert!(err.contains("InjectedFault: boom (after 2 attempts)"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn client_objects_expire_unless_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(1000, dir.path());
+        let short = Owner::Client {
+            ttl: Duration::from_millis(1),
+        };
+        let a = s.put(meta(1), &[1], short).unwrap();
+        let b = s.put(meta(1), &[2], short).unwrap();
+        let server = s.put(meta(1), &[3], Owner::Server).unwrap();
+        let held = s.lease(b).unwrap().unwrap();
+        let later = Instant::now() + Duration::from_secs(1);
+        assert_eq!(s.expire(later), 1);
+        assert!(s.info(a).is_err());
+        assert!(s.info(b).is_ok() && s.info(server).is_ok());
+        drop(held);
+        assert_eq!(s.expire(Instant::now() + Duration::from_secs(1)), 1);
+        assert!(s.info(server).is_ok());
+    }
+}
