@@ -60,14 +60,45 @@ impl Client {
         }
     }
 
-    async fn send(
+    /// A request to `path` on this server.
+    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// The response if its status is a success; otherwise the server's error message.
+    pub(crate) async fn check(url: String, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|e| e.error)
+            .unwrap_or(text);
+        Err(ClientError::Server { url, status, message })
+    }
+
+    /// A JSON answer, decoded.
+    pub(crate) async fn decode<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, ClientError> {
+        let url = response.url().to_string();
+        let bytes = response.bytes().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        crate::v2::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<(Vec<u8>, Option<usize>)>,
     ) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
+        let mut req = self.request(method, path);
         if let Some((bytes, header_len)) = body {
             req = match header_len {
                 Some(n) => req
@@ -81,33 +112,17 @@ impl Client {
             url: url.clone(),
             source,
         })?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ErrorBody>(&text)
-            .map(|e| e.error)
-            .unwrap_or(text);
-        Err(ClientError::Server { url, status, message })
+        Self::check(url, response).await
     }
 
-    async fn json<T: DeserializeOwned>(
+    pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
         let response = self.send(method, path, body.map(|b| (b, None))).await?;
-        let bytes = response.bytes().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-        crate::v2::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url,
-            reason: e.to_string(),
-        })
+        self.decode(response).await
     }
 
     /// A 200 is `true`; any other answer from the server is `false`.

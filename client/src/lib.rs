@@ -5,7 +5,9 @@ pub mod bench;
 pub mod binary;
 mod client;
 pub mod dtype;
+mod ray;
 pub mod v2;
 
 pub use client::{Client, ClientError};
 pub use dtype::DType;
+pub use ray::{FaultInjection, ObjectRef, TaskArg, TaskOptions, Tensor};

@@ -61,8 +61,11 @@ pub struct InferRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InferInput {
     pub name: String,
-    pub shape: Vec<i64>,
+    /// May be left out (empty) for an input given by `object_ref` (a Prism extension).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub datatype: String,
+    #[serde(default)]
+    pub shape: Vec<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Parameters>,
     /// Absent when the tensor travels in the binary part of the body.
@@ -71,6 +74,20 @@ pub struct InferInput {
 }
 
 impl InferInput {
+    /// An input read from the server's object store (Prism's extension: the object is
+    /// passed by reference and dereferenced server-side).
+    pub fn object_ref(name: impl Into<String>, object_ref: &str) -> Self {
+        let mut p = Parameters::new();
+        p.insert("object_ref".into(), object_ref.into());
+        InferInput {
+            name: name.into(),
+            shape: Vec::new(),
+            datatype: String::new(),
+            parameters: Some(p),
+            data: None,
+        }
+    }
+
     /// An `FP32` input with its data inline (JSON).
     pub fn fp32(name: impl Into<String>, shape: Vec<i64>, data: Vec<f32>) -> Self {
         InferInput {

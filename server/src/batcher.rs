@@ -19,20 +19,54 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use prometheus::IntGauge;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::error::InferError;
+use crate::store::Lease;
 
 /// What a request gets back: its rows of the model's output.
 pub type Reply = Result<Array2<f32>, InferError>;
 
+/// A request's input rows: its own matrix, or an FP32 object of the store read in
+/// place (the lease keeps the object from being spilled or freed while queued).
+pub enum Rows {
+    Owned(Array2<f32>),
+    Object { lease: Lease, rows: usize, cols: usize },
+}
+
+impl Rows {
+    pub fn nrows(&self) -> usize {
+        match self {
+            Rows::Owned(a) => a.nrows(),
+            Rows::Object { rows, .. } => *rows,
+        }
+    }
+
+    pub fn view(&self) -> ArrayView2<'_, f32> {
+        match self {
+            Rows::Owned(a) => a.view(),
+            Rows::Object { lease, rows, cols } => {
+                let values: &[f32] = bytemuck::try_cast_slice(lease.bytes())
+                    .expect("FP32 objects are aligned and whole. This is a bug.");
+                ArrayView2::from_shape((*rows, *cols), values).expect("shape checked against the object")
+            }
+        }
+    }
+}
+
+impl From<Array2<f32>> for Rows {
+    fn from(a: Array2<f32>) -> Self {
+        Rows::Owned(a)
+    }
+}
+
 /// One request waiting for a batch.
 pub struct Entry {
     /// `[rows, in_features]`.
-    pub input: Array2<f32>,
+    pub input: Rows,
     pub reply: oneshot::Sender<Reply>,
     pub enqueued: Instant,
 }
@@ -140,7 +174,8 @@ pub struct BatcherHandle {
 impl BatcherHandle {
     /// Queues `input`; the receiver yields its answer. Refuses at once when
     /// `max_queue_size` requests are already waiting.
-    pub fn submit(&self, input: Array2<f32>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+    pub fn submit(&self, input: impl Into<Rows>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+        let input = input.into();
         self.queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 (q < self.max_queue_size).then_some(q + 1)

@@ -7,7 +7,7 @@ use prism_config::Config;
 
 use crate::deployment::{Loaded, ReplicaPlacement};
 use crate::inventory::Machine;
-use crate::placement::{self, Ask};
+use crate::placement;
 
 /// The machine and what the replicas took of it.
 pub struct Cluster {
@@ -20,6 +20,20 @@ pub struct Cluster {
     /// Custom resources declared in `[server.resources]`, and what replicas left of them.
     pub resources_total: BTreeMap<String, f64>,
     pub resources_left: BTreeMap<String, f64>,
+    /// What replicas left, for tasks: made by [`Cluster::open_pool`] once every replica
+    /// has started.
+    pub pool: std::sync::Arc<Pool>,
+}
+
+impl Cluster {
+    /// Hands what the replicas left to the task pool.
+    pub fn open_pool(&mut self) {
+        self.pool = std::sync::Arc::new(Pool::new(Free {
+            cpus: (self.machine.cpus as f64 - self.cpus_asked).max(0.0),
+            gpus: self.gpu_used.iter().map(|u| (1.0 - u).max(0.0)).collect(),
+            resources: self.resources_left.clone(),
+        }));
+    }
 }
 
 /// Places every replica of `config` (one entry per replica, per deployment). `cuda` is
@@ -42,7 +56,7 @@ pub fn plan(
     for (d, (spec, l)) in config.deployments.iter().zip(loaded).enumerate() {
         if spec.actor.num_gpus > 0.0 {
             for r in 0..spec.num_replicas {
-                asks.push(Ask {
+                asks.push(placement::Ask {
                     num_gpus: spec.actor.num_gpus,
                     memory: l.replica_memory(spec),
                 });
@@ -140,6 +154,243 @@ pub fn plan(
         cpus_asked: 0.0,
         resources_total: config.server.resources.clone(),
         resources_left,
+        pool: std::sync::Arc::new(Pool::new(Free {
+            cpus: 0.0,
+            gpus: Vec::new(),
+            resources: BTreeMap::new(),
+        })),
     };
     (placements, cluster)
+}
+
+/// What a task asks of the machine's logical resources.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskAsk {
+    pub num_cpus: f64,
+    /// A fraction of one card (≤ 1) or a whole number of cards.
+    pub num_gpus: f64,
+    pub resources: BTreeMap<String, f64>,
+}
+
+/// Logical resources free for tasks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Free {
+    pub cpus: f64,
+    /// Free share of each card.
+    pub gpus: Vec<f64>,
+    pub resources: BTreeMap<String, f64>,
+}
+
+/// Slack for sums of fractions (0.1 + 0.2 ≠ 0.3).
+const EPS: f64 = 1e-9;
+
+impl Free {
+    /// The cards `ask` would take now, or `None` if it does not fit.
+    fn fit(&self, ask: &TaskAsk) -> Option<Vec<usize>> {
+        if self.cpus + EPS < ask.num_cpus {
+            return None;
+        }
+        if ask.resources.iter().any(|(k, v)| self.resources.get(k).copied().unwrap_or(0.0) + EPS < *v) {
+            return None;
+        }
+        if ask.num_gpus <= 0.0 {
+            return Some(Vec::new());
+        }
+        if ask.num_gpus <= 1.0 {
+            // Best fit: the fullest card that still has room.
+            return self
+                .gpus
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| **f + EPS >= ask.num_gpus)
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| vec![i]);
+        }
+        let whole: Vec<usize> = (0..self.gpus.len()).filter(|&i| self.gpus[i] + EPS >= 1.0).collect();
+        (whole.len() >= ask.num_gpus as usize).then(|| whole[..ask.num_gpus as usize].to_vec())
+    }
+
+    fn take(&mut self, ask: &TaskAsk, cards: &[usize], sign: f64) {
+        self.cpus += sign * ask.num_cpus;
+        let share = ask.num_gpus.min(1.0);
+        for &c in cards {
+            self.gpus[c] += sign * share;
+        }
+        for (k, v) in &ask.resources {
+            *self.resources.get_mut(k).expect("checked by fit") += sign * v;
+        }
+    }
+}
+
+/// The logical resources replicas left, shared by tasks: a task waits until its ask
+/// fits, holds it while it runs, and gives it back.
+pub struct Pool {
+    /// What tasks may use at most (the machine minus the replicas).
+    pub capacity: Free,
+    free: std::sync::Mutex<Free>,
+    changed: tokio::sync::Notify,
+}
+
+/// Resources held by a running task; given back on drop.
+pub struct Grant {
+    pool: std::sync::Arc<Pool>,
+    ask: TaskAsk,
+    cards: Vec<usize>,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.pool.lock().take(&self.ask, &self.cards, 1.0);
+        self.pool.changed.notify_waiters();
+    }
+}
+
+impl Pool {
+    pub fn new(capacity: Free) -> Self {
+        Pool {
+            free: std::sync::Mutex::new(capacity.clone()),
+            capacity,
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Free> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What is free now.
+    pub fn free(&self) -> Free {
+        self.lock().clone()
+    }
+
+    /// Whether `ask` could ever run: it fits in what the replicas left. The reason names
+    /// the resource when not.
+    pub fn feasible(&self, ask: &TaskAsk) -> Result<(), String> {
+        let c = &self.capacity;
+        if ask.num_cpus > c.cpus + EPS {
+            return Err(format!(
+                "num_cpus = {} can never be met: tasks have {} logical CPUs (the machine's, less what the replicas hold); ask for less (fractions and 0 are allowed)",
+                ask.num_cpus, c.cpus
+            ));
+        }
+        for (k, v) in &ask.resources {
+            let have = c.resources.get(k).copied();
+            match have {
+                None => return Err(format!("resource `{k}` is not declared in [server.resources]")),
+                Some(h) if *v > h + EPS => {
+                    return Err(format!("resource `{k}`: asks {v}, tasks have {h} of it at most"));
+                }
+                _ => {}
+            }
+        }
+        if ask.num_gpus > 0.0 && c.fit(&TaskAsk {
+            num_gpus: ask.num_gpus,
+            ..TaskAsk::default()
+        })
+        .is_none()
+        {
+            return Err(format!(
+                "num_gpus = {} can never be met: the cards' shares left for tasks are {:?}",
+                ask.num_gpus, c.gpus
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until `ask` fits, then takes it. `ask` must be [`Pool::feasible`].
+    pub async fn acquire(self: &std::sync::Arc<Self>, ask: TaskAsk) -> Grant {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a release between the check and the
+            // await still wakes this task.
+            changed.as_mut().enable();
+            {
+                let mut free = self.lock();
+                if let Some(cards) = free.fit(&ask) {
+                    free.take(&ask, &cards, -1.0);
+                    return Grant {
+                        pool: std::sync::Arc::clone(self),
+                        ask,
+                        cards,
+                    };
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn pool() -> Arc<Pool> {
+        Arc::new(Pool::new(Free {
+            cpus: 1.0,
+            gpus: vec![0.5, 1.0],
+            resources: BTreeMap::from([("licence".to_owned(), 1.0)]),
+        }))
+    }
+
+    fn cpus(n: f64) -> TaskAsk {
+        TaskAsk {
+            num_cpus: n,
+            ..TaskAsk::default()
+        }
+    }
+
+    #[test]
+    fn feasibility_names_the_resource() {
+        let p = pool();
+        assert!(p.feasible(&cpus(1.0)).is_ok());
+        assert!(p.feasible(&cpus(1.5)).unwrap_err().contains("num_cpus = 1.5"));
+        let gpus = |g| TaskAsk {
+            num_gpus: g,
+            ..TaskAsk::default()
+        };
+        assert!(p.feasible(&gpus(1.0)).is_ok());
+        assert!(p.feasible(&gpus(2.0)).unwrap_err().contains("num_gpus = 2"));
+        let lic = TaskAsk {
+            resources: BTreeMap::from([("licence".to_owned(), 2.0)]),
+            ..TaskAsk::default()
+        };
+        assert!(p.feasible(&lic).unwrap_err().contains("licence"));
+    }
+
+    #[tokio::test]
+    async fn a_task_waits_for_resources_and_gets_them_back() {
+        let p = pool();
+        let a = p.acquire(cpus(0.5)).await;
+        let b = p.acquire(cpus(0.5)).await;
+        assert!(p.free().cpus.abs() < 1e-9);
+        let waiting = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.acquire(cpus(1.0)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "half a CPU is not enough");
+        drop(b);
+        let c = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        drop(c);
+        assert_eq!(p.free(), p.capacity);
+    }
+
+    #[tokio::test]
+    async fn fractional_gpu_asks_go_best_fit() {
+        let p = pool();
+        let g = p
+            .acquire(TaskAsk {
+                num_gpus: 0.5,
+                ..TaskAsk::default()
+            })
+            .await;
+        assert_eq!(g.cards, vec![0], "the fuller card that still fits");
+        assert_eq!(p.free().gpus, vec![0.0, 1.0]);
+    }
 }

@@ -9,18 +9,65 @@ use prism_client::DType;
 use prism_client::v2::{self, InferRequest, InferResponse, Parameters, TensorData};
 use prism_config::Deployment as Spec;
 
+use crate::batcher::Rows;
 use crate::error::ApiError;
+use crate::store::{Lease, ObjectRef};
 
 /// A validated inference request.
 pub struct Decoded {
     pub id: Option<String>,
-    /// `[rows, in_features]`.
-    pub input: Array2<f32>,
+    pub input: Source,
     /// Whether the output is wanted in the binary part of the answer.
     pub binary_output: bool,
+    /// Whether the output is kept in the object store and answered as its ref.
+    pub output_ref: bool,
+    /// `parameters.async`: answer 202 with the output's ref at once.
+    pub run_async: bool,
     /// How long the client will wait: Triton's `timeout` parameter (microseconds) or
     /// Prism's `timeout_ms`. A request not answered by then is dropped from its queue.
     pub timeout: Option<std::time::Duration>,
+}
+
+/// Where a request's input rows come from.
+pub enum Source {
+    /// `[rows, in_features]`, from the request body.
+    Inline(Array2<f32>),
+    /// An object of the store (`parameters.object_ref`), read when the request runs.
+    Object(ObjectRef),
+}
+
+/// The rows of an object passed as the model's input: it must be `[rows, features]` of a
+/// numeric type. FP32 objects are read in place.
+pub fn object_rows(spec: &Spec, lease: Lease) -> Result<Rows, ApiError> {
+    let want = &spec.input;
+    let name = &want.name;
+    let meta = &lease.meta;
+    let rows = match meta.shape.as_slice() {
+        [rows, f] if *f == want.features && *rows >= 1 => *rows,
+        other => {
+            return Err(bad(format!(
+                "input `{name}`: object {} has shape {other:?}; the model expects [-1, {}] (rows, then {} values per row)",
+                lease.object_ref, want.features, want.features
+            )));
+        }
+    };
+    if rows > spec.batching.max_batch_size {
+        return Err(bad(format!(
+            "input `{name}`: object {} has {rows} rows, more than the model's max_batch_size of {}",
+            lease.object_ref, spec.batching.max_batch_size
+        )));
+    }
+    if meta.datatype == DType::F32 {
+        return Ok(Rows::Object {
+            lease,
+            rows,
+            cols: want.features,
+        });
+    }
+    let values = lease.to_f32().into_owned();
+    Ok(Rows::Owned(
+        Array2::from_shape_vec((rows, want.features), values).expect("the object's length matches its shape"),
+    ))
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -85,6 +132,79 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
             want.name
         )));
     };
+    let name = &input.name;
+    let source = match input.parameters.as_ref().and_then(|p| p.get("object_ref")) {
+        None => Source::Inline(inline_rows(spec, input, binary)?),
+        Some(v) => {
+            let r: ObjectRef = v
+                .as_str()
+                .ok_or_else(|| bad(format!("input `{name}`: parameter `object_ref` must be a string (an object ref), got {v}")))?
+                .parse()
+                .map_err(|e| bad(format!("input `{name}`: {e}")))?;
+            if input.data.is_some() || v2::binary_data_size(input.parameters.as_ref()).is_some() {
+                return Err(bad(format!(
+                    "input `{name}`: has both `object_ref` and data; send one"
+                )));
+            }
+            if !binary.is_empty() {
+                return Err(bad(format!(
+                    "the body has {} bytes of binary data after the JSON header, but no input has `binary_data_size`",
+                    binary.len()
+                )));
+            }
+            Source::Object(r)
+        }
+    };
+
+    // Outputs: all of them unless named; binary when asked, per output or for all.
+    let binary_default = v2::bool_parameter(request.parameters.as_ref(), "binary_data_output").unwrap_or(false);
+    let mut binary_output = binary_default;
+    let mut output_ref = false;
+    if let Some(outputs) = &request.outputs {
+        for o in outputs {
+            if o.name != spec.output.name {
+                return Err(bad(format!(
+                    "model `{model}` has no output `{}`; its output is `{}`",
+                    o.name, spec.output.name
+                )));
+            }
+            binary_output = v2::bool_parameter(o.parameters.as_ref(), "binary_data").unwrap_or(binary_default);
+            output_ref = v2::bool_parameter(o.parameters.as_ref(), "object_ref").unwrap_or(false);
+        }
+    }
+    let parameter = |key: &str| request.parameters.as_ref().and_then(|p| p.get(key));
+    let timeout = match (parameter("timeout"), parameter("timeout_ms")) {
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(bad("give either `timeout` (microseconds) or `timeout_ms`, not both")),
+        (Some(v), None) => Some(std::time::Duration::from_micros(
+            v.as_u64().filter(|&us| us > 0).ok_or_else(|| {
+                bad(format!(
+                    "parameter `timeout`: expected a positive number of microseconds, got {v}"
+                ))
+            })?,
+        )),
+        (None, Some(v)) => Some(std::time::Duration::from_millis(
+            v.as_u64().filter(|&ms| ms > 0).ok_or_else(|| {
+                bad(format!(
+                    "parameter `timeout_ms`: expected a positive number of milliseconds, got {v}"
+                ))
+            })?,
+        )),
+    };
+    Ok(Decoded {
+        id: request.id,
+        input: source,
+        binary_output,
+        output_ref,
+        run_async: v2::bool_parameter(request.parameters.as_ref(), "async").unwrap_or(false),
+        timeout,
+    })
+}
+
+/// The rows of an input that carries its data (JSON or binary), checked against the
+/// model's input.
+fn inline_rows(spec: &Spec, input: &v2::InferInput, binary: &Bytes) -> Result<Array2<f32>, ApiError> {
+    let want = &spec.input;
     let name = &input.name;
 
     let dtype: DType = input
@@ -184,48 +304,8 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
             dtype.decode_le(binary, &mut values);
         }
     }
-    let input =
-        Array2::from_shape_vec((rows, want.features), values).expect("the length was checked against the shape");
+    Ok(Array2::from_shape_vec((rows, want.features), values).expect("the length was checked against the shape"))
 
-    // Outputs: all of them unless named; binary when asked, per output or for all.
-    let binary_default = v2::bool_parameter(request.parameters.as_ref(), "binary_data_output").unwrap_or(false);
-    let mut binary_output = binary_default;
-    if let Some(outputs) = &request.outputs {
-        for o in outputs {
-            if o.name != spec.output.name {
-                return Err(bad(format!(
-                    "model `{model}` has no output `{}`; its output is `{}`",
-                    o.name, spec.output.name
-                )));
-            }
-            binary_output = v2::bool_parameter(o.parameters.as_ref(), "binary_data").unwrap_or(binary_default);
-        }
-    }
-    let parameter = |key: &str| request.parameters.as_ref().and_then(|p| p.get(key));
-    let timeout = match (parameter("timeout"), parameter("timeout_ms")) {
-        (None, None) => None,
-        (Some(_), Some(_)) => return Err(bad("give either `timeout` (microseconds) or `timeout_ms`, not both")),
-        (Some(v), None) => Some(std::time::Duration::from_micros(
-            v.as_u64().filter(|&us| us > 0).ok_or_else(|| {
-                bad(format!(
-                    "parameter `timeout`: expected a positive number of microseconds, got {v}"
-                ))
-            })?,
-        )),
-        (None, Some(v)) => Some(std::time::Duration::from_millis(
-            v.as_u64().filter(|&ms| ms > 0).ok_or_else(|| {
-                bad(format!(
-                    "parameter `timeout_ms`: expected a positive number of milliseconds, got {v}"
-                ))
-            })?,
-        )),
-    };
-    Ok(Decoded {
-        id: request.id,
-        input,
-        binary_output,
-        timeout,
-    })
 }
 
 /// `values` as JSON data of `dtype`: integers without a fraction, booleans as `true` /

@@ -9,7 +9,7 @@ use prism_config::{Deployment as Spec, ModelSource};
 use prism_kernels::{Device, Model, WeightFile, builtin};
 use tokio::sync::{mpsc, watch};
 
-use crate::batcher::{Batcher, BatcherHandle, Hooks, SubmitError};
+use crate::batcher::{Batcher, BatcherHandle, Hooks, Reply, Rows, SubmitError};
 use crate::error::{ApiError, InferError};
 use crate::metrics::{Metrics, RequestMetrics};
 use crate::replica::{self, ReplicaMetrics, ReplicaSpec};
@@ -279,17 +279,28 @@ impl Deployment {
 
     /// Runs `input` (`[rows, in_features]`, validated) through a batch and waits for its
     /// rows of the answer.
-    pub async fn infer(&self, input: Array2<f32>) -> Result<Array2<f32>, ApiError> {
+    pub async fn infer(&self, input: impl Into<Rows>) -> Result<Array2<f32>, ApiError> {
+        let rx = self.submit(input)?;
+        self.answer(rx).await
+    }
+
+    /// Queues `input`; refuses at once when the deployment is not ready or its queue is
+    /// full. The receiver yields the answer (see [`Deployment::answer`]).
+    pub fn submit(&self, input: impl Into<Rows>) -> Result<tokio::sync::oneshot::Receiver<Reply>, ApiError> {
         if !self.is_ready() {
             return Err(ApiError::NotReady(self.spec.name.clone()));
         }
-        let rx = self.handle.submit(input).map_err(|e| match e {
+        self.handle.submit(input).map_err(|e| match e {
             SubmitError::QueueFull => ApiError::QueueFull {
                 model: self.spec.name.clone(),
                 max_queue_size: self.spec.batching.max_queue_size,
             },
             SubmitError::Closed => ApiError::NotReady(self.spec.name.clone()),
-        })?;
+        })
+    }
+
+    /// Waits for the answer to a submitted request.
+    pub async fn answer(&self, rx: tokio::sync::oneshot::Receiver<Reply>) -> Result<Array2<f32>, ApiError> {
         // Every path answers before dropping the sender; a drop is a bug, not a shutdown.
         let answer = rx.await.unwrap_or_else(|_| {
             Err(InferError::Lost {

@@ -7,6 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use prism_client::v2::ErrorBody;
 
+use crate::store::StoreError;
+
 /// A failure of one batch, reported to each request in it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InferError {
@@ -76,6 +78,11 @@ pub enum ApiError {
     NoRoute { method: String, path: String },
     #[error(transparent)]
     Infer(#[from] InferError),
+    #[error(transparent)]
+    Object(#[from] StoreError),
+    /// A bug: something that cannot fail did.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -92,7 +99,13 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Infer(InferError::ShuttingDown { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Infer(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Infer(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Object(e) => match e {
+                StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+                StoreError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
+                StoreError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                StoreError::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         }
     }
 
@@ -106,13 +119,28 @@ impl ApiError {
             ApiError::QueueFull { .. } => "rejected",
             ApiError::DeadlineExceeded { .. } => "timeout",
             ApiError::NotReady(_) | ApiError::Infer(InferError::ShuttingDown { .. }) => "unavailable",
-            ApiError::Infer(_) => "failed",
+            ApiError::Infer(_) | ApiError::Internal(_) => "failed",
+            ApiError::Object(e) => match e {
+                StoreError::NotFound(_) => "not_found",
+                StoreError::Full { .. } => "rejected",
+                StoreError::Timeout { .. } => "timeout",
+                StoreError::Failed { .. } => "failed",
+            },
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A failed object also says why in fields a client can branch on.
+        if let ApiError::Object(StoreError::Failed { failure, .. }) = &self {
+            let body = serde_json::json!({
+                "error": self.to_string(),
+                "kind": failure.kind,
+                "attempts": failure.attempts,
+            });
+            return (self.status(), axum::Json(body)).into_response();
+        }
         let body = ErrorBody {
             error: self.to_string(),
         };

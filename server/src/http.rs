@@ -16,15 +16,19 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use prism_client::v2::{self, MetadataTensor, ModelMetadata, RepositoryModel, ServerMetadata};
+use prism_client::v2::{self, InferResponse, MetadataTensor, ModelMetadata, RepositoryModel, ServerMetadata};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::cluster::Cluster;
-use crate::codec;
+use crate::batcher::Rows;
+use crate::codec::{self, Source};
 use crate::deployment::{Deployment, MODEL_VERSION};
-use crate::error::ApiError;
+use crate::error::{ApiError, InferError};
 use crate::metrics::Metrics;
+use crate::objects;
+use crate::store::{Failure, Meta, ObjectRef, Owner, Store};
+use crate::tasks::Tasks;
 
 /// What every handler shares.
 pub struct AppState {
@@ -35,7 +39,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// False once the server is shutting down: readiness answers 503.
     accepting: AtomicBool,
-    max_request_bytes: usize,
+    pub(crate) max_request_bytes: usize,
+    pub store: Arc<Store>,
+    pub tasks: Arc<Tasks>,
 }
 
 impl AppState {
@@ -44,11 +50,17 @@ impl AppState {
         metrics: Arc<Metrics>,
         max_request_bytes: usize,
         cluster: Cluster,
+        store: Arc<Store>,
     ) -> Self {
         let by_name = deployments
             .iter()
             .map(|d| (d.name().to_owned(), Arc::clone(d)))
             .collect();
+        let tasks = Arc::new(Tasks {
+            store: Arc::clone(&store),
+            pool: Arc::clone(&cluster.pool),
+            metrics: Arc::clone(&metrics),
+        });
         AppState {
             cluster,
             deployments,
@@ -56,6 +68,8 @@ impl AppState {
             metrics,
             accepting: AtomicBool::new(true),
             max_request_bytes,
+            store,
+            tasks,
         }
     }
 
@@ -105,6 +119,11 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/resources", get(resources))
         .route("/v2/status", get(status))
+        .route("/v2/objects", post(objects::put))
+        .route("/v2/objects/{object_ref}", get(objects::get).delete(objects::delete))
+        .route("/v2/objects/{object_ref}/meta", get(objects::meta))
+        .route("/v2/wait", post(objects::wait))
+        .route("/v2/tasks/{op}", post(objects::task))
         .route("/metrics", get(metrics));
     r = model_routes(r, "", get(model_metadata));
     r = model_routes(r, "/ready", get(model_ready));
@@ -307,20 +326,28 @@ async fn repository_index(State(app): App, body: Bytes) -> Result<axum::Json<Vec
 
 /// Total and available logical resources, like `ray.cluster_resources()` and
 /// `ray.available_resources()`: `GPU` counts cards, fractional.
+/// Available is what neither replicas nor running tasks hold.
 async fn resources(State(app): App) -> axum::Json<Value> {
     let c = &app.cluster;
-    let gpus = c.machine.gpus.len() as f64;
-    let gpu_free: f64 = c.gpu_used.iter().map(|u| (1.0 - u).max(0.0)).sum();
-    let cpus = c.machine.cpus as f64;
-    let mut total = json!({ "CPU": cpus, "GPU": gpus, "memory": c.machine.memory });
-    let mut available = json!({
-        "CPU": (cpus - c.cpus_asked).max(0.0),
-        "GPU": (gpu_free * 1e4).round() / 1e4,
+    let free = c.pool.free();
+    let round = |v: f64| (v.max(0.0) * 1e4).round() / 1e4;
+    let (_, used, _) = app.store.usage();
+    let capacity = app.store.capacity();
+    let mut total = json!({
+        "CPU": c.machine.cpus as f64,
+        "GPU": c.machine.gpus.len() as f64,
         "memory": c.machine.memory,
+        "object_store_memory": capacity,
+    });
+    let mut available = json!({
+        "CPU": round(free.cpus),
+        "GPU": round(free.gpus.iter().sum()),
+        "memory": c.machine.memory,
+        "object_store_memory": capacity.saturating_sub(used),
     });
     for (name, amount) in &c.resources_total {
         total[name] = json!(amount);
-        available[name] = json!(c.resources_left[name]);
+        available[name] = json!(round(free.resources[name]));
     }
     axum::Json(json!({ "total": total, "available": available }))
 }
@@ -362,6 +389,94 @@ async fn metrics(State(app): App) -> impl IntoResponse {
     )
 }
 
+/// The model's output as an object: its declared datatype, `[rows, features]`.
+fn output_object(d: &Deployment, output: &ndarray::Array2<f32>) -> (Meta, Vec<u8>) {
+    let dtype = d.spec.output.datatype;
+    let mut bytes = Vec::with_capacity(output.len() * dtype.size().expect("outputs are numeric"));
+    let values = output.as_standard_layout();
+    dtype.encode_le(values.as_slice().expect("standard layout"), &mut bytes);
+    let meta = Meta {
+        datatype: dtype,
+        shape: vec![output.nrows(), output.ncols()],
+    };
+    (meta, bytes)
+}
+
+/// A V2 answer whose output is in the store: `parameters.object_ref`, no data.
+fn ref_response(d: &Deployment, id: Option<String>, rows: usize, r: ObjectRef) -> InferResponse {
+    let mut parameters = v2::Parameters::new();
+    parameters.insert("object_ref".into(), r.to_string().into());
+    InferResponse {
+        model_name: d.name().to_owned(),
+        model_version: Some(MODEL_VERSION.into()),
+        id,
+        parameters: None,
+        outputs: vec![v2::InferOutput {
+            name: d.spec.output.name.clone(),
+            shape: vec![rows as i64, d.spec.output.features as i64],
+            datatype: d.spec.output.datatype.to_string(),
+            parameters: Some(parameters),
+            data: None,
+        }],
+    }
+}
+
+/// `parameters.async`: queues the request (refusing at once if it cannot be queued) and
+/// answers 202 with the ref its output will have; the answer lands in the store.
+fn infer_async(
+    app: &AppState,
+    d: &Arc<Deployment>,
+    rows: Rows,
+    id: Option<String>,
+    timeout: Option<std::time::Duration>,
+) -> Result<Response, ApiError> {
+    let n = rows.nrows();
+    let rx = d.submit(rows)?;
+    let store = Arc::clone(&app.store);
+    let r = store.create_pending(Owner::Client { ttl: store.default_ttl });
+    let deployment = Arc::clone(d);
+    tokio::spawn(async move {
+        let answer = match timeout {
+            Some(t) => tokio::time::timeout(t, deployment.answer(rx))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ApiError::DeadlineExceeded {
+                        model: deployment.name().to_owned(),
+                        timeout: t,
+                    })
+                }),
+            None => deployment.answer(rx).await,
+        };
+        match answer {
+            Ok(output) => {
+                let (meta, bytes) = output_object(&deployment, &output);
+                let _ = tokio::task::spawn_blocking(move || store.fulfil(r, meta, &bytes)).await;
+            }
+            Err(e) => store.fail(
+                r,
+                Failure {
+                    kind: failure_kind(&e).into(),
+                    message: e.to_string(),
+                    attempts: 1,
+                },
+            ),
+        }
+    });
+    Ok((StatusCode::ACCEPTED, axum::Json(ref_response(d, id, n, r))).into_response())
+}
+
+/// The error kind an object keeps when the inference that should produce it failed.
+pub fn failure_kind(e: &ApiError) -> &'static str {
+    match e {
+        ApiError::Infer(InferError::InjectedFault { .. }) => "InjectedFault",
+        ApiError::Infer(InferError::Panicked { .. }) => "Panic",
+        ApiError::Infer(InferError::Model { .. }) => "ModelError",
+        ApiError::DeadlineExceeded { .. } => "Timeout",
+        ApiError::BadRequest(_) => "ShapeError",
+        _ => "Unavailable",
+    }
+}
+
 fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge { limit }
@@ -377,7 +492,7 @@ async fn infer(State(app): App, path: ModelParam, headers: HeaderMap, body: Resu
         Err(e) => return e.into_response(),
     };
     let body = body.map_err(|r| body_error(r, app.max_request_bytes));
-    let result = run_infer(&d, &headers, body).await;
+    let result = run_infer(&app, &d, &headers, body).await;
     let elapsed = started.elapsed();
     let outcome = match &result {
         Ok(_) => "success",
@@ -398,7 +513,12 @@ async fn infer(State(app): App, path: ModelParam, headers: HeaderMap, body: Resu
     }
 }
 
-async fn run_infer(d: &Deployment, headers: &HeaderMap, body: Result<Bytes, ApiError>) -> Result<Response, ApiError> {
+async fn run_infer(
+    app: &AppState,
+    d: &Arc<Deployment>,
+    headers: &HeaderMap,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
     let body = body?;
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
         && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
@@ -416,19 +536,34 @@ async fn run_infer(d: &Deployment, headers: &HeaderMap, body: Result<Bytes, ApiE
     };
     let (json_part, binary_part) = codec::split_body(&body, header_len)?;
     let request = codec::decode(&d.spec, &json_part, &binary_part)?;
+    let rows = match request.input {
+        Source::Inline(a) => Rows::Owned(a),
+        // Waits while the object is pending (the output of async work chained in).
+        Source::Object(r) => codec::object_rows(&d.spec, app.store.get(r, request.timeout).await?)?,
+    };
+    if request.run_async {
+        return infer_async(app, d, rows, request.id, request.timeout);
+    }
     let output = match request.timeout {
         // Dropping the pending answer at the deadline takes the request out of its queue
         // (the batcher skips requests nobody waits for) or discards its rows.
-        Some(t) => {
-            tokio::time::timeout(t, d.infer(request.input))
-                .await
-                .map_err(|_| ApiError::DeadlineExceeded {
-                    model: d.name().to_owned(),
-                    timeout: t,
-                })??
-        }
-        None => d.infer(request.input).await?,
+        Some(t) => tokio::time::timeout(t, d.infer(rows))
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded {
+                model: d.name().to_owned(),
+                timeout: t,
+            })??,
+        None => d.infer(rows).await?,
     };
+    if request.output_ref {
+        let (meta, bytes) = output_object(d, &output);
+        let store = Arc::clone(&app.store);
+        let owner = Owner::Client { ttl: store.default_ttl };
+        let r = tokio::task::spawn_blocking(move || store.put(meta, &bytes, owner))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        return Ok(axum::Json(ref_response(d, request.id, output.nrows(), r)).into_response());
+    }
     let (header_bytes, tail) = codec::encode(&d.spec, MODEL_VERSION, request.id, &output, request.binary_output);
     if tail.is_empty() && !request.binary_output {
         return Ok(([(header::CONTENT_TYPE, "application/json")], header_bytes).into_response());

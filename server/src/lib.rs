@@ -12,10 +12,12 @@ pub mod error;
 pub mod http;
 pub mod inventory;
 pub mod metrics;
+pub mod objects;
 pub mod placement;
 pub mod replica;
 pub mod stats;
 pub mod store;
+pub mod tasks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -98,12 +100,16 @@ impl Server {
                 "the replicas ask for more logical CPUs than the machine has; they share them"
             );
         }
+        cluster.open_pool();
+        let store = Arc::new(open_store(config, &cluster, &metrics));
+        spawn_expiry(Arc::downgrade(&store));
         Ok(Server {
             app: Arc::new(AppState::new(
                 deployments,
                 metrics,
                 config.server.max_request_bytes,
                 cluster,
+                store,
             )),
             shutdown_timeout: config.server.shutdown_timeout,
         })
@@ -156,6 +162,41 @@ impl Server {
         tracing::info!("stopped");
         Ok(served?)
     }
+}
+
+/// The object store of `config`: `object_store_memory` bytes (30% of the machine's
+/// memory by default, as Ray), spilling under `spill_dir` (a fresh folder under the
+/// system's temporary directory by default, removed with the store).
+fn open_store(config: &Config, cluster: &cluster::Cluster, metrics: &Metrics) -> store::Store {
+    let o = &config.object_store;
+    let capacity = o
+        .memory
+        .unwrap_or_else(|| (cluster.machine.memory as f64 * 0.3) as usize)
+        .max(1 << 20);
+    let (dir, owned) = match &o.spill_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("prism-spill-{}-{:08x}", std::process::id(), rand::random::<u32>())),
+            true,
+        ),
+    };
+    tracing::info!(capacity, spill_dir = %dir.display(), "object store");
+    let mut store = store::Store::new(capacity, dir, o.default_ttl, metrics.store.clone());
+    store.owns_spill_dir = owned;
+    store
+}
+
+/// Deletes expired client objects once a second, for as long as the store lives.
+fn spawn_expiry(store: std::sync::Weak<store::Store>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(store) = store.upgrade() else { break };
+            store.expire(tokio::time::Instant::now());
+        }
+    });
 }
 
 /// Starts the deployments of `config` and serves them on `listener` until `shutdown`.

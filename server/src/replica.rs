@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ndarray::{Array2, ArrayView2, Axis, s};
+use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2, s};
 use prism_config::FaultInjection;
 use prism_kernels::cuda::{CudaDevice, GpuModel};
 use prism_kernels::{CpuDevice, Device, Model};
@@ -20,7 +20,7 @@ use prometheus::{Histogram, IntCounter};
 use rand::Rng;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::batcher::{Batch, Entry, Reply};
+use crate::batcher::{Batch, Entry, Reply, Rows};
 use crate::error::InferError;
 use crate::stats::{BatchTimes, ModelStats};
 
@@ -132,6 +132,7 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     let input = gather(&mut batch.entries);
     let gathered = Instant::now();
     let result = run_model(spec, backend, input.view());
+    drop(input);
     let computed = Instant::now();
     spec.metrics
         .compute_duration
@@ -172,13 +173,19 @@ fn reply(spec: &ReplicaSpec, entry: Entry, answer: Reply) {
     }
 }
 
-/// One matrix of all the batch's rows. A lone request's matrix is used as it is.
-fn gather(entries: &mut [Entry]) -> Array2<f32> {
+/// One matrix of all the batch's rows. A lone request's matrix (or object) is used as it
+/// is.
+fn gather(entries: &mut [Entry]) -> CowArray<'_, f32, Ix2> {
     if let [only] = entries {
-        return std::mem::take(&mut only.input);
+        return match &mut only.input {
+            Rows::Owned(a) => CowArray::from(std::mem::take(a)),
+            object => CowArray::from(object.view()),
+        };
     }
     let views: Vec<ArrayView2<'_, f32>> = entries.iter().map(|e| e.input.view()).collect();
-    ndarray::concatenate(Axis(0), &views).expect("every request was validated to the model's input width")
+    CowArray::from(
+        ndarray::concatenate(Axis(0), &views).expect("every request was validated to the model's input width"),
+    )
 }
 
 fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: ArrayView2<'_, f32>) -> Result<Array2<f32>, InferError> {

@@ -349,17 +349,19 @@ pub struct Store {
     inner: Mutex<Inner>,
     capacity: usize,
     spill_dir: PathBuf,
+    /// Whether the folder is the store's own (made up by the server, removed at the end).
+    pub owns_spill_dir: bool,
     pub default_ttl: Duration,
     metrics: StoreMetrics,
 }
 
 /// Room taken for a put in flight; given back if the put does not complete.
-pub struct Reservation<'a> {
-    store: &'a Store,
+pub struct Reservation {
+    store: Arc<Store>,
     bytes: usize,
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         if self.bytes > 0 {
             self.store.lock().used -= self.bytes;
@@ -381,6 +383,7 @@ impl Store {
             }),
             capacity,
             spill_dir,
+            owns_spill_dir: false,
             default_ttl,
             metrics,
         }
@@ -408,7 +411,7 @@ impl Store {
 
     /// Makes room for `bytes` (spilling what it must) and takes it. Blocking: spilling
     /// writes files.
-    pub fn reserve(&self, bytes: usize) -> Result<Reservation<'_>, StoreError> {
+    pub fn reserve(self: &Arc<Self>, bytes: usize) -> Result<Reservation, StoreError> {
         let mut g = self.lock();
         let result = self.make_room(&mut g, bytes);
         if result.is_ok() {
@@ -420,7 +423,10 @@ impl Store {
             return Err(e);
         }
         self.update_gauges();
-        Ok(Reservation { store: self, bytes })
+        Ok(Reservation {
+            store: Arc::clone(self),
+            bytes,
+        })
     }
 
     /// Spills least-recently-used objects nobody uses until `bytes` more fit.
@@ -502,7 +508,7 @@ impl Store {
     }
 
     /// Stores `buf` as a ready object. `reservation` must have taken `buf.len()` bytes.
-    pub fn commit(&self, reservation: Reservation<'_>, meta: Meta, buf: AlignedBuf, owner: Owner) -> ObjectRef {
+    pub fn commit(&self, reservation: Reservation, meta: Meta, buf: AlignedBuf, owner: Owner) -> ObjectRef {
         assert_eq!(reservation.bytes, buf.len(), "reservation and buffer disagree. This is a bug.");
         assert_eq!(meta.bytes(), buf.len(), "meta and buffer disagree. This is a bug.");
         let mut g = self.lock();
@@ -542,7 +548,7 @@ impl Store {
     }
 
     /// Copies `bytes` into a new ready object.
-    pub fn put(&self, meta: Meta, bytes: &[u8], owner: Owner) -> Result<ObjectRef, StoreError> {
+    pub fn put(self: &Arc<Self>, meta: Meta, bytes: &[u8], owner: Owner) -> Result<ObjectRef, StoreError> {
         let reservation = self.reserve(bytes.len())?;
         let mut buf = self.allocate(bytes.len())?;
         buf.copy_from_slice(bytes);
@@ -589,7 +595,7 @@ impl Store {
 
     /// Gives a pending object its value. If the object was deleted meanwhile the value is
     /// dropped; if the store cannot hold it, the object fails with `StoreFull`.
-    pub fn fulfil(&self, r: ObjectRef, meta: Meta, bytes: &[u8]) {
+    pub fn fulfil(self: &Arc<Self>, r: ObjectRef, meta: Meta, bytes: &[u8]) {
         if !self.lock().objects.contains_key(&r) {
             return;
         }
@@ -864,8 +870,11 @@ impl Store {
         (g.objects.len(), g.used, g.spilled)
     }
 
-    /// Removes the spill directory's files of this store (at shutdown).
-    pub fn clear_spill_dir(&self) {
+}
+
+impl Drop for Store {
+    /// Spill files belong to this store alone: they go with it.
+    fn drop(&mut self) {
         let g = self.lock();
         for (r, e) in &g.objects {
             if let State::Ready { data, .. } = &e.state
@@ -873,6 +882,10 @@ impl Store {
             {
                 let _ = std::fs::remove_file(self.spill_path(*r));
             }
+        }
+        drop(g);
+        if self.owns_spill_dir {
+            let _ = std::fs::remove_dir(&self.spill_dir);
         }
     }
 }
@@ -907,8 +920,8 @@ mod tests {
         }
     }
 
-    fn store(capacity: usize, dir: &Path) -> Store {
-        Store::new(capacity, dir.to_owned(), Duration::from_secs(60), metrics())
+    fn store(capacity: usize, dir: &Path) -> Arc<Store> {
+        Arc::new(Store::new(capacity, dir.to_owned(), Duration::from_secs(60), metrics()))
     }
 
     fn meta(n: usize) -> Meta {
@@ -997,7 +1010,7 @@ mod tests {
     #[tokio::test]
     async fn get_and_wait_block_until_settled() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(store(1000, dir.path()));
+        let s = store(1000, dir.path());
         let p1 = s.create_pending(CLIENT);
         let p2 = s.create_pending(CLIENT);
         let r = s.put(meta(1), &[9], CLIENT).unwrap();

@@ -1,0 +1,310 @@
+//! The Ray-like half of the client: `put`, `get`, `wait`, `task`, `infer_async`, against
+//! Prism's object and task extensions.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), prism_client::ClientError> {
+//! use prism_client::{Client, Tensor, TaskOptions};
+//! let c = Client::new("http://127.0.0.1:8000");
+//! let x = c.put(&Tensor::fp32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0])).await?;
+//! let y = c.task("matmul", [x.clone().into(), x.into()], &TaskOptions::default()).await?;
+//! println!("{:?}", c.get(&y, None).await?.to_f32());
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::client::{Client, ClientError};
+use crate::v2::{self, InferRequest, InferResponse, TensorData};
+use crate::{DType, binary};
+
+/// A reference to an object in the server's store (32 hex digits).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ObjectRef(pub String);
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A tensor: datatype, shape and values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub datatype: DType,
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl Tensor {
+    pub fn fp32(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Tensor {
+            datatype: DType::F32,
+            shape,
+            data: TensorData::F32(data),
+        }
+    }
+
+    /// A rank-0 FP32 tensor.
+    pub fn scalar(v: f32) -> Self {
+        Self::fp32(Vec::new(), vec![v])
+    }
+
+    /// The values as `f32`, whatever the datatype.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data.to_f32().unwrap_or_default()
+    }
+
+    fn json(&self) -> Value {
+        json!({ "datatype": self.datatype, "shape": self.shape, "data": self.data })
+    }
+}
+
+/// A task argument: an object already in the store, or a tensor sent with the call.
+#[derive(Clone, Debug)]
+pub enum TaskArg {
+    Ref(ObjectRef),
+    Tensor(Tensor),
+}
+
+impl From<ObjectRef> for TaskArg {
+    fn from(r: ObjectRef) -> Self {
+        TaskArg::Ref(r)
+    }
+}
+
+impl From<&ObjectRef> for TaskArg {
+    fn from(r: &ObjectRef) -> Self {
+        TaskArg::Ref(r.clone())
+    }
+}
+
+impl From<Tensor> for TaskArg {
+    fn from(t: Tensor) -> Self {
+        TaskArg::Tensor(t)
+    }
+}
+
+/// Deliberate failures and delays of a task's executions.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FaultInjection {
+    pub error_rate: f64,
+    pub delay_ms: f64,
+    pub delay_rate: f64,
+}
+
+/// Per-call task options, as Ray's `.options(...)`; `None` leaves the server's default
+/// (1 CPU, no GPU, 3 retries for system failures, no application error retried).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TaskOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_cpus: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_gpus: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Error kinds retried as well, e.g. `InjectedFault`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retry_exceptions: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault_injection: Option<FaultInjection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct RefAnswer {
+    object_ref: ObjectRef,
+}
+
+#[derive(Deserialize)]
+struct ObjectAnswer {
+    datatype: DType,
+    shape: Vec<usize>,
+    #[serde(default)]
+    data: Option<TensorData>,
+}
+
+#[derive(Deserialize)]
+struct WaitAnswer {
+    ready: Vec<ObjectRef>,
+    not_ready: Vec<ObjectRef>,
+}
+
+impl Client {
+    /// `ray.put`: stores `tensor` (sent in the binary extension) and returns its ref.
+    pub async fn put(&self, tensor: &Tensor) -> Result<ObjectRef, ClientError> {
+        let mut bytes = Vec::new();
+        binary::encode_tensor("object", tensor.datatype, &tensor.data, &mut bytes)?;
+        let head = v2::to_vec(&json!({
+            "datatype": tensor.datatype,
+            "shape": tensor.shape,
+            "parameters": { "binary_data_size": bytes.len() },
+        }))
+        .expect("serializes");
+        let header_len = head.len();
+        let mut body = head;
+        body.extend_from_slice(&bytes);
+        let response = self.send(Method::POST, "/v2/objects", Some((body, Some(header_len)))).await?;
+        let answer: RefAnswer = self.decode(response).await?;
+        Ok(answer.object_ref)
+    }
+
+    /// `ray.get`: waits until the object is ready (at most `timeout`; the server answers
+    /// 504 past it) and fetches it in binary.
+    pub async fn get(&self, r: &ObjectRef, timeout: Option<Duration>) -> Result<Tensor, ClientError> {
+        let path = match timeout {
+            Some(t) => format!("/v2/objects/{r}?timeout_ms={}", t.as_millis()),
+            None => format!("/v2/objects/{r}"),
+        };
+        let url = format!("{}{path}", self.url());
+        let response = self
+            .request(Method::GET, &path)
+            .header("Accept", "application/octet-stream")
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let response = Client::check(url.clone(), response).await?;
+        let header_len = response
+            .headers()
+            .get(v2::HEADER_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let n = header_len.unwrap_or(body.len()).min(body.len());
+        let head: ObjectAnswer = v2::from_slice(&body[..n]).map_err(|e| ClientError::Decode {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let data = match head.data {
+            Some(d) => d,
+            None => binary::decode_tensor("object", head.datatype, &body[n..])?,
+        };
+        Ok(Tensor {
+            datatype: head.datatype,
+            shape: head.shape,
+            data,
+        })
+    }
+
+    /// The object's datatype, shape, size and state (`pending`, `ready`, `spilled`,
+    /// `failed`), without waiting.
+    pub async fn object_meta(&self, r: &ObjectRef) -> Result<Value, ClientError> {
+        self.json(Method::GET, &format!("/v2/objects/{r}/meta"), None).await
+    }
+
+    /// Frees the object (work already using it keeps it until done).
+    pub async fn delete(&self, r: &ObjectRef) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &format!("/v2/objects/{r}"), None).await?;
+        Ok(())
+    }
+
+    /// `ray.wait`: returns once `num_returns` of `refs` are ready or `timeout` has
+    /// passed, as `(ready, not_ready)`; ready in completion order.
+    pub async fn wait(
+        &self,
+        refs: &[ObjectRef],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<ObjectRef>, Vec<ObjectRef>), ClientError> {
+        let mut body = json!({ "object_refs": refs, "num_returns": num_returns });
+        if let Some(t) = timeout {
+            body["timeout_ms"] = json!(t.as_millis() as u64);
+        }
+        let answer: WaitAnswer = self
+            .json(Method::POST, "/v2/wait", Some(serde_json::to_vec(&body).expect("serializes")))
+            .await?;
+        Ok((answer.ready, answer.not_ready))
+    }
+
+    /// Starts the stateless task `op` (`matmul`, `add`, `square`, ...) over `args`;
+    /// returns the ref of its result at once.
+    pub async fn task(
+        &self,
+        op: &str,
+        args: impl IntoIterator<Item = TaskArg>,
+        options: &TaskOptions,
+    ) -> Result<ObjectRef, ClientError> {
+        let args: Vec<Value> = args
+            .into_iter()
+            .map(|a| match a {
+                TaskArg::Ref(r) => json!({ "object_ref": r }),
+                TaskArg::Tensor(t) => t.json(),
+            })
+            .collect();
+        let body = v2::to_vec(&json!({ "args": args, "options": options })).expect("serializes");
+        let answer: RefAnswer = self.json(Method::POST, &format!("/v2/tasks/{op}"), Some(body)).await?;
+        Ok(answer.object_ref)
+    }
+
+    /// Queues an inference and returns at once with the refs its outputs will have
+    /// (`parameters.async`), by output name.
+    pub async fn infer_async(
+        &self,
+        model: &str,
+        request: &InferRequest,
+    ) -> Result<Vec<(String, ObjectRef)>, ClientError> {
+        let mut request = request.clone();
+        request
+            .parameters
+            .get_or_insert_with(Default::default)
+            .insert("async".into(), true.into());
+        let answer = self.infer(model, &request).await?;
+        output_refs(self.url(), &answer)
+    }
+
+    /// Runs an inference whose outputs stay in the store; returns their refs by name.
+    pub async fn infer_to_refs(
+        &self,
+        model: &str,
+        request: &InferRequest,
+        outputs: &[&str],
+    ) -> Result<Vec<(String, ObjectRef)>, ClientError> {
+        let mut request = request.clone();
+        request.outputs = Some(
+            outputs
+                .iter()
+                .map(|name| {
+                    let mut p = v2::Parameters::new();
+                    p.insert("object_ref".into(), true.into());
+                    v2::RequestedOutput {
+                        name: (*name).to_owned(),
+                        parameters: Some(p),
+                    }
+                })
+                .collect(),
+        );
+        let answer = self.infer(model, &request).await?;
+        output_refs(self.url(), &answer)
+    }
+}
+
+fn output_refs(url: &str, answer: &InferResponse) -> Result<Vec<(String, ObjectRef)>, ClientError> {
+    answer
+        .outputs
+        .iter()
+        .map(|o| {
+            let r = o
+                .parameters
+                .as_ref()
+                .and_then(|p| p.get("object_ref"))
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| ClientError::Decode {
+                    url: url.to_owned(),
+                    reason: format!("output `{}` has no object_ref parameter", o.name),
+                })?;
+            Ok((o.name.clone(), ObjectRef(r.to_owned())))
+        })
+        .collect()
+}

@@ -1,0 +1,326 @@
+//! Stateless tasks, Ray-style: an op from the kernels crate over object refs or inline
+//! tensors. A task waits for its ref arguments and for its logical resources, runs on a
+//! blocking thread, and is retried: system failures (a panic) up to `max_retries` times,
+//! application errors (`InjectedFault`, `ShapeError`) only when `retry_exceptions`
+//! names them. Its result, or the failure with the attempt count, lands in the store.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use prism_client::DType;
+use prism_config::FaultInjection;
+use prism_kernels::{CpuDevice, TaskOp};
+use rand::Rng;
+use serde::Deserialize;
+
+use crate::cluster::{Pool, TaskAsk};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::store::{Failure, Lease, Meta, ObjectRef, Owner, Store, StoreError};
+
+/// Error kinds a task can fail with that are application errors: retried only when
+/// `retry_exceptions` names them. `Panic` (a system failure) is always retried.
+pub const APPLICATION_ERRORS: [&str; 2] = ["InjectedFault", "ShapeError"];
+
+/// One argument of a task.
+pub enum Arg {
+    Ref(ObjectRef),
+    Inline(ArrayD<f32>),
+}
+
+/// Per-call options, as Ray's `.options(...)`.
+#[derive(Clone, Debug)]
+pub struct TaskOptions {
+    pub ask: TaskAsk,
+    pub max_retries: u32,
+    pub retry_exceptions: Vec<String>,
+    pub faults: FaultInjection,
+    /// Time-to-live of the result (the store's default when absent).
+    pub ttl: Option<Duration>,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            ask: TaskAsk {
+                num_cpus: 1.0,
+                ..TaskAsk::default()
+            },
+            max_retries: 3,
+            retry_exceptions: Vec::new(),
+            faults: FaultInjection::default(),
+            ttl: None,
+        }
+    }
+}
+
+/// `options` as the request writes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptions {
+    num_cpus: Option<f64>,
+    num_gpus: Option<f64>,
+    #[serde(default)]
+    resources: BTreeMap<String, f64>,
+    max_retries: Option<i64>,
+    retry_exceptions: Option<Vec<String>>,
+    fault_injection: Option<RawFaults>,
+    ttl_s: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFaults {
+    error_rate: Option<f64>,
+    delay_ms: Option<f64>,
+    delay_rate: Option<f64>,
+}
+
+/// A number in `0..=max`, or the reason naming `key`.
+fn non_negative(key: &str, v: f64, max: f64) -> Result<f64, String> {
+    if !v.is_finite() || v < 0.0 || v > max {
+        return Err(format!("options.{key}: expected a number from 0 to {max}, got {v}"));
+    }
+    Ok(v)
+}
+
+impl RawOptions {
+    pub fn validate(self) -> Result<TaskOptions, String> {
+        let mut o = TaskOptions::default();
+        if let Some(c) = self.num_cpus {
+            o.ask.num_cpus = non_negative("num_cpus", c, 1e6)?;
+        }
+        if let Some(g) = self.num_gpus {
+            o.ask.num_gpus = non_negative("num_gpus", g, 1e4)?;
+            if g > 1.0 && g.fract() != 0.0 {
+                return Err(format!(
+                    "options.num_gpus: a fraction must be at most 1 (a share of one card); above 1 give a whole number of cards, got {g}"
+                ));
+            }
+        }
+        for (k, v) in &self.resources {
+            non_negative(&format!("resources.{k}"), *v, 1e9)?;
+        }
+        o.ask.resources = self.resources;
+        if let Some(r) = self.max_retries {
+            if !(0..=1000).contains(&r) {
+                return Err(format!("options.max_retries: expected 0 to 1000, got {r}"));
+            }
+            o.max_retries = r as u32;
+        }
+        if let Some(kinds) = self.retry_exceptions {
+            for k in &kinds {
+                if !APPLICATION_ERRORS.contains(&k.as_str()) {
+                    return Err(format!(
+                        "options.retry_exceptions: unknown error kind `{k}`; the kinds are {} (system failures such as Panic are always retried)",
+                        APPLICATION_ERRORS.join(", ")
+                    ));
+                }
+            }
+            o.retry_exceptions = kinds;
+        }
+        if let Some(f) = self.fault_injection {
+            let rate = |key: &str, v: Option<f64>| -> Result<f64, String> {
+                let v = v.unwrap_or(0.0);
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(format!("options.fault_injection.{key}: must be between 0 and 1, got {v}"));
+                }
+                Ok(v)
+            };
+            o.faults = FaultInjection {
+                error_rate: rate("error_rate", f.error_rate)?,
+                delay_rate: rate("delay_rate", f.delay_rate)?,
+                delay: Duration::from_secs_f64(
+                    non_negative("fault_injection.delay_ms", f.delay_ms.unwrap_or(0.0), 600_000.0)? / 1e3,
+                ),
+            };
+        }
+        if let Some(t) = self.ttl_s {
+            if !(t > 0.0 && t <= prism_config::MAX_TTL_S) {
+                return Err(format!(
+                    "options.ttl_s: expected seconds above 0 and at most {}, got {t}",
+                    prism_config::MAX_TTL_S
+                ));
+            }
+            o.ttl = Some(Duration::from_secs_f64(t));
+        }
+        Ok(o)
+    }
+}
+
+/// Runs tasks against the store and the resource pool.
+pub struct Tasks {
+    pub store: Arc<Store>,
+    pub pool: Arc<Pool>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// An argument, ready to compute with.
+enum Ready {
+    Lease(Lease),
+    Owned(ArrayD<f32>),
+}
+
+impl Tasks {
+    /// Checks what can be checked now (the resources can ever be met; every ref exists;
+    /// inline shapes fit the op), then starts the task and returns the ref of its result.
+    pub fn submit(self: &Arc<Self>, op: TaskOp, args: Vec<Arg>, options: TaskOptions) -> Result<ObjectRef, ApiError> {
+        let refuse = |e: String| ApiError::BadRequest(format!("task `{op}`: {e}"));
+        self.pool.feasible(&options.ask).map_err(refuse)?;
+        if args.len() != op.arity() {
+            return Err(refuse(op.output_shape(&vec![&[][..]; args.len()]).unwrap_err()));
+        }
+        for a in &args {
+            if let Arg::Ref(r) = a {
+                self.store.info(*r)?;
+            }
+        }
+        if args.iter().all(|a| matches!(a, Arg::Inline(_))) {
+            let shapes: Vec<&[usize]> = args
+                .iter()
+                .map(|a| match a {
+                    Arg::Inline(x) => x.shape(),
+                    Arg::Ref(_) => unreachable!(),
+                })
+                .collect();
+            op.output_shape(&shapes).map_err(refuse)?;
+        }
+        let ttl = options.ttl.unwrap_or(self.store.default_ttl);
+        let result = self.store.create_pending(Owner::Client { ttl });
+        let tasks = Arc::clone(self);
+        tokio::spawn(async move {
+            match tasks.run(op, args, &options).await {
+                Ok(y) => {
+                    let y = y.as_standard_layout();
+                    let bytes: &[u8] = bytemuck::cast_slice(y.as_slice().expect("standard layout"));
+                    let meta = Meta {
+                        datatype: DType::F32,
+                        shape: y.shape().to_vec(),
+                    };
+                    let store = Arc::clone(&tasks.store);
+                    let bytes = bytes.to_vec();
+                    // Storing may spill, which writes files: off the async threads.
+                    let _ = tokio::task::spawn_blocking(move || store.fulfil(result, meta, &bytes)).await;
+                }
+                Err(failure) => tasks.store.fail(result, failure),
+            }
+        });
+        Ok(result)
+    }
+
+    /// Waits for the arguments and resources, runs the op with retries.
+    pub async fn run(&self, op: TaskOp, args: Vec<Arg>, options: &TaskOptions) -> Result<ArrayD<f32>, Failure> {
+        let mut ready = Vec::with_capacity(args.len());
+        for (i, a) in args.into_iter().enumerate() {
+            ready.push(match a {
+                Arg::Inline(x) => Ready::Owned(x),
+                Arg::Ref(r) => Ready::Lease(self.store.get(r, None).await.map_err(|e| argument_failed(i, r, e))?),
+            });
+        }
+        let ready = Arc::new(ready);
+        let grant = self.pool.acquire(options.ask.clone()).await;
+        let started = Instant::now();
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let args = Arc::clone(&ready);
+            let faults = options.faults.clone();
+            let outcome = tokio::task::spawn_blocking(move || attempt(op, &args, &faults))
+                .await
+                .unwrap_or_else(|e| Err(("Panic", format!("the task's thread failed: {e}"))));
+            match outcome {
+                Ok(y) => break Ok(y),
+                Err((kind, message)) => {
+                    let retryable = kind == "Panic" || options.retry_exceptions.iter().any(|k| k == kind);
+                    if retryable && attempts <= options.max_retries {
+                        self.metrics.task_retries.with_label_values(&[op.name(), kind]).inc();
+                        tracing::debug!(op = op.name(), kind, attempts, "task failed; retrying");
+                        continue;
+                    }
+                    break Err(Failure {
+                        kind: kind.to_owned(),
+                        message: format!("task `{op}` failed: {message}"),
+                        attempts,
+                    });
+                }
+            }
+        };
+        drop(grant);
+        self.metrics
+            .task_duration
+            .with_label_values(&[op.name()])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "success" } else { "failed" };
+        self.metrics.tasks.with_label_values(&[op.name(), outcome]).inc();
+        result
+    }
+}
+
+/// The failure of a task whose argument `i` has no value.
+fn argument_failed(i: usize, r: ObjectRef, e: StoreError) -> Failure {
+    match e {
+        StoreError::Failed { failure, .. } => Failure {
+            kind: failure.kind,
+            message: format!("argument {i} ({r}) failed: {}", failure.message),
+            attempts: 0,
+        },
+        other => Failure {
+            kind: "ObjectLost".into(),
+            message: format!("argument {i}: {other}"),
+            attempts: 0,
+        },
+    }
+}
+
+/// One execution: the fault injection's dice, then the op, with panics caught.
+fn attempt(op: TaskOp, args: &[Ready], faults: &FaultInjection) -> Result<ArrayD<f32>, (&'static str, String)> {
+    if faults.is_active() {
+        let mut rng = rand::rng();
+        if faults.delay_rate > 0.0 && rng.random_bool(faults.delay_rate) {
+            std::thread::sleep(faults.delay);
+        }
+        if faults.error_rate > 0.0 && rng.random_bool(faults.error_rate) {
+            return Err((
+                "InjectedFault",
+                format!(
+                    "InjectedFault: this execution was chosen to fail by fault_injection (error_rate {})",
+                    faults.error_rate
+                ),
+            ));
+        }
+    }
+    let slices: Vec<(std::borrow::Cow<'_, [f32]>, &[usize])> = args
+        .iter()
+        .map(|a| match a {
+            Ready::Lease(l) => (l.to_f32(), l.meta.shape.as_slice()),
+            Ready::Owned(x) => (
+                x.as_slice()
+                    .map(std::borrow::Cow::Borrowed)
+                    .unwrap_or_else(|| x.iter().copied().collect::<Vec<_>>().into()),
+                x.shape(),
+            ),
+        })
+        .collect();
+    let views: Vec<ArrayViewD<'_, f32>> = slices
+        .iter()
+        .map(|(data, shape)| ArrayViewD::from_shape(IxDyn(shape), data).expect("lengths match shapes"))
+        .collect();
+    let shapes: Vec<&[usize]> = views.iter().map(|v| v.shape()).collect();
+    op.output_shape(&shapes).map_err(|e| ("ShapeError", e))?;
+    let device = CpuDevice::new(1).map_err(|e| ("Panic", e.to_string()))?;
+    match catch_unwind(AssertUnwindSafe(|| op.run(&device, &views))) {
+        Ok(Ok(y)) => Ok(y),
+        Ok(Err(e)) => Err(("ShapeError", e)),
+        Err(panic) => Err((
+            "Panic",
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into()),
+        )),
+    }
+}
