@@ -39,6 +39,40 @@ pub fn encode_tensor(name: &str, dtype: DType, data: &TensorData, out: &mut Vec<
         (dtype, TensorData::F32(values)) => {
             dtype.encode_le(values, out);
         }
+        // Exact where f32 would round: FP64 from numbers, integers into integer types.
+        (DType::F64, TensorData::Numbers(values)) => {
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        (DType::F64, TensorData::Integers(values)) => {
+            for &v in values {
+                out.extend_from_slice(&(v as f64).to_le_bytes());
+            }
+        }
+        (
+            DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::U32 | DType::I32 | DType::U64 | DType::I64,
+            TensorData::Integers(values),
+        ) => {
+            macro_rules! put {
+                ($t:ty) => {
+                    for &v in values {
+                        let x = <$t>::try_from(v).map_err(|_| fail(format!("{v} is out of range for {dtype}")))?;
+                        out.extend_from_slice(&x.to_le_bytes());
+                    }
+                };
+            }
+            match dtype {
+                DType::U8 => put!(u8),
+                DType::I8 => put!(i8),
+                DType::U16 => put!(u16),
+                DType::I16 => put!(i16),
+                DType::U32 => put!(u32),
+                DType::I32 => put!(i32),
+                DType::U64 => put!(u64),
+                _ => put!(i64),
+            }
+        }
         (dtype, data) => {
             let values = data
                 .to_f32()
@@ -49,7 +83,8 @@ pub fn encode_tensor(name: &str, dtype: DType, data: &TensorData, out: &mut Vec<
     Ok(())
 }
 
-/// Decodes one binary tensor: numbers as `f32`, `BYTES` as strings (lossy UTF-8).
+/// Decodes one binary tensor exactly: FP32 as `f32`, other floats as `f64`, integers as
+/// integers, BOOL as booleans, `BYTES` as strings (lossy UTF-8).
 pub fn decode_tensor(name: &str, dtype: DType, bytes: &[u8]) -> Result<TensorData, BinaryError> {
     let fail = |reason: String| BinaryError::Tensor {
         name: name.to_owned(),
@@ -63,9 +98,34 @@ pub fn decode_tensor(name: &str, dtype: DType, bytes: &[u8]) -> Result<TensorDat
                     bytes.len()
                 )));
             }
-            let mut values = Vec::with_capacity(bytes.len() / size);
-            dtype.decode_le(bytes, &mut values);
-            Ok(TensorData::F32(values))
+            macro_rules! each {
+                ($t:ty, $f:expr) => {
+                    bytes
+                        .chunks_exact(size)
+                        .map(|c| {
+                            $f(<$t>::from_le_bytes(
+                                c.try_into().expect("chunk size matches"),
+                            ))
+                        })
+                        .collect()
+                };
+            }
+            Ok(match dtype {
+                DType::F32 => TensorData::F32(each!(f32, |v| v)),
+                DType::F64 => TensorData::Numbers(each!(f64, |v| v)),
+                DType::F16 => TensorData::Numbers(each!(half::f16, |v: half::f16| f64::from(v))),
+                DType::BF16 => TensorData::Numbers(each!(half::bf16, |v: half::bf16| f64::from(v))),
+                DType::Bool => TensorData::Bools(bytes.iter().map(|&b| b != 0).collect()),
+                DType::U8 => TensorData::Integers(each!(u8, i128::from)),
+                DType::I8 => TensorData::Integers(each!(i8, i128::from)),
+                DType::U16 => TensorData::Integers(each!(u16, i128::from)),
+                DType::I16 => TensorData::Integers(each!(i16, i128::from)),
+                DType::U32 => TensorData::Integers(each!(u32, i128::from)),
+                DType::I32 => TensorData::Integers(each!(i32, i128::from)),
+                DType::U64 => TensorData::Integers(each!(u64, i128::from)),
+                DType::I64 => TensorData::Integers(each!(i64, i128::from)),
+                DType::Bytes => unreachable!("BYTES has no fixed size"),
+            })
         }
         None => {
             let mut items = Vec::new();

@@ -150,7 +150,9 @@ impl Client {
         let header_len = head.len();
         let mut body = head;
         body.extend_from_slice(&bytes);
-        let response = self.send(Method::POST, "/v2/objects", Some((body, Some(header_len)))).await?;
+        let response = self
+            .send(Method::POST, "/v2/objects", Some((body, Some(header_len))))
+            .await?;
         let answer: RefAnswer = self.decode(response).await?;
         Ok(answer.object_ref)
     }
@@ -178,10 +180,10 @@ impl Client {
             .get(v2::HEADER_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let body = response.bytes().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
         let n = header_len.unwrap_or(body.len()).min(body.len());
         let head: ObjectAnswer = v2::from_slice(&body[..n]).map_err(|e| ClientError::Decode {
             url: url.clone(),
@@ -223,7 +225,11 @@ impl Client {
             body["timeout_ms"] = json!(t.as_millis() as u64);
         }
         let answer: WaitAnswer = self
-            .json(Method::POST, "/v2/wait", Some(serde_json::to_vec(&body).expect("serializes")))
+            .json(
+                Method::POST,
+                "/v2/wait",
+                Some(serde_json::to_vec(&body).expect("serializes")),
+            )
             .await?;
         Ok((answer.ready, answer.not_ready))
     }

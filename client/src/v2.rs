@@ -61,11 +61,12 @@ pub struct InferRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InferInput {
     pub name: String,
-    /// May be left out (empty) for an input given by `object_ref` (a Prism extension).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub datatype: String,
+    /// `shape` and `datatype` may be left out (empty) for an input given by `object_ref`
+    /// (a Prism extension): the object has its own.
     #[serde(default)]
     pub shape: Vec<i64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub datatype: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Parameters>,
     /// Absent when the tensor travels in the binary part of the body.

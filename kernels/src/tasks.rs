@@ -97,15 +97,14 @@ impl TaskOp {
                     "matmul takes two matrices (rank 2), got shapes {a:?} and {b:?}"
                 )),
             },
-            TaskOp::Add | TaskOp::Sub | TaskOp::Mul | TaskOp::Div => broadcast(shapes[0], shapes[1])
-                .ok_or_else(|| {
-                    format!(
-                        "{}: shapes {:?} and {:?} cannot be broadcast together",
-                        self.name(),
-                        shapes[0],
-                        shapes[1]
-                    )
-                }),
+            TaskOp::Add | TaskOp::Sub | TaskOp::Mul | TaskOp::Div => broadcast(shapes[0], shapes[1]).ok_or_else(|| {
+                format!(
+                    "{}: shapes {:?} and {:?} cannot be broadcast together",
+                    self.name(),
+                    shapes[0],
+                    shapes[1]
+                )
+            }),
             TaskOp::Sum | TaskOp::Mean => Ok(Vec::new()),
             TaskOp::Softmax if shapes[0].is_empty() => {
                 Err("softmax needs at least one axis (it normalises the last one); got a scalar".into())
@@ -126,7 +125,9 @@ impl TaskOp {
                 let w = args[1].as_standard_layout();
                 let n = w.shape()[1];
                 let w = w.as_slice().expect("standard layout is contiguous");
-                ops::matmul(device, x, w, n, None).map_err(|e| e.to_string())?.into_dyn()
+                ops::matmul(device, x, w, n, None)
+                    .map_err(|e| e.to_string())?
+                    .into_dyn()
             }
             TaskOp::Add => &args[0] + &args[1],
             TaskOp::Sub => &args[0] - &args[1],
@@ -238,10 +239,16 @@ mod tests {
     #[test]
     fn reductions_unary_ops_and_arity() {
         let v = array![1.0f32, -2.0, 3.0].into_dyn();
-        assert_eq!(run(TaskOp::Sum, &[v.clone()]).unwrap(), scalar(2.0));
-        assert_eq!(run(TaskOp::Square, &[v.clone()]).unwrap(), array![1.0f32, 4.0, 9.0].into_dyn());
-        assert_eq!(run(TaskOp::Relu, &[v.clone()]).unwrap(), array![1.0f32, 0.0, 3.0].into_dyn());
-        let p = run(TaskOp::Softmax, &[v.clone()]).unwrap();
+        assert_eq!(run(TaskOp::Sum, std::slice::from_ref(&v)).unwrap(), scalar(2.0));
+        assert_eq!(
+            run(TaskOp::Square, std::slice::from_ref(&v)).unwrap(),
+            array![1.0f32, 4.0, 9.0].into_dyn()
+        );
+        assert_eq!(
+            run(TaskOp::Relu, std::slice::from_ref(&v)).unwrap(),
+            array![1.0f32, 0.0, 3.0].into_dyn()
+        );
+        let p = run(TaskOp::Softmax, std::slice::from_ref(&v)).unwrap();
         assert!((p.sum() - 1.0).abs() < 1e-6);
         assert!(run(TaskOp::Add, &[v]).unwrap_err().contains("takes 2 arguments, got 1"));
         assert!("nope".parse::<TaskOp>().unwrap_err().contains("matmul"));

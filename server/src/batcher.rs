@@ -382,7 +382,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         (
             Entry {
-                input: Array2::zeros((rows, 1)),
+                input: Array2::zeros((rows, 1)).into(),
                 reply,
                 enqueued: at,
             },

@@ -190,7 +190,11 @@ impl Free {
         if self.cpus + EPS < ask.num_cpus {
             return None;
         }
-        if ask.resources.iter().any(|(k, v)| self.resources.get(k).copied().unwrap_or(0.0) + EPS < *v) {
+        if ask
+            .resources
+            .iter()
+            .any(|(k, v)| self.resources.get(k).copied().unwrap_or(0.0) + EPS < *v)
+        {
             return None;
         }
         if ask.num_gpus <= 0.0 {
@@ -283,11 +287,12 @@ impl Pool {
                 _ => {}
             }
         }
-        if ask.num_gpus > 0.0 && c.fit(&TaskAsk {
-            num_gpus: ask.num_gpus,
-            ..TaskAsk::default()
-        })
-        .is_none()
+        if ask.num_gpus > 0.0
+            && c.fit(&TaskAsk {
+                num_gpus: ask.num_gpus,
+                ..TaskAsk::default()
+            })
+            .is_none()
         {
             return Err(format!(
                 "num_gpus = {} can never be met: the cards' shares left for tasks are {:?}",
@@ -376,7 +381,10 @@ mod pool_tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "half a CPU is not enough");
         drop(b);
-        let c = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        let c = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
         drop(c);
         assert_eq!(p.free(), p.capacity);
     }

@@ -138,13 +138,15 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
         Some(v) => {
             let r: ObjectRef = v
                 .as_str()
-                .ok_or_else(|| bad(format!("input `{name}`: parameter `object_ref` must be a string (an object ref), got {v}")))?
+                .ok_or_else(|| {
+                    bad(format!(
+                        "input `{name}`: parameter `object_ref` must be a string (an object ref), got {v}"
+                    ))
+                })?
                 .parse()
                 .map_err(|e| bad(format!("input `{name}`: {e}")))?;
             if input.data.is_some() || v2::binary_data_size(input.parameters.as_ref()).is_some() {
-                return Err(bad(format!(
-                    "input `{name}`: has both `object_ref` and data; send one"
-                )));
+                return Err(bad(format!("input `{name}`: has both `object_ref` and data; send one")));
             }
             if !binary.is_empty() {
                 return Err(bad(format!(
@@ -305,7 +307,6 @@ fn inline_rows(spec: &Spec, input: &v2::InferInput, binary: &Bytes) -> Result<Ar
         }
     }
     Ok(Array2::from_shape_vec((rows, want.features), values).expect("the length was checked against the shape"))
-
 }
 
 /// `values` as JSON data of `dtype`: integers without a fraction, booleans as `true` /

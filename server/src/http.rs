@@ -20,8 +20,8 @@ use prism_client::v2::{self, InferResponse, MetadataTensor, ModelMetadata, Repos
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cluster::Cluster;
 use crate::batcher::Rows;
+use crate::cluster::Cluster;
 use crate::codec::{self, Source};
 use crate::deployment::{Deployment, MODEL_VERSION};
 use crate::error::{ApiError, InferError};

@@ -159,6 +159,7 @@ impl Server {
         for d in &self.app.deployments {
             d.join().await;
         }
+        self.app.store.remove_spill_files();
         tracing::info!("stopped");
         Ok(served?)
     }
@@ -171,12 +172,16 @@ fn open_store(config: &Config, cluster: &cluster::Cluster, metrics: &Metrics) ->
     let o = &config.object_store;
     let capacity = o
         .memory
-        .unwrap_or_else(|| (cluster.machine.memory as f64 * 0.3) as usize)
+        .unwrap_or((cluster.machine.memory as f64 * 0.3) as usize)
         .max(1 << 20);
     let (dir, owned) = match &o.spill_dir {
         Some(d) => (d.clone(), false),
         None => (
-            std::env::temp_dir().join(format!("prism-spill-{}-{:08x}", std::process::id(), rand::random::<u32>())),
+            std::env::temp_dir().join(format!(
+                "prism-spill-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            )),
             true,
         ),
     };

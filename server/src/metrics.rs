@@ -128,16 +128,46 @@ impl Metrics {
                 &["method", "route"],
             ),
             store: crate::store::StoreMetrics {
-                objects: register(&registry, IntGauge::new(OBJECTS, "Objects in the store, pending ones included.").expect("valid metric")),
-                memory_bytes: register(&registry, IntGauge::new(OBJECT_MEMORY, "Bytes of objects in memory (puts in flight included).").expect("valid metric")),
-                spilled_bytes: register(&registry, IntGauge::new(OBJECT_SPILLED, "Bytes of objects spilled to disk.").expect("valid metric")),
-                spills: register(&registry, IntCounter::new(OBJECT_SPILLS, "Objects written to disk to make room.").expect("valid metric")),
-                restores: register(&registry, IntCounter::new(OBJECT_RESTORES, "Spilled objects brought back into memory on access.").expect("valid metric")),
-                put_failures: register(&registry, IntCounter::new(OBJECT_PUT_FAILURES, "Objects the store could not make room for.").expect("valid metric")),
+                objects: register(
+                    &registry,
+                    IntGauge::new(OBJECTS, "Objects in the store, pending ones included.").expect("valid metric"),
+                ),
+                memory_bytes: register(
+                    &registry,
+                    IntGauge::new(OBJECT_MEMORY, "Bytes of objects in memory (puts in flight included).")
+                        .expect("valid metric"),
+                ),
+                spilled_bytes: register(
+                    &registry,
+                    IntGauge::new(OBJECT_SPILLED, "Bytes of objects spilled to disk.").expect("valid metric"),
+                ),
+                spills: register(
+                    &registry,
+                    IntCounter::new(OBJECT_SPILLS, "Objects written to disk to make room.").expect("valid metric"),
+                ),
+                restores: register(
+                    &registry,
+                    IntCounter::new(OBJECT_RESTORES, "Spilled objects brought back into memory on access.")
+                        .expect("valid metric"),
+                ),
+                put_failures: register(
+                    &registry,
+                    IntCounter::new(OBJECT_PUT_FAILURES, "Objects the store could not make room for.")
+                        .expect("valid metric"),
+                ),
             },
             tasks: counter(TASKS, "Finished tasks by op and outcome.", &["op", "outcome"]),
-            task_retries: counter(TASK_RETRIES, "Task executions retried, by op and the error kind of the failed try.", &["op", "reason"]),
-            task_duration: histogram(TASK_DURATION, "Task execution time, retries included.", LATENCY_BUCKETS, &["op"]),
+            task_retries: counter(
+                TASK_RETRIES,
+                "Task executions retried, by op and the error kind of the failed try.",
+                &["op", "reason"],
+            ),
+            task_duration: histogram(
+                TASK_DURATION,
+                "Task execution time, retries included.",
+                LATENCY_BUCKETS,
+                &["op"],
+            ),
             registry,
         }
     }

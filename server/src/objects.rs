@@ -51,15 +51,22 @@ impl JsonTensor {
     pub fn meta(&self, what: &str) -> Result<Meta, ApiError> {
         let datatype: DType = self.datatype.parse().map_err(|e| bad(format!("{what}: {e}")))?;
         if !datatype.is_numeric() {
-            return Err(bad(format!("{what}: datatype BYTES cannot be stored; send a numeric datatype")));
+            return Err(bad(format!(
+                "{what}: datatype BYTES cannot be stored; send a numeric datatype"
+            )));
         }
         let shape = self
             .shape
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| bad(format!("{what}: shape {:?} has a negative dimension", self.shape))))
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| bad(format!("{what}: shape {:?} has a negative dimension", self.shape)))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if elements.and_then(|n| n.checked_mul(datatype.size().expect("numeric"))).is_none() {
+        if elements
+            .and_then(|n| n.checked_mul(datatype.size().expect("numeric")))
+            .is_none()
+        {
             return Err(bad(format!("{what}: shape {:?} is too large", self.shape)));
         }
         Ok(Meta { datatype, shape })
@@ -99,12 +106,15 @@ fn owner(store: &Store, parameters: Option<&Parameters>) -> Result<Owner, ApiErr
     let ttl = match parameters.and_then(|p| p.get("ttl_s")) {
         None => store.default_ttl,
         Some(v) => {
-            let t = v.as_f64().filter(|t| *t > 0.0 && *t <= prism_config::MAX_TTL_S).ok_or_else(|| {
-                bad(format!(
-                    "parameter `ttl_s`: expected seconds above 0 and at most {}, got {v}",
-                    prism_config::MAX_TTL_S
-                ))
-            })?;
+            let t = v
+                .as_f64()
+                .filter(|t| *t > 0.0 && *t <= prism_config::MAX_TTL_S)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "parameter `ttl_s`: expected seconds above 0 and at most {}, got {v}",
+                        prism_config::MAX_TTL_S
+                    ))
+                })?;
             Duration::from_secs_f64(t)
         }
     };
@@ -128,7 +138,12 @@ pub async fn put(State(app): App, headers: HeaderMap, body: Body) -> Result<Resp
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
                 .filter(|n| *n > 0)
-                .ok_or_else(|| bad(format!("{}: expected a positive byte count, got {v:?}", v2::HEADER_LENGTH)))?,
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{}: expected a positive byte count, got {v:?}",
+                        v2::HEADER_LENGTH
+                    ))
+                })?,
         ),
     };
     // The JSON part: the whole body, or the announced header.
@@ -266,7 +281,10 @@ pub async fn get(
         let body = Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::convert::Infallible>)));
         return Ok((
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
                 (
                     header::HeaderName::from_static("inference-header-content-length"),
                     HeaderValue::from(head_len),
@@ -326,7 +344,9 @@ pub async fn wait(State(app): App, body: Bytes) -> Result<Json<Value>, ApiError>
     for (i, s) in w.object_refs.iter().enumerate() {
         let r = parse_ref(s, &format!("object_refs[{i}]"))?;
         if refs.contains(&r) {
-            return Err(bad(format!("object_refs[{i}]: {r} is listed twice; refs must be unique")));
+            return Err(bad(format!(
+                "object_refs[{i}]: {r} is listed twice; refs must be unique"
+            )));
         }
         refs.push(r);
     }

@@ -232,7 +232,11 @@ pub struct Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = if self.attempts == 1 { "" } else { "s" };
-        write!(f, "{}: {} (after {} attempt{s})", self.kind, self.message, self.attempts)
+        write!(
+            f,
+            "{}: {} (after {} attempt{s})",
+            self.kind, self.message, self.attempts
+        )
     }
 }
 
@@ -450,10 +454,7 @@ impl Store {
             .map(|(r, e)| (e.last_access, *r))
             .collect();
         victims.sort_unstable();
-        let spillable: usize = victims
-            .iter()
-            .map(|(_, r)| g.objects[r].in_memory().unwrap_or(0))
-            .sum();
+        let spillable: usize = victims.iter().map(|(_, r)| g.objects[r].in_memory().unwrap_or(0)).sum();
         if g.used + bytes > self.capacity + spillable {
             return Err(full(
                 g,
@@ -509,7 +510,11 @@ impl Store {
 
     /// Stores `buf` as a ready object. `reservation` must have taken `buf.len()` bytes.
     pub fn commit(&self, reservation: Reservation, meta: Meta, buf: AlignedBuf, owner: Owner) -> ObjectRef {
-        assert_eq!(reservation.bytes, buf.len(), "reservation and buffer disagree. This is a bug.");
+        assert_eq!(
+            reservation.bytes,
+            buf.len(),
+            "reservation and buffer disagree. This is a bug."
+        );
         assert_eq!(meta.bytes(), buf.len(), "meta and buffer disagree. This is a bug.");
         let mut g = self.lock();
         let r = loop {
@@ -723,7 +728,12 @@ impl Store {
         match timeout {
             Some(t) => match tokio::time::timeout(t, wait).await {
                 Ok(_) => {}
-                Err(_) => return Err(StoreError::Timeout { object_ref: r, timeout: t }),
+                Err(_) => {
+                    return Err(StoreError::Timeout {
+                        object_ref: r,
+                        timeout: t,
+                    });
+                }
             },
             None => {
                 let _ = wait.await;
@@ -869,12 +879,18 @@ impl Store {
         let g = self.lock();
         (g.objects.len(), g.used, g.spilled)
     }
-
 }
 
 impl Drop for Store {
-    /// Spill files belong to this store alone: they go with it.
     fn drop(&mut self) {
+        self.remove_spill_files();
+    }
+}
+
+impl Store {
+    /// Spill files belong to this store alone: they go when the server stops (mappings
+    /// already open stay readable).
+    pub fn remove_spill_files(&self) {
         let g = self.lock();
         for (r, e) in &g.objects {
             if let State::Ready { data, .. } = &e.state
@@ -976,7 +992,10 @@ mod tests {
         let _held = s.lease(a).unwrap().unwrap();
         let err = s.put(meta(100), &[8; 100], CLIENT).unwrap_err();
         assert!(err.to_string().contains("not in use"), "{err}");
-        assert!(matches!(s.put(meta(200), &[0; 200], CLIENT), Err(StoreError::Full { .. })));
+        assert!(matches!(
+            s.put(meta(200), &[0; 200], CLIENT),
+            Err(StoreError::Full { .. })
+        ));
         assert_eq!(s.usage(), (1, 100, 0));
         assert_eq!(s.lease(a).unwrap().unwrap().bytes(), &[7; 100][..]);
     }

@@ -126,7 +126,9 @@ impl RawOptions {
             let rate = |key: &str, v: Option<f64>| -> Result<f64, String> {
                 let v = v.unwrap_or(0.0);
                 if !(0.0..=1.0).contains(&v) {
-                    return Err(format!("options.fault_injection.{key}: must be between 0 and 1, got {v}"));
+                    return Err(format!(
+                        "options.fault_injection.{key}: must be between 0 and 1, got {v}"
+                    ));
                 }
                 Ok(v)
             };
