@@ -38,6 +38,44 @@ pub struct Config {
     pub server: ServerConfig,
     pub object_store: ObjectStoreConfig,
     pub deployments: Vec<Deployment>,
+    pub pipelines: Vec<Pipeline>,
+}
+
+/// A DAG of steps served as one model (like a Triton ensemble): each step is a deployment
+/// or a task op; its inputs are the pipeline's inputs or earlier steps' outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    pub name: String,
+    pub inputs: Vec<PipelineTensor>,
+    /// The answer's tensor name and the step that produces it.
+    pub output_name: String,
+    pub output_step: String,
+    /// In file order, which is a topological order: a step only reads earlier ones.
+    pub steps: Vec<Step>,
+}
+
+/// A pipeline input: any rank, `-1` where the size varies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineTensor {
+    pub name: String,
+    pub datatype: DType,
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub run: StepKind,
+    /// Each is a pipeline input's name or an earlier step's name.
+    pub inputs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    /// A deployment of this file, by name (one input, one output).
+    Model(String),
+    /// A stateless op of the kernels crate (`add`, `matmul`, ...).
+    Op(prism_kernels::TaskOp),
 }
 
 /// The object store (`[object_store]`).
@@ -203,11 +241,24 @@ impl Config {
             }
             deployments.push(dep);
         }
+        let mut pipelines = Vec::new();
+        for (i, p) in file.pipelines.iter().enumerate() {
+            let at = format!("pipelines[{i}] ({})", p.name);
+            let pipeline = validate_pipeline(p, &deployments).map_err(|(k, r)| err(&format!("{at}.{k}"), r))?;
+            if !names.insert(pipeline.name.clone()) {
+                return Err(err(
+                    &format!("{at}.name"),
+                    format!("`{}` is already a deployment or pipeline; model names must be unique", p.name),
+                ));
+            }
+            pipelines.push(pipeline);
+        }
         Ok(Config {
             source_name: source_name.to_owned(),
             server,
             object_store,
             deployments,
+            pipelines,
         })
     }
 }
@@ -325,27 +376,7 @@ fn validate_deployment(
     base_dir: Option<&Path>,
     declared: &BTreeMap<String, f64>,
 ) -> Result<Deployment, Invalid> {
-    if d.name == "stats" {
-        return invalid(
-            "name",
-            "\"stats\" is reserved: /v2/models/stats is the statistics of every model",
-        );
-    }
-    let name_ok = !d.name.is_empty()
-        && d.name.len() <= 128
-        && d.name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        && !d.name.starts_with('.');
-    if !name_ok {
-        return invalid(
-            "name",
-            format!(
-                "{:?} is not a usable model name: use 1-128 letters, digits, '_', '-' or '.', not starting with '.'",
-                d.name
-            ),
-        );
-    }
+    check_model_name(&d.name)?;
     let num_replicas = in_range("num_replicas", d.num_replicas, 1, 1, 1024)?;
     let fallback = match d.fallback.as_deref() {
         None | Some("cpu") => Fallback::Cpu,
@@ -484,6 +515,137 @@ fn validate_model(m: &raw::Model, base_dir: Option<&Path>) -> Result<(ModelSourc
         ),
         (None, Some(_), None) => invalid("model.layers", "missing: list the layers to apply to the weights"),
     }
+}
+
+/// A name usable in `/v2/models/{name}` URLs.
+fn check_model_name(name: &str) -> Result<(), Invalid> {
+    if name == "stats" {
+        return invalid(
+            "name",
+            "\"stats\" is reserved: /v2/models/stats is the statistics of every model",
+        );
+    }
+    let name_ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !name.starts_with('.');
+    if !name_ok {
+        return invalid(
+            "name",
+            format!(
+                "{name:?} is not a usable model name: use 1-128 letters, digits, '_', '-' or '.', not starting with '.'"
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn validate_pipeline(p: &raw::Pipeline, deployments: &[Deployment]) -> Result<Pipeline, Invalid> {
+    check_model_name(&p.name)?;
+    let Some(raw_inputs) = p.inputs.as_deref().filter(|i| !i.is_empty()) else {
+        return invalid(
+            "inputs",
+            "missing: declare the request's tensors, like [{ name = \"INPUT0\", datatype = \"FP32\", shape = [-1, 1] }]",
+        );
+    };
+    let mut known: Vec<&str> = Vec::new();
+    let mut inputs = Vec::new();
+    for (i, t) in raw_inputs.iter().enumerate() {
+        let key = format!("inputs[{i}]");
+        if t.name.is_empty() || known.contains(&t.name.as_str()) {
+            return invalid(&format!("{key}.name"), format!("{:?} is empty or declared twice", t.name));
+        }
+        let datatype = match t.datatype.parse::<DType>() {
+            Ok(d) if d.is_numeric() => d,
+            Ok(d) => return invalid(&format!("{key}.datatype"), format!("{d} is not numeric")),
+            Err(e) => return invalid(&format!("{key}.datatype"), e),
+        };
+        if t.shape.iter().any(|&d| d < -1 || d == 0) {
+            return invalid(
+                &format!("{key}.shape"),
+                format!("dimensions are positive, or -1 where the size varies; got {:?}", t.shape),
+            );
+        }
+        known.push(&t.name);
+        inputs.push(PipelineTensor {
+            name: t.name.clone(),
+            datatype,
+            shape: t.shape.clone(),
+        });
+    }
+    if p.steps.is_empty() {
+        return invalid("steps", "the pipeline has no steps; add [[pipelines.steps]] tables");
+    }
+    let mut steps = Vec::new();
+    for (i, s) in p.steps.iter().enumerate() {
+        let key = format!("steps[{i}] ({})", s.name);
+        if s.name.is_empty() || known.contains(&s.name.as_str()) {
+            return invalid(
+                &format!("{key}.name"),
+                format!("{:?} is empty, or already a pipeline input or step", s.name),
+            );
+        }
+        let run = match (&s.model, &s.op) {
+            (Some(m), None) => {
+                if !deployments.iter().any(|d| &d.name == m) {
+                    let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
+                    return invalid(
+                        &format!("{key}.model"),
+                        format!("no deployment `{m}` in this file (it has: {})", names.join(", ")),
+                    );
+                }
+                if s.inputs.len() != 1 {
+                    return invalid(
+                        &format!("{key}.inputs"),
+                        format!("a model step takes exactly one input, got {}", s.inputs.len()),
+                    );
+                }
+                StepKind::Model(m.clone())
+            }
+            (None, Some(op)) => {
+                let op: prism_kernels::TaskOp = op.parse().map_err(|e: String| (format!("{key}.op"), e))?;
+                if s.inputs.len() != op.arity() {
+                    return invalid(
+                        &format!("{key}.inputs"),
+                        format!("op `{op}` takes {} inputs, got {}", op.arity(), s.inputs.len()),
+                    );
+                }
+                StepKind::Op(op)
+            }
+            _ => return invalid(&key, "give exactly one of `model` (a deployment) or `op` (a task op)"),
+        };
+        for (j, source) in s.inputs.iter().enumerate() {
+            if !known.contains(&source.as_str()) {
+                return invalid(
+                    &format!("{key}.inputs[{j}]"),
+                    format!(
+                        "`{source}` is neither a pipeline input nor an earlier step (steps may only read inputs and the steps above them)"
+                    ),
+                );
+            }
+        }
+        known.push(&s.name);
+        steps.push(Step {
+            name: s.name.clone(),
+            run,
+            inputs: s.inputs.clone(),
+        });
+    }
+    let Some(output) = &p.output else {
+        return invalid("output", "missing: name the step whose result is the answer, like { step = \"total\" }");
+    };
+    if !steps.iter().any(|s| s.name == output.step) {
+        return invalid("output.step", format!("no step named `{}`", output.step));
+    }
+    Ok(Pipeline {
+        name: p.name.clone(),
+        inputs,
+        output_name: output.name.clone().unwrap_or_else(|| "OUTPUT0".into()),
+        output_step: output.step.clone(),
+        steps,
+    })
 }
 
 fn single_tensor(key: &str, tensors: Option<&[raw::Tensor]>) -> Result<TensorSpec, Invalid> {

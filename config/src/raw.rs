@@ -17,6 +17,35 @@ pub(crate) struct File {
     pub object_store: ObjectStore,
     #[serde(default)]
     pub deployments: Vec<Deployment>,
+    #[serde(default)]
+    pub pipelines: Vec<Pipeline>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Pipeline {
+    pub name: String,
+    pub inputs: Option<Vec<Tensor>>,
+    pub output: Option<PipelineOutput>,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PipelineOutput {
+    pub name: Option<String>,
+    pub step: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Step {
+    pub name: String,
+    pub model: Option<String>,
+    pub op: Option<String>,
+    #[serde(default)]
+    pub inputs: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

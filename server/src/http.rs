@@ -27,6 +27,7 @@ use crate::deployment::{Deployment, MODEL_VERSION};
 use crate::error::{ApiError, InferError};
 use crate::metrics::Metrics;
 use crate::objects;
+use crate::pipeline::{self, Pipeline};
 use crate::store::{Failure, Meta, ObjectRef, Owner, Store};
 use crate::tasks::Tasks;
 
@@ -42,6 +43,9 @@ pub struct AppState {
     pub(crate) max_request_bytes: usize,
     pub store: Arc<Store>,
     pub tasks: Arc<Tasks>,
+    /// Pipelines by name, in the order of the deployment file.
+    pub pipelines: Vec<Arc<Pipeline>>,
+    pipelines_by_name: HashMap<String, Arc<Pipeline>>,
 }
 
 impl AppState {
@@ -51,11 +55,17 @@ impl AppState {
         max_request_bytes: usize,
         cluster: Cluster,
         store: Arc<Store>,
+        pipelines: Vec<prism_config::Pipeline>,
     ) -> Self {
         let by_name = deployments
             .iter()
             .map(|d| (d.name().to_owned(), Arc::clone(d)))
             .collect();
+        let pipelines: Vec<Arc<Pipeline>> = pipelines
+            .into_iter()
+            .map(|p| Arc::new(Pipeline::new(p, &by_name)))
+            .collect();
+        let pipelines_by_name = pipelines.iter().map(|p| (p.name().to_owned(), Arc::clone(p))).collect();
         let tasks = Arc::new(Tasks {
             store: Arc::clone(&store),
             pool: Arc::clone(&cluster.pool),
@@ -70,7 +80,17 @@ impl AppState {
             max_request_bytes,
             store,
             tasks,
+            pipelines,
+            pipelines_by_name,
         }
+    }
+
+    /// The pipeline a model path names, if it names one.
+    fn pipeline(&self, path: &Result<Path<ModelPath>, PathRejection>) -> Option<&Arc<Pipeline>> {
+        let Ok(Path(p)) = path else { return None };
+        self.pipelines_by_name
+            .get(&p.model)
+            .filter(|_| matches!(p.version.as_deref(), None | Some("") | Some(MODEL_VERSION)))
     }
 
     pub fn stop_accepting(&self) {
@@ -203,6 +223,28 @@ fn metadata_tensor(t: &prism_config::TensorSpec) -> MetadataTensor {
 }
 
 async fn model_metadata(State(app): App, path: ModelParam) -> Result<axum::Json<ModelMetadata>, ApiError> {
+    if let Some(p) = app.pipeline(&path) {
+        return Ok(axum::Json(ModelMetadata {
+            name: p.name().to_owned(),
+            versions: vec![MODEL_VERSION.into()],
+            platform: "prism_pipeline".into(),
+            inputs: p
+                .spec
+                .inputs
+                .iter()
+                .map(|t| MetadataTensor {
+                    name: t.name.clone(),
+                    datatype: t.datatype.to_string(),
+                    shape: t.shape.clone(),
+                })
+                .collect(),
+            outputs: vec![MetadataTensor {
+                name: p.spec.output_name.clone(),
+                datatype: "FP32".into(),
+                shape: p.output_shape(),
+            }],
+        }));
+    }
     let d = app.lookup(path)?;
     Ok(axum::Json(ModelMetadata {
         name: d.name().to_owned(),
@@ -214,8 +256,11 @@ async fn model_metadata(State(app): App, path: ModelParam) -> Result<axum::Json<
 }
 
 async fn model_ready(State(app): App, path: ModelParam) -> Result<StatusCode, ApiError> {
-    let d = app.lookup(path)?;
-    Ok(if d.is_ready() {
+    let ready = match app.pipeline(&path) {
+        Some(p) => p.is_ready(),
+        None => app.lookup(path)?.is_ready(),
+    };
+    Ok(if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -313,11 +358,13 @@ async fn repository_index(State(app): App, body: Bytes) -> Result<axum::Json<Vec
     let models = app
         .deployments
         .iter()
-        .filter(|d| !request.ready || d.is_ready())
-        .map(|d| RepositoryModel {
-            name: d.name().to_owned(),
+        .map(|d| (d.name(), d.is_ready()))
+        .chain(app.pipelines.iter().map(|p| (p.name(), p.is_ready())))
+        .filter(|(_, ready)| !request.ready || *ready)
+        .map(|(name, ready)| RepositoryModel {
+            name: name.to_owned(),
             version: Some(MODEL_VERSION.into()),
-            state: Some(if d.is_ready() { "READY" } else { "UNAVAILABLE" }.into()),
+            state: Some(if ready { "READY" } else { "UNAVAILABLE" }.into()),
             reason: Some(String::new()),
         })
         .collect();
@@ -390,7 +437,7 @@ async fn metrics(State(app): App) -> impl IntoResponse {
 }
 
 /// The model's output as an object: its declared datatype, `[rows, features]`.
-fn output_object(d: &Deployment, output: &ndarray::Array2<f32>) -> (Meta, Vec<u8>) {
+pub(crate) fn output_object(d: &Deployment, output: &ndarray::Array2<f32>) -> (Meta, Vec<u8>) {
     let dtype = d.spec.output.datatype;
     let mut bytes = Vec::with_capacity(output.len() * dtype.size().expect("outputs are numeric"));
     let values = output.as_standard_layout();
@@ -486,6 +533,19 @@ fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
 }
 
 async fn infer(State(app): App, path: ModelParam, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    if let Some(p) = app.pipeline(&path) {
+        let body = body.map_err(|r| body_error(r, app.max_request_bytes));
+        let result = match body {
+            Ok(body) => pipeline::infer(&app, p, &headers, body).await,
+            Err(e) => Err(e),
+        };
+        return result.unwrap_or_else(|e| {
+            if e.status().is_server_error() {
+                tracing::warn!(pipeline = p.name(), error = %e, "pipeline failed");
+            }
+            e.into_response()
+        });
+    }
     let started = Instant::now();
     let d = match app.lookup(path) {
         Ok(d) => Arc::clone(d),

@@ -13,6 +13,7 @@ pub mod http;
 pub mod inventory;
 pub mod metrics;
 pub mod objects;
+pub mod pipeline;
 pub mod placement;
 pub mod replica;
 pub mod stats;
@@ -110,6 +111,7 @@ impl Server {
                 config.server.max_request_bytes,
                 cluster,
                 store,
+                config.pipelines.clone(),
             )),
             shutdown_timeout: config.server.shutdown_timeout,
         })

@@ -1,0 +1,451 @@
+//! Pipelines: a DAG of steps (deployments and task ops) served as one model, like a
+//! Triton ensemble or Ray's nested tasks.
+//!
+//! Every tensor between steps lives in the object store as a server-owned object: each
+//! step's output is created pending up front, every step is started at once and waits
+//! for its inputs to settle, so independent steps run concurrently. An intermediate is
+//! deleted as soon as the last step reading it has taken it (its readers' leases keep
+//! the bytes while they compute). A failed step fails every step downstream of it, with
+//! its cause.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use prism_client::DType;
+use prism_client::v2::{self, InferOutput, InferRequest, InferResponse, Parameters};
+use prism_config::{Pipeline as Spec, StepKind};
+use prism_kernels::TaskOp;
+
+use crate::codec;
+use crate::deployment::{Deployment, MODEL_VERSION};
+use crate::error::ApiError;
+use crate::http::{AppState, failure_kind, output_object};
+use crate::store::{Failure, Lease, Meta, ObjectRef, Owner, Store};
+use crate::tasks::{Arg, TaskOptions, Tasks};
+
+enum Runner {
+    Model(Arc<Deployment>),
+    Op(TaskOp),
+}
+
+/// A pipeline, its steps bound to the running deployments.
+pub struct Pipeline {
+    pub spec: Spec,
+    runners: Vec<Runner>,
+    /// How many step inputs read each tensor (pipeline input or step).
+    readers: HashMap<String, usize>,
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+impl Pipeline {
+    /// Binds `spec` to `deployments` (validated with the config: every model exists).
+    pub fn new(spec: Spec, deployments: &HashMap<String, Arc<Deployment>>) -> Self {
+        let runners = spec
+            .steps
+            .iter()
+            .map(|s| match &s.run {
+                StepKind::Model(m) => Runner::Model(Arc::clone(&deployments[m])),
+                StepKind::Op(op) => Runner::Op(*op),
+            })
+            .collect();
+        let mut readers = HashMap::new();
+        for s in &spec.steps {
+            for i in &s.inputs {
+                *readers.entry(i.clone()).or_insert(0) += 1;
+            }
+        }
+        Pipeline { spec, runners, readers }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Ready when every deployment it uses is.
+    pub fn is_ready(&self) -> bool {
+        self.runners.iter().all(|r| match r {
+            Runner::Model(d) => d.is_ready(),
+            Runner::Op(_) => true,
+        })
+    }
+
+    /// The output's shape as far as it is known before running (`-1` where it varies).
+    pub fn output_shape(&self) -> Vec<i64> {
+        let mut shapes: HashMap<&str, Vec<i64>> =
+            self.spec.inputs.iter().map(|t| (t.name.as_str(), t.shape.clone())).collect();
+        for (s, r) in self.spec.steps.iter().zip(&self.runners) {
+            let arg = |i: usize| shapes[s.inputs[i].as_str()].clone();
+            let shape = match r {
+                Runner::Model(d) => vec![-1, d.spec.output.features as i64],
+                Runner::Op(TaskOp::Matmul) => {
+                    let (a, b) = (arg(0), arg(1));
+                    vec![a.first().copied().unwrap_or(-1), b.get(1).copied().unwrap_or(-1)]
+                }
+                Runner::Op(TaskOp::Sum | TaskOp::Mean) => Vec::new(),
+                Runner::Op(TaskOp::Transpose) => arg(0).into_iter().rev().collect(),
+                Runner::Op(op) if op.arity() == 2 => {
+                    let (a, b) = (arg(0), arg(1));
+                    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+                    let off = long.len() - short.len();
+                    long.iter()
+                        .enumerate()
+                        .map(|(i, &d)| match i.checked_sub(off).map(|j| short[j]) {
+                            None | Some(1) => d,
+                            Some(e) if d == 1 || d == e => e,
+                            Some(_) => -1,
+                        })
+                        .collect()
+                }
+                Runner::Op(_) => arg(0),
+            };
+            shapes.insert(s.name.as_str(), shape);
+        }
+        shapes[self.spec.output_step.as_str()].clone()
+    }
+
+    /// Starts every step over `inputs` (a ref per pipeline input; `owned` are the ones
+    /// the pipeline created and may delete). Returns the ref the output will have.
+    fn start(
+        self: &Arc<Self>,
+        store: &Arc<Store>,
+        tasks: &Arc<Tasks>,
+        inputs: HashMap<String, (ObjectRef, bool)>,
+        output_owner: Owner,
+    ) -> ObjectRef {
+        let mut refs = inputs;
+        for s in &self.spec.steps {
+            let owner = if s.name == self.spec.output_step {
+                output_owner
+            } else {
+                Owner::Server
+            };
+            refs.insert(s.name.clone(), (store.create_pending(owner), true));
+        }
+        let output = refs[&self.spec.output_step].0;
+        let left: Arc<HashMap<String, AtomicUsize>> = Arc::new(
+            self.readers
+                .iter()
+                .map(|(k, n)| (k.clone(), AtomicUsize::new(*n)))
+                .collect(),
+        );
+        // Inputs nobody reads are done with already.
+        for t in &self.spec.inputs {
+            let (r, owned) = refs[&t.name];
+            if owned && !self.readers.contains_key(&t.name) {
+                store.delete(r);
+            }
+        }
+        let refs = Arc::new(refs);
+        for i in 0..self.spec.steps.len() {
+            let (p, store, tasks, refs, left) = (
+                Arc::clone(self),
+                Arc::clone(store),
+                Arc::clone(tasks),
+                Arc::clone(&refs),
+                Arc::clone(&left),
+            );
+            tokio::spawn(async move { p.run_step(i, &store, &tasks, &refs, &left).await });
+        }
+        output
+    }
+
+    async fn run_step(
+        &self,
+        i: usize,
+        store: &Arc<Store>,
+        tasks: &Arc<Tasks>,
+        refs: &HashMap<String, (ObjectRef, bool)>,
+        left: &HashMap<String, AtomicUsize>,
+    ) {
+        let step = &self.spec.steps[i];
+        let (out, _) = refs[&step.name];
+        // Gives back this step's read of each input; the last reader deletes it.
+        let release = || {
+            for name in &step.inputs {
+                let (r, owned) = refs[name];
+                if left[name].fetch_sub(1, Ordering::AcqRel) == 1 && owned && *name != self.spec.output_step {
+                    store.delete(r);
+                }
+            }
+        };
+        let result: Result<(Meta, Vec<u8>), Failure> = match &self.runners[i] {
+            Runner::Model(d) => {
+                let (r, _) = refs[&step.inputs[0]];
+                let lease = store.get(r, None).await;
+                release();
+                match lease {
+                    Err(e) => Err(upstream(&step.inputs[0], e)),
+                    Ok(lease) => run_model(d, lease).await,
+                }
+            }
+            Runner::Op(op) => {
+                let args = step.inputs.iter().map(|n| Arg::Ref(refs[n].0)).collect();
+                // Pipeline ops are light: they hold no logical CPU.
+                let options = TaskOptions {
+                    ask: Default::default(),
+                    max_retries: 0,
+                    ..TaskOptions::default()
+                };
+                let y = tasks.run(*op, args, &options).await;
+                release();
+                y.map(|y| {
+                    let y = y.as_standard_layout().into_owned();
+                    let meta = Meta {
+                        datatype: DType::F32,
+                        shape: y.shape().to_vec(),
+                    };
+                    (meta, bytemuck::cast_slice(y.as_slice().expect("standard layout")).to_vec())
+                })
+            }
+        };
+        match result {
+            Ok((meta, bytes)) => {
+                let s = Arc::clone(store);
+                let _ = tokio::task::spawn_blocking(move || s.fulfil(out, meta, &bytes)).await;
+            }
+            Err(mut f) => {
+                f.message = format!("pipeline `{}`, step `{}`: {}", self.spec.name, step.name, f.message);
+                store.fail(out, f);
+            }
+        }
+        // A step's output that nothing reads is not needed past here.
+        if step.name != self.spec.output_step && !self.readers.contains_key(&step.name) {
+            store.delete(out);
+        }
+    }
+}
+
+fn upstream(name: &str, e: crate::store::StoreError) -> Failure {
+    match e {
+        crate::store::StoreError::Failed { failure, .. } => Failure {
+            message: format!("input `{name}` failed: {}", failure.message),
+            ..failure
+        },
+        other => Failure {
+            kind: "ObjectLost".into(),
+            message: format!("input `{name}`: {other}"),
+            attempts: 0,
+        },
+    }
+}
+
+async fn run_model(d: &Arc<Deployment>, lease: Lease) -> Result<(Meta, Vec<u8>), Failure> {
+    let fail = |e: ApiError| Failure {
+        kind: failure_kind(&e).into(),
+        message: e.to_string(),
+        attempts: 1,
+    };
+    let rows = codec::object_rows(&d.spec, lease).map_err(fail)?;
+    let output = d.infer(rows).await.map_err(fail)?;
+    Ok(output_object(d, &output))
+}
+
+/// The tensor of one request input: its datatype and shape, and its bytes from JSON
+/// `data` or from the binary part (`binary` is advanced past it).
+fn input_bytes(input: &v2::InferInput, binary: &mut Bytes) -> Result<(Meta, Vec<u8>), ApiError> {
+    let what = format!("input `{}`", input.name);
+    let tensor = crate::objects::JsonTensor {
+        name: Some(input.name.clone()),
+        datatype: input.datatype.clone(),
+        shape: input.shape.clone(),
+        data: input.data.clone(),
+        parameters: input.parameters.clone(),
+    };
+    let meta = tensor.meta(&what)?;
+    match v2::binary_data_size(input.parameters.as_ref()) {
+        None => Ok((meta.clone(), tensor.bytes(&meta, &what)?)),
+        Some(size) => {
+            if input.data.is_some() {
+                return Err(bad(format!("{what}: has both `data` and `binary_data_size`; send one")));
+            }
+            if size != meta.bytes() as u64 || binary.len() < meta.bytes() {
+                return Err(bad(format!(
+                    "{what}: binary_data_size is {size}; shape {:?} of {} needs {} bytes, and {} are left in the body",
+                    meta.shape,
+                    meta.datatype,
+                    meta.bytes(),
+                    binary.len()
+                )));
+            }
+            let bytes = binary.split_to(meta.bytes()).to_vec();
+            Ok((meta, bytes))
+        }
+    }
+}
+
+/// Whether `shape` fits the declared one: same rank, equal where the declaration fixes a
+/// size.
+fn fits(declared: &[i64], shape: &[usize]) -> bool {
+    declared.len() == shape.len() && declared.iter().zip(shape).all(|(&d, &s)| d == -1 || d == s as i64)
+}
+
+/// `POST /v2/models/{pipeline}/infer`.
+pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let header_len = headers.get(v2::HEADER_LENGTH).and_then(|v| v.to_str().ok());
+    let (json_part, mut binary) = codec::split_body(&body, header_len)?;
+    let request: InferRequest =
+        v2::from_slice(&json_part).map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
+    for input in &request.inputs {
+        if !p.spec.inputs.iter().any(|t| t.name == input.name) {
+            let names: Vec<&str> = p.spec.inputs.iter().map(|t| t.name.as_str()).collect();
+            return Err(bad(format!(
+                "pipeline `{}` has no input `{}`; its inputs are {}",
+                p.name(),
+                input.name,
+                names.join(", ")
+            )));
+        }
+    }
+    let parameter = |key: &str| v2::bool_parameter(request.parameters.as_ref(), key).unwrap_or(false);
+    let run_async = parameter("async");
+    let mut binary_output = parameter("binary_data_output");
+    let mut output_ref = false;
+    for o in request.outputs.iter().flatten() {
+        if o.name != p.spec.output_name {
+            return Err(bad(format!(
+                "pipeline `{}` has no output `{}`; its output is `{}`",
+                p.name(),
+                o.name,
+                p.spec.output_name
+            )));
+        }
+        binary_output = v2::bool_parameter(o.parameters.as_ref(), "binary_data").unwrap_or(binary_output);
+        output_ref = v2::bool_parameter(o.parameters.as_ref(), "object_ref").unwrap_or(false);
+    }
+    let timeout = request
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("timeout_ms"))
+        .and_then(|v| v.as_u64())
+        .map(Duration::from_millis);
+
+    // Every input into the store (or found there), checked against the declaration.
+    let store = &app.store;
+    let mut inputs: HashMap<String, (ObjectRef, bool)> = HashMap::new();
+    let created = |inputs: &HashMap<String, (ObjectRef, bool)>| {
+        for (r, owned) in inputs.values() {
+            if *owned {
+                store.delete(*r);
+            }
+        }
+    };
+    for t in &p.spec.inputs {
+        let Some(input) = request.inputs.iter().find(|i| i.name == t.name) else {
+            created(&inputs);
+            return Err(bad(format!("input `{}` is missing", t.name)));
+        };
+        let stored = match input.parameters.as_ref().and_then(|p| p.get("object_ref")) {
+            Some(v) => {
+                let r = crate::objects::parse_ref(v.as_str().unwrap_or_default(), &format!("input `{}`", t.name))?;
+                let lease = store.get(r, timeout).await;
+                lease.map(|l| (r, false, l.meta.shape.clone())).map_err(ApiError::from)
+            }
+            None => input_bytes(input, &mut binary).and_then(|(meta, bytes)| {
+                let shape = meta.shape.clone();
+                let r = store.put(meta, &bytes, Owner::Server)?;
+                Ok((r, true, shape))
+            }),
+        };
+        let (r, owned, shape) = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                created(&inputs);
+                return Err(e);
+            }
+        };
+        inputs.insert(t.name.clone(), (r, owned));
+        if !fits(&t.shape, &shape) {
+            created(&inputs);
+            return Err(bad(format!(
+                "input `{}`: expected shape {:?}, got {shape:?}",
+                t.name, t.shape
+            )));
+        }
+    }
+    if !binary.is_empty() {
+        created(&inputs);
+        return Err(bad(format!(
+            "the body has {} bytes of binary data that no input claims",
+            binary.len()
+        )));
+    }
+
+    let keep = run_async || output_ref;
+    let owner = if keep {
+        Owner::Client { ttl: store.default_ttl }
+    } else {
+        Owner::Server
+    };
+    let out = p.start(store, &app.tasks, inputs, owner);
+    let output = |shape: Vec<i64>, datatype: String, data, parameters| InferOutput {
+        name: p.spec.output_name.clone(),
+        shape,
+        datatype,
+        parameters,
+        data,
+    };
+    let respond = |o: InferOutput| InferResponse {
+        model_name: p.name().to_owned(),
+        model_version: Some(MODEL_VERSION.into()),
+        id: request.id.clone(),
+        parameters: None,
+        outputs: vec![o],
+    };
+    let ref_parameters = || {
+        let mut params = Parameters::new();
+        params.insert("object_ref".into(), out.to_string().into());
+        Some(params)
+    };
+    if run_async {
+        let o = output(p.output_shape(), "FP32".into(), None, ref_parameters());
+        return Ok((StatusCode::ACCEPTED, axum::Json(respond(o))).into_response());
+    }
+    let lease = match store.get(out, timeout).await {
+        Ok(l) => l,
+        Err(e) => {
+            if !keep {
+                store.delete(out);
+            }
+            return Err(e.into());
+        }
+    };
+    let meta = Arc::clone(&lease.meta);
+    let shape: Vec<i64> = meta.shape.iter().map(|&d| d as i64).collect();
+    if output_ref {
+        let o = output(shape, meta.datatype.to_string(), None, ref_parameters());
+        return Ok(axum::Json(respond(o)).into_response());
+    }
+    store.delete(out);
+    if binary_output {
+        let mut params = Parameters::new();
+        params.insert("binary_data_size".into(), meta.bytes().into());
+        let head = v2::to_vec(&respond(output(shape, meta.datatype.to_string(), None, Some(params))))
+            .expect("serializes");
+        let head_len = head.len();
+        let mut body = head;
+        body.extend_from_slice(lease.bytes());
+        return Ok((
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                (
+                    header::HeaderName::from_static("inference-header-content-length"),
+                    HeaderValue::from(head_len),
+                ),
+            ],
+            body,
+        )
+            .into_response());
+    }
+    let data = prism_client::binary::decode_tensor(&p.spec.output_name, meta.datatype, lease.bytes())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let body = v2::to_vec(&respond(output(shape, meta.datatype.to_string(), Some(data), None))).expect("serializes");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

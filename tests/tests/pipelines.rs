@@ -1,0 +1,240 @@
+//! Pipelines (`[[pipelines]]`): a DAG of deployments and task ops served as one model.
+
+use std::time::{Duration, Instant};
+
+use prism_client::v2::{InferInput, InferRequest};
+use prism_client::{ObjectRef, Tensor};
+use prism_tests::{TestServer, config};
+
+const FILE: &str = r#"
+[[deployments]]
+name = "celsius"
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_cpus = 0
+
+[[deployments]]
+name = "slow_a"
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_cpus = 0
+[deployments.fault_injection]
+delay_ms = 500
+delay_rate = 1.0
+
+[[deployments]]
+name = "slow_b"
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_cpus = 0
+[deployments.fault_injection]
+delay_ms = 500
+delay_rate = 1.0
+
+[[deployments]]
+name = "broken"
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_cpus = 0
+[deployments.fault_injection]
+error_rate = 1.0
+
+# f(x) + x^2, with f = Celsius to Fahrenheit: two independent steps, then their sum.
+[[pipelines]]
+name = "ensemble"
+inputs = [{ name = "INPUT0", datatype = "FP32", shape = [-1, 1] }]
+output = { name = "OUTPUT0", step = "total" }
+[[pipelines.steps]]
+name = "f"
+model = "celsius"
+inputs = ["INPUT0"]
+[[pipelines.steps]]
+name = "sq"
+op = "square"
+inputs = ["INPUT0"]
+[[pipelines.steps]]
+name = "total"
+op = "add"
+inputs = ["f", "sq"]
+
+# Two slow models side by side: concurrent, so about one delay, not two.
+[[pipelines]]
+name = "parallel"
+inputs = [{ name = "INPUT0", datatype = "FP32", shape = [-1, 1] }]
+output = { step = "both" }
+[[pipelines.steps]]
+name = "a"
+model = "slow_a"
+inputs = ["INPUT0"]
+[[pipelines.steps]]
+name = "b"
+model = "slow_b"
+inputs = ["INPUT0"]
+[[pipelines.steps]]
+name = "both"
+op = "sub"
+inputs = ["a", "b"]
+
+[[pipelines]]
+name = "failing"
+inputs = [{ name = "X", datatype = "FP32", shape = [-1, 1] }]
+output = { step = "after" }
+[[pipelines.steps]]
+name = "bad"
+model = "broken"
+inputs = ["X"]
+[[pipelines.steps]]
+name = "after"
+op = "relu"
+inputs = ["bad"]
+"#;
+
+fn rows(values: &[f32]) -> InferRequest {
+    InferRequest {
+        inputs: vec![InferInput::fp32("INPUT0", vec![values.len() as i64, 1], values.to_vec())],
+        ..Default::default()
+    }
+}
+
+fn objects_in_store(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("prism_object_store_objects "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("the object gauge")
+}
+
+#[tokio::test]
+async fn a_pipeline_runs_its_dag_concurrently_and_frees_its_intermediates() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(config(FILE, dir.path())).await;
+    let c = &s.client;
+
+    let meta = c.model_metadata("ensemble").await.unwrap();
+    assert_eq!(meta.platform, "prism_pipeline");
+    assert_eq!(meta.outputs[0].shape, vec![-1, 1]);
+    assert!(c.model_ready("ensemble").await.unwrap());
+    let index = c.repository_index().await.unwrap();
+    assert!(index.iter().any(|m| m.name == "ensemble"));
+
+    let x = [0.0f32, 100.0, -3.0];
+    let answer = c.infer("ensemble", &rows(&x)).await.unwrap();
+    assert_eq!(answer.outputs[0].name, "OUTPUT0");
+    assert_eq!(answer.outputs[0].shape, vec![3, 1]);
+    let got = answer.outputs[0].data.as_ref().unwrap().to_f32().unwrap();
+    for (g, x) in got.iter().zip(x) {
+        let want = x * 1.8 + 32.0 + x * x;
+        assert!((g - want).abs() < 1e-3, "{g} vs {want}");
+    }
+    // Binary output, as tritonclient asks for it.
+    let binary = c.infer_binary("ensemble", &rows(&x), true).await.unwrap();
+    assert_eq!(binary.outputs[0].data.as_ref().unwrap().to_f32().unwrap(), got);
+
+    // Independent steps overlap: two 500 ms models finish in about 500 ms, not 1000.
+    let started = Instant::now();
+    let answer = c.infer("parallel", &rows(&[1.0])).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(answer.outputs[0].data.as_ref().unwrap().to_f32().unwrap(), vec![0.0]);
+    assert!(took < Duration::from_millis(900), "took {took:?}: the steps ran one after the other");
+
+    // Nothing is left in the store: every intermediate was freed at its last use.
+    assert_eq!(objects_in_store(&c.metrics().await.unwrap()), 0.0);
+
+    // The output kept as a ref, and async.
+    let refs = c.infer_to_refs("ensemble", &rows(&[2.0]), &["OUTPUT0"]).await.unwrap();
+    let out = c.get(&refs[0].1, None).await.unwrap();
+    assert!((out.to_f32()[0] - (35.6 + 4.0)).abs() < 1e-3);
+    let pending = c.infer_async("parallel", &rows(&[5.0])).await.unwrap();
+    assert_eq!(c.get(&pending[0].1, Some(Duration::from_secs(30))).await.unwrap().to_f32(), vec![0.0]);
+    // An input by ref: the client's object is read, never freed by the pipeline.
+    let x = c.put(&Tensor::fp32(vec![1, 1], vec![10.0])).await.unwrap();
+    let by_ref = InferRequest {
+        inputs: vec![InferInput::object_ref("INPUT0", &x.0)],
+        ..Default::default()
+    };
+    let answer = c.infer("ensemble", &by_ref).await.unwrap();
+    assert!((answer.outputs[0].data.as_ref().unwrap().to_f32().unwrap()[0] - 150.0).abs() < 1e-3);
+    assert_eq!(c.get(&x, None).await.unwrap().to_f32(), vec![10.0]);
+    c.delete(&x).await.unwrap();
+    for r in [&refs[0].1, &pending[0].1] {
+        c.delete(r).await.unwrap();
+    }
+    assert_eq!(objects_in_store(&c.metrics().await.unwrap()), 0.0);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_step_fails_the_pipeline_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(config(FILE, dir.path())).await;
+    let c = &s.client;
+    let request = InferRequest {
+        inputs: vec![InferInput::fp32("X", vec![1, 1], vec![1.0])],
+        ..Default::default()
+    };
+    let err = c.infer("failing", &request).await.unwrap_err();
+    assert_eq!(err.status(), Some(500));
+    let text = err.to_string();
+    assert!(text.contains("step `after`") && text.contains("InjectedFault"), "{text}");
+    // Async: the failure lands on the output object.
+    let pending = c.infer_async("failing", &request).await.unwrap();
+    let meta = loop {
+        let m = c.object_meta(&pending[0].1).await.unwrap();
+        if m["state"] != "pending" {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(meta["state"], "failed");
+    assert_eq!(meta["error"]["kind"], "InjectedFault");
+    c.delete(&pending[0].1).await.unwrap();
+
+    // Bad requests name the input.
+    let err = c.infer("ensemble", &InferRequest::default()).await.unwrap_err();
+    assert!(err.to_string().contains("input `INPUT0` is missing"), "{err}");
+    let wide = InferRequest {
+        inputs: vec![InferInput::fp32("INPUT0", vec![1, 2], vec![1.0, 2.0])],
+        ..Default::default()
+    };
+    let err = c.infer("ensemble", &wide).await.unwrap_err();
+    assert!(err.to_string().contains("expected shape [-1, 1], got [1, 2]"), "{err}");
+    let unknown = InferRequest {
+        inputs: vec![InferInput::object_ref("INPUT0", &ObjectRef("c".repeat(32)).0)],
+        ..Default::default()
+    };
+    assert_eq!(c.infer("ensemble", &unknown).await.unwrap_err().status(), Some(404));
+    assert_eq!(objects_in_store(&c.metrics().await.unwrap()), 0.0);
+    s.stop().await.unwrap();
+}
+
+#[test]
+fn pipeline_files_are_checked_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[[deployments]]\nname = \"celsius\"\n[deployments.model]\nbuiltin = \"celsius\"\n";
+    let cases = [
+        (
+            "[[pipelines]]\nname = \"p\"\ninputs = [{ name = \"X\", datatype = \"FP32\", shape = [-1, 1] }]\noutput = { step = \"a\" }\n[[pipelines.steps]]\nname = \"a\"\nmodel = \"nope\"\ninputs = [\"X\"]\n",
+            "pipelines[0] (p).steps[0] (a).model: no deployment `nope`",
+        ),
+        (
+            "[[pipelines]]\nname = \"p\"\ninputs = [{ name = \"X\", datatype = \"FP32\", shape = [-1, 1] }]\noutput = { step = \"a\" }\n[[pipelines.steps]]\nname = \"a\"\nop = \"add\"\ninputs = [\"X\", \"b\"]\n[[pipelines.steps]]\nname = \"b\"\nop = \"relu\"\ninputs = [\"X\"]\n",
+            "`b` is neither a pipeline input nor an earlier step",
+        ),
+        (
+            "[[pipelines]]\nname = \"celsius\"\ninputs = [{ name = \"X\", datatype = \"FP32\", shape = [-1, 1] }]\noutput = { step = \"a\" }\n[[pipelines.steps]]\nname = \"a\"\nop = \"relu\"\ninputs = [\"X\"]\n",
+            "already a deployment or pipeline",
+        ),
+        (
+            "[[pipelines]]\nname = \"p\"\ninputs = [{ name = \"X\", datatype = \"FP32\", shape = [-1, 1] }]\noutput = { step = \"a\" }\n[[pipelines.steps]]\nname = \"a\"\nop = \"matmul\"\ninputs = [\"X\"]\n",
+            "op `matmul` takes 2 inputs, got 1",
+        ),
+    ];
+    for (text, says) in cases {
+        let err = prism_config::Config::parse(&format!("{base}{text}"), "p.toml", Some(dir.path())).unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+    }
+}
