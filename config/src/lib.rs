@@ -248,7 +248,10 @@ impl Config {
             if !names.insert(pipeline.name.clone()) {
                 return Err(err(
                     &format!("{at}.name"),
-                    format!("`{}` is already a deployment or pipeline; model names must be unique", p.name),
+                    format!(
+                        "`{}` is already a deployment or pipeline; model names must be unique",
+                        p.name
+                    ),
                 ));
             }
             pipelines.push(pipeline);
@@ -555,7 +558,10 @@ fn validate_pipeline(p: &raw::Pipeline, deployments: &[Deployment]) -> Result<Pi
     for (i, t) in raw_inputs.iter().enumerate() {
         let key = format!("inputs[{i}]");
         if t.name.is_empty() || known.contains(&t.name.as_str()) {
-            return invalid(&format!("{key}.name"), format!("{:?} is empty or declared twice", t.name));
+            return invalid(
+                &format!("{key}.name"),
+                format!("{:?} is empty or declared twice", t.name),
+            );
         }
         let datatype = match t.datatype.parse::<DType>() {
             Ok(d) if d.is_numeric() => d,
@@ -565,7 +571,10 @@ fn validate_pipeline(p: &raw::Pipeline, deployments: &[Deployment]) -> Result<Pi
         if t.shape.iter().any(|&d| d < -1 || d == 0) {
             return invalid(
                 &format!("{key}.shape"),
-                format!("dimensions are positive, or -1 where the size varies; got {:?}", t.shape),
+                format!(
+                    "dimensions are positive, or -1 where the size varies; got {:?}",
+                    t.shape
+                ),
             );
         }
         known.push(&t.name);
@@ -634,7 +643,10 @@ fn validate_pipeline(p: &raw::Pipeline, deployments: &[Deployment]) -> Result<Pi
         });
     }
     let Some(output) = &p.output else {
-        return invalid("output", "missing: name the step whose result is the answer, like { step = \"total\" }");
+        return invalid(
+            "output",
+            "missing: name the step whose result is the answer, like { step = \"total\" }",
+        );
     };
     if !steps.iter().any(|s| s.name == output.step) {
         return invalid("output.step", format!("no step named `{}`", output.step));

@@ -210,6 +210,9 @@ async fn server_metadata() -> axum::Json<ServerMetadata> {
             "binary_tensor_data".into(),
             "statistics".into(),
             "model_configuration".into(),
+            "prism_objects".into(),
+            "prism_tasks".into(),
+            "prism_pipelines".into(),
         ],
     })
 }

@@ -79,8 +79,12 @@ impl Pipeline {
 
     /// The output's shape as far as it is known before running (`-1` where it varies).
     pub fn output_shape(&self) -> Vec<i64> {
-        let mut shapes: HashMap<&str, Vec<i64>> =
-            self.spec.inputs.iter().map(|t| (t.name.as_str(), t.shape.clone())).collect();
+        let mut shapes: HashMap<&str, Vec<i64>> = self
+            .spec
+            .inputs
+            .iter()
+            .map(|t| (t.name.as_str(), t.shape.clone()))
+            .collect();
         for (s, r) in self.spec.steps.iter().zip(&self.runners) {
             let arg = |i: usize| shapes[s.inputs[i].as_str()].clone();
             let shape = match r {
@@ -202,7 +206,10 @@ impl Pipeline {
                         datatype: DType::F32,
                         shape: y.shape().to_vec(),
                     };
-                    (meta, bytemuck::cast_slice(y.as_slice().expect("standard layout")).to_vec())
+                    (
+                        meta,
+                        bytemuck::cast_slice(y.as_slice().expect("standard layout")).to_vec(),
+                    )
                 })
             }
         };
@@ -427,14 +434,17 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
     if binary_output {
         let mut params = Parameters::new();
         params.insert("binary_data_size".into(), meta.bytes().into());
-        let head = v2::to_vec(&respond(output(shape, meta.datatype.to_string(), None, Some(params))))
-            .expect("serializes");
+        let head =
+            v2::to_vec(&respond(output(shape, meta.datatype.to_string(), None, Some(params)))).expect("serializes");
         let head_len = head.len();
         let mut body = head;
         body.extend_from_slice(lease.bytes());
         return Ok((
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
                 (
                     header::HeaderName::from_static("inference-header-content-length"),
                     HeaderValue::from(head_len),

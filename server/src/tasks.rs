@@ -288,7 +288,7 @@ fn attempt(op: TaskOp, args: &[Ready], faults: &FaultInjection) -> Result<ArrayD
             return Err((
                 "InjectedFault",
                 format!(
-                    "InjectedFault: this execution was chosen to fail by fault_injection (error_rate {})",
+                    "this execution was chosen to fail by fault_injection (error_rate {})",
                     faults.error_rate
                 ),
             ));

@@ -25,7 +25,7 @@ def test_default_models_health_metadata_config_and_stats(prism):
     cfg = c.get_model_config("mlp")
     assert cfg["max_batch_size"] == 32 and cfg["input"][0]["dims"] == [784]
     index = c.get_model_repository_index()
-    assert [e["name"] for e in index] == ["celsius", "mlp"]
+    assert [e["name"] for e in index] == ["celsius", "mlp", "sum_of_squares"]
 
     for binary in (True, False):
         y = infer(c, "celsius", np.array([[100.0], [-40.0]], dtype=np.float32), binary)

@@ -80,7 +80,11 @@ builtin = "celsius"
         .await
         .unwrap();
     assert_eq!(get.status(), 200);
-    let answer_head: usize = get.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let answer_head: usize = get.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut stream = get.bytes_stream();
     let mut offset = 0usize; // bytes of the whole body seen
     while let Some(chunk) = stream.next().await {
@@ -109,8 +113,15 @@ builtin = "celsius"
         peak as f64 / (1 << 20) as f64,
         baseline as f64 / (1 << 20) as f64,
         grown as f64 / SIZE as f64,
-        if reset { "" } else { " (VmHWM could not be reset: the figure includes start-up)" }
+        if reset {
+            ""
+        } else {
+            " (VmHWM could not be reset: the figure includes start-up)"
+        }
     );
-    assert!(grown < SIZE * 3 / 2, "peak grew by {grown} bytes for a {SIZE}-byte object");
+    assert!(
+        grown < SIZE * 3 / 2,
+        "peak grew by {grown} bytes for a {SIZE}-byte object"
+    );
     s.stop().await.unwrap();
 }

@@ -148,7 +148,7 @@ async fn metadata_config_stats_and_health_speak_v2_and_triton() {
 
     let index = c.repository_index().await.unwrap();
     let names: Vec<_> = index.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["celsius", "mlp"]);
+    assert_eq!(names, ["celsius", "mlp", "sum_of_squares"]);
     assert!(index.iter().all(|m| m.state.as_deref() == Some("READY")));
     server.stop().await.unwrap();
 }

@@ -95,7 +95,11 @@ inputs = ["bad"]
 
 fn rows(values: &[f32]) -> InferRequest {
     InferRequest {
-        inputs: vec![InferInput::fp32("INPUT0", vec![values.len() as i64, 1], values.to_vec())],
+        inputs: vec![InferInput::fp32(
+            "INPUT0",
+            vec![values.len() as i64, 1],
+            values.to_vec(),
+        )],
         ..Default::default()
     }
 }
@@ -139,7 +143,10 @@ async fn a_pipeline_runs_its_dag_concurrently_and_frees_its_intermediates() {
     let answer = c.infer("parallel", &rows(&[1.0])).await.unwrap();
     let took = started.elapsed();
     assert_eq!(answer.outputs[0].data.as_ref().unwrap().to_f32().unwrap(), vec![0.0]);
-    assert!(took < Duration::from_millis(900), "took {took:?}: the steps ran one after the other");
+    assert!(
+        took < Duration::from_millis(900),
+        "took {took:?}: the steps ran one after the other"
+    );
 
     // Nothing is left in the store: every intermediate was freed at its last use.
     assert_eq!(objects_in_store(&c.metrics().await.unwrap()), 0.0);
@@ -149,7 +156,13 @@ async fn a_pipeline_runs_its_dag_concurrently_and_frees_its_intermediates() {
     let out = c.get(&refs[0].1, None).await.unwrap();
     assert!((out.to_f32()[0] - (35.6 + 4.0)).abs() < 1e-3);
     let pending = c.infer_async("parallel", &rows(&[5.0])).await.unwrap();
-    assert_eq!(c.get(&pending[0].1, Some(Duration::from_secs(30))).await.unwrap().to_f32(), vec![0.0]);
+    assert_eq!(
+        c.get(&pending[0].1, Some(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .to_f32(),
+        vec![0.0]
+    );
     // An input by ref: the client's object is read, never freed by the pipeline.
     let x = c.put(&Tensor::fp32(vec![1, 1], vec![10.0])).await.unwrap();
     let by_ref = InferRequest {
@@ -179,7 +192,10 @@ async fn a_failed_step_fails_the_pipeline_with_its_cause() {
     let err = c.infer("failing", &request).await.unwrap_err();
     assert_eq!(err.status(), Some(500));
     let text = err.to_string();
-    assert!(text.contains("step `after`") && text.contains("InjectedFault"), "{text}");
+    assert!(
+        text.contains("step `after`") && text.contains("InjectedFault"),
+        "{text}"
+    );
     // Async: the failure lands on the output object.
     let pending = c.infer_async("failing", &request).await.unwrap();
     let meta = loop {
