@@ -418,6 +418,13 @@ async fn status(State(app): App) -> axum::Json<Value> {
             })
         })
         .collect();
+    let (objects, memory, spilled) = app.store.usage();
+    let store = json!({
+        "capacity": app.store.capacity(),
+        "objects": objects,
+        "memory_bytes": memory,
+        "spilled_bytes": spilled,
+    });
     axum::Json(json!({
         "ready": app.accepting.load(Ordering::Acquire),
         "cpus": c.machine.cpus,
@@ -429,6 +436,12 @@ async fn status(State(app): App) -> axum::Json<Value> {
         }).collect::<Vec<_>>(),
         "no_gpu_reason": c.no_gpu_reason,
         "deployments": deployments,
+        "pipelines": app.pipelines.iter().map(|p| json!({
+            "name": p.name(),
+            "ready": p.is_ready(),
+            "steps": p.spec.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "object_store": store,
     }))
 }
 
