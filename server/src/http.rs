@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -644,10 +645,16 @@ async fn run_infer(
     if tail.is_empty() && !request.binary_output {
         return Ok(([(header::CONTENT_TYPE, "application/json")], header_bytes).into_response());
     }
-    let header_len = HeaderValue::from(header_bytes.len());
+    let header_len = header_bytes.len();
     let mut body = header_bytes;
     body.extend_from_slice(&tail);
-    Ok((
+    Ok(binary_response(header_len, Body::from(body)))
+}
+
+/// A V2 answer in the binary extension: `body` is the JSON header of `header_len` bytes,
+/// then the tensors' bytes.
+pub(crate) fn binary_response(header_len: usize, body: Body) -> Response {
+    (
         [
             (
                 header::CONTENT_TYPE,
@@ -655,10 +662,19 @@ async fn run_infer(
             ),
             (
                 header::HeaderName::from_static("inference-header-content-length"),
-                header_len,
+                HeaderValue::from(header_len),
             ),
         ],
         body,
     )
-        .into_response())
+        .into_response()
+}
+
+/// A JSON header followed by an object's bytes, sent without copying them: the lease
+/// travels with the body, so the object cannot be spilled or freed under it.
+pub(crate) fn header_then_object(head: Vec<u8>, lease: crate::store::Lease) -> Response {
+    let header_len = head.len();
+    let chunks = [Bytes::from(head), Bytes::from_owner(lease)];
+    let body = Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::convert::Infallible>)));
+    binary_response(header_len, body)
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -275,24 +275,7 @@ pub async fn get(
             "parameters": { "binary_data_size": meta.bytes() },
         }))
         .expect("serializes");
-        let head_len = head.len();
-        // The lease travels with the body: the object cannot be spilled or freed under it.
-        let chunks = [Bytes::from(head), Bytes::from_owner(lease)];
-        let body = Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, std::convert::Infallible>)));
-        return Ok((
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                ),
-                (
-                    header::HeaderName::from_static("inference-header-content-length"),
-                    HeaderValue::from(head_len),
-                ),
-            ],
-            body,
-        )
-            .into_response());
+        return Ok(crate::http::header_then_object(head, lease));
     }
     let data = prism_client::binary::decode_tensor("object", meta.datatype, lease.bytes())
         .map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use prism_client::DType;
@@ -24,7 +24,7 @@ use prism_kernels::TaskOp;
 use crate::codec;
 use crate::deployment::{Deployment, MODEL_VERSION};
 use crate::error::ApiError;
-use crate::http::{AppState, failure_kind, output_object};
+use crate::http::{AppState, failure_kind, header_then_object, output_object};
 use crate::store::{Failure, Lease, Meta, ObjectRef, Owner, Store};
 use crate::tasks::{Arg, TaskOptions, Tasks};
 
@@ -436,23 +436,7 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
         params.insert("binary_data_size".into(), meta.bytes().into());
         let head =
             v2::to_vec(&respond(output(shape, meta.datatype.to_string(), None, Some(params)))).expect("serializes");
-        let head_len = head.len();
-        let mut body = head;
-        body.extend_from_slice(lease.bytes());
-        return Ok((
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                ),
-                (
-                    header::HeaderName::from_static("inference-header-content-length"),
-                    HeaderValue::from(head_len),
-                ),
-            ],
-            body,
-        )
-            .into_response());
+        return Ok(header_then_object(head, lease));
     }
     let data = prism_client::binary::decode_tensor(&p.spec.output_name, meta.datatype, lease.bytes())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
