@@ -482,7 +482,6 @@ impl Store {
             std::fs::create_dir_all(&self.spill_dir)?;
             let mut f = std::fs::File::create(&path)?;
             f.write_all(data.bytes())?;
-            f.sync_data()?;
             map_file(&path)
         };
         let mapped = match write() {
