@@ -29,7 +29,7 @@ use crate::error::{ApiError, InferError};
 use crate::metrics::Metrics;
 use crate::objects;
 use crate::pipeline::{self, Pipeline};
-use crate::store::{Failure, Meta, ObjectRef, Owner, Store};
+use crate::store::{Failure, Meta, ObjectRef, Owner, Settles, Store};
 use crate::tasks::Tasks;
 
 /// What every handler shares.
@@ -490,31 +490,53 @@ fn ref_response(d: &Deployment, id: Option<String>, rows: usize, r: ObjectRef) -
 fn infer_async(
     app: &AppState,
     d: &Arc<Deployment>,
-    rows: Rows,
+    input: Source,
     id: Option<String>,
     timeout: Option<std::time::Duration>,
 ) -> Result<Response, ApiError> {
-    let n = rows.nrows();
-    let rx = d.submit(rows)?;
     let store = Arc::clone(&app.store);
+    // What can be refused now is refused now: a full queue, an unknown input object.
+    let (queued, n) = match input {
+        Source::Inline(a) => {
+            let n = a.nrows();
+            (Ok(d.submit(Rows::Owned(a))?), n)
+        }
+        Source::Object(r) => {
+            let info = store.info(r)?;
+            let n = info.shape.as_ref().and_then(|s| s.first().copied());
+            (Err(r), n.unwrap_or(0))
+        }
+    };
     let r = store.create_pending(Owner::Client { ttl: store.default_ttl });
     let deployment = Arc::clone(d);
     tokio::spawn(async move {
+        let settles = Settles::new(Arc::clone(&store), r, "the inference");
+        let work = async {
+            let rx = match queued {
+                Ok(rx) => rx,
+                // The input may itself be pending (chained async work): wait for it here,
+                // not before answering 202.
+                Err(input) => {
+                    let lease = store.get(input, None).await?;
+                    deployment.submit(codec::object_rows(&deployment.spec, lease)?)?
+                }
+            };
+            deployment.answer(rx).await
+        };
         let answer = match timeout {
-            Some(t) => tokio::time::timeout(t, deployment.answer(rx))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ApiError::DeadlineExceeded {
-                        model: deployment.name().to_owned(),
-                        timeout: t,
-                    })
-                }),
-            None => deployment.answer(rx).await,
+            Some(t) => tokio::time::timeout(t, work).await.unwrap_or_else(|_| {
+                Err(ApiError::DeadlineExceeded {
+                    model: deployment.name().to_owned(),
+                    timeout: t,
+                })
+            }),
+            None => work.await,
         };
         match answer {
             Ok(output) => {
                 let (meta, bytes) = output_object(&deployment, &output);
-                let _ = tokio::task::spawn_blocking(move || store.fulfil(r, meta, &bytes)).await;
+                let s = Arc::clone(&store);
+                let _ = tokio::task::spawn_blocking(move || s.fulfil(r, meta, &bytes)).await;
             }
             Err(e) => store.fail(
                 r,
@@ -525,6 +547,7 @@ fn infer_async(
                 },
             ),
         }
+        drop(settles);
     });
     Ok((StatusCode::ACCEPTED, axum::Json(ref_response(d, id, n, r))).into_response())
 }
@@ -613,14 +636,14 @@ async fn run_infer(
     };
     let (json_part, binary_part) = codec::split_body(&body, header_len)?;
     let request = codec::decode(&d.spec, &json_part, &binary_part)?;
+    if request.run_async {
+        return infer_async(app, d, request.input, request.id, request.timeout);
+    }
     let rows = match request.input {
         Source::Inline(a) => Rows::Owned(a),
         // Waits while the object is pending (the output of async work chained in).
         Source::Object(r) => codec::object_rows(&d.spec, app.store.get(r, request.timeout).await?)?,
     };
-    if request.run_async {
-        return infer_async(app, d, rows, request.id, request.timeout);
-    }
     let output = match request.timeout {
         // Dropping the pending answer at the deadline takes the request out of its queue
         // (the batcher skips requests nobody waits for) or discards its rows.

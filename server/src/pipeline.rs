@@ -25,7 +25,7 @@ use crate::codec;
 use crate::deployment::{Deployment, MODEL_VERSION};
 use crate::error::ApiError;
 use crate::http::{AppState, failure_kind, header_then_object, output_object};
-use crate::store::{Failure, Lease, Meta, ObjectRef, Owner, Store};
+use crate::store::{Failure, Lease, Meta, ObjectRef, Owner, Settles, Store};
 use crate::tasks::{Arg, TaskOptions, Tasks};
 
 enum Runner {
@@ -171,6 +171,7 @@ impl Pipeline {
     ) {
         let step = &self.spec.steps[i];
         let (out, _) = refs[&step.name];
+        let _settles = Settles::new(Arc::clone(store), out, "the pipeline step");
         // Gives back this step's read of each input; the last reader deletes it.
         let release = || {
             for name in &step.inputs {
@@ -288,6 +289,29 @@ fn input_bytes(input: &v2::InferInput, binary: &mut Bytes) -> Result<(Meta, Vec<
     }
 }
 
+/// Deletes its objects when dropped.
+struct DeleteOnDrop<'a> {
+    store: &'a Store,
+    refs: Vec<ObjectRef>,
+}
+
+impl<'a> DeleteOnDrop<'a> {
+    fn new(store: &'a Store) -> Self {
+        DeleteOnDrop {
+            store,
+            refs: Vec::new(),
+        }
+    }
+}
+
+impl Drop for DeleteOnDrop<'_> {
+    fn drop(&mut self) {
+        for r in &self.refs {
+            self.store.delete(*r);
+        }
+    }
+}
+
 /// Whether `shape` fits the declared one: same rank, equal where the declaration fixes a
 /// size.
 fn fits(declared: &[i64], shape: &[usize]) -> bool {
@@ -334,55 +358,64 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
         .and_then(|v| v.as_u64())
         .map(Duration::from_millis);
 
-    // Every input into the store (or found there), checked against the declaration.
-    let store = &app.store;
-    let mut inputs: HashMap<String, (ObjectRef, bool)> = HashMap::new();
-    let created = |inputs: &HashMap<String, (ObjectRef, bool)>| {
-        for (r, owned) in inputs.values() {
-            if *owned {
-                store.delete(*r);
+    // The binary part belongs to the inputs in the order the request lists them.
+    enum Given {
+        Ref(ObjectRef),
+        Data(Meta, Vec<u8>),
+    }
+    let mut given: HashMap<&str, Given> = HashMap::new();
+    for input in &request.inputs {
+        let g = match input.parameters.as_ref().and_then(|p| p.get("object_ref")) {
+            Some(v) => Given::Ref(crate::objects::parse_ref(
+                v.as_str().unwrap_or_default(),
+                &format!("input `{}`", input.name),
+            )?),
+            None => {
+                let (meta, bytes) = input_bytes(input, &mut binary)?;
+                Given::Data(meta, bytes)
             }
+        };
+        if given.insert(&input.name, g).is_some() {
+            return Err(bad(format!("input `{}` is given more than once", input.name)));
         }
-    };
+    }
+    if !binary.is_empty() {
+        return Err(bad(format!(
+            "the body has {} bytes of binary data that no input claims",
+            binary.len()
+        )));
+    }
+
+    // Every input into the store (or found there), checked against the declaration.
+    // Until the pipeline takes them over, the guard deletes what was stored here, on an
+    // error and when the client goes away alike.
+    let store = &app.store;
+    let mut stored = DeleteOnDrop::new(store);
+    let mut inputs: HashMap<String, (ObjectRef, bool)> = HashMap::new();
     for t in &p.spec.inputs {
-        let Some(input) = request.inputs.iter().find(|i| i.name == t.name) else {
-            created(&inputs);
-            return Err(bad(format!("input `{}` is missing", t.name)));
-        };
-        let stored = match input.parameters.as_ref().and_then(|p| p.get("object_ref")) {
-            Some(v) => {
-                let r = crate::objects::parse_ref(v.as_str().unwrap_or_default(), &format!("input `{}`", t.name))?;
-                let lease = store.get(r, timeout).await;
-                lease.map(|l| (r, false, l.meta.shape.clone())).map_err(ApiError::from)
+        let (r, owned, shape) = match given.remove(t.name.as_str()) {
+            None => return Err(bad(format!("input `{}` is missing", t.name))),
+            Some(Given::Ref(r)) => {
+                let lease = store.get(r, timeout).await?;
+                (r, false, lease.meta.shape.clone())
             }
-            None => input_bytes(input, &mut binary).and_then(|(meta, bytes)| {
+            Some(Given::Data(meta, bytes)) => {
                 let shape = meta.shape.clone();
-                let r = store.put(meta, &bytes, Owner::Server)?;
-                Ok((r, true, shape))
-            }),
-        };
-        let (r, owned, shape) = match stored {
-            Ok(s) => s,
-            Err(e) => {
-                created(&inputs);
-                return Err(e);
+                let s = Arc::clone(store);
+                let r = tokio::task::spawn_blocking(move || s.put(meta, &bytes, Owner::Server))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))??;
+                stored.refs.push(r);
+                (r, true, shape)
             }
         };
-        inputs.insert(t.name.clone(), (r, owned));
         if !fits(&t.shape, &shape) {
-            created(&inputs);
             return Err(bad(format!(
                 "input `{}`: expected shape {:?}, got {shape:?}",
                 t.name, t.shape
             )));
         }
-    }
-    if !binary.is_empty() {
-        created(&inputs);
-        return Err(bad(format!(
-            "the body has {} bytes of binary data that no input claims",
-            binary.len()
-        )));
+        inputs.insert(t.name.clone(), (r, owned));
     }
 
     let keep = run_async || output_ref;
@@ -392,6 +425,9 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
         Owner::Server
     };
     let out = p.start(store, &app.tasks, inputs, owner);
+    // The pipeline frees its inputs now; a server-owned output is this handler's to free,
+    // even if the client leaves before it is ready.
+    stored.refs = if keep { Vec::new() } else { vec![out] };
     let output = |shape: Vec<i64>, datatype: String, data, parameters| InferOutput {
         name: p.spec.output_name.clone(),
         shape,
@@ -415,22 +451,14 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
         let o = output(p.output_shape(), "FP32".into(), None, ref_parameters());
         return Ok((StatusCode::ACCEPTED, axum::Json(respond(o))).into_response());
     }
-    let lease = match store.get(out, timeout).await {
-        Ok(l) => l,
-        Err(e) => {
-            if !keep {
-                store.delete(out);
-            }
-            return Err(e.into());
-        }
-    };
+    let lease = store.get(out, timeout).await?;
     let meta = Arc::clone(&lease.meta);
     let shape: Vec<i64> = meta.shape.iter().map(|&d| d as i64).collect();
     if output_ref {
         let o = output(shape, meta.datatype.to_string(), None, ref_parameters());
         return Ok(axum::Json(respond(o)).into_response());
     }
-    store.delete(out);
+    drop(stored);
     if binary_output {
         let mut params = Parameters::new();
         params.insert("binary_data_size".into(), meta.bytes().into());

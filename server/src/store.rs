@@ -153,22 +153,21 @@ impl Drop for AlignedBuf {
 /// Where an object's bytes are.
 enum Data {
     Memory(AlignedBuf),
-    /// A spill file, mapped read-only.
-    Mapped(memmap2::Mmap),
+    /// A spill file, mapped read-only, and its path.
+    Mapped(memmap2::Mmap, PathBuf),
 }
 
 impl Data {
     fn bytes(&self) -> &[u8] {
         match self {
             Data::Memory(b) => b,
-            Data::Mapped(m) => m,
+            Data::Mapped(m, _) => m,
         }
     }
 }
 
 /// A read handle on a ready object. While it lives the object is not spilled, and its
 /// bytes stay valid even if the object is deleted.
-#[derive(Clone)]
 pub struct Lease {
     pub object_ref: ObjectRef,
     pub meta: Arc<Meta>,
@@ -206,6 +205,19 @@ impl Lease {
     }
 }
 
+impl Clone for Lease {
+    /// Another use of the same object.
+    fn clone(&self) -> Self {
+        self.uses.0.fetch_add(1, Ordering::AcqRel);
+        Lease {
+            object_ref: self.object_ref,
+            meta: Arc::clone(&self.meta),
+            data: Arc::clone(&self.data),
+            uses: Arc::clone(&self.uses),
+        }
+    }
+}
+
 impl AsRef<[u8]> for Lease {
     fn as_ref(&self) -> &[u8] {
         self.bytes()
@@ -237,6 +249,38 @@ impl fmt::Display for Failure {
             "{}: {} (after {} attempt{s})",
             self.kind, self.message, self.attempts
         )
+    }
+}
+
+/// Fails a pending object when its producer ends without settling it (a panic, a task
+/// cancelled at shutdown), so that nobody waits for it forever. Dropping it after the
+/// object settled does nothing.
+pub struct Settles {
+    store: Arc<Store>,
+    object_ref: ObjectRef,
+    producer: &'static str,
+}
+
+impl Settles {
+    pub fn new(store: Arc<Store>, object_ref: ObjectRef, producer: &'static str) -> Self {
+        Settles {
+            store,
+            object_ref,
+            producer,
+        }
+    }
+}
+
+impl Drop for Settles {
+    fn drop(&mut self) {
+        self.store.fail(
+            self.object_ref,
+            Failure {
+                kind: "Lost".into(),
+                message: format!("{} stopped before producing this object", self.producer),
+                attempts: 0,
+            },
+        );
     }
 }
 
@@ -320,9 +364,13 @@ impl Entry {
         }
     }
 
+    /// An access: LRU clock, and the time-to-live restarts. A pending object has none
+    /// yet: it cannot expire while its work runs (its TTL starts when it settles).
     fn touch(&mut self, tick: u64, now: Instant) {
         self.last_access = tick;
-        if let Owner::Client { ttl } = self.owner {
+        if let Owner::Client { ttl } = self.owner
+            && !matches!(self.state, State::Pending)
+        {
             self.expires = Some(now + ttl);
         }
     }
@@ -473,27 +521,31 @@ impl Store {
 
     /// Writes one object to its spill file and maps it; frees its memory.
     fn spill(&self, g: &mut Inner, r: ObjectRef) -> std::io::Result<()> {
+        // A fresh name per spill: a file still mapped by a lease is never rewritten.
+        g.tick += 1;
+        let path = self.spill_dir.join(format!("{r}-{}.obj", g.tick));
         let entry = g.objects.get_mut(&r).expect("victims are live entries");
         let State::Ready { data, meta } = &entry.state else {
             unreachable!("only ready objects are spilled")
         };
-        let path = self.spill_path(r);
         let write = || -> std::io::Result<memmap2::Mmap> {
             std::fs::create_dir_all(&self.spill_dir)?;
-            let mut f = std::fs::File::create(&path)?;
+            let mut f = std::fs::File::create_new(&path)?;
             f.write_all(data.bytes())?;
             map_file(&path)
         };
         let mapped = match write() {
             Ok(m) => m,
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    let _ = std::fs::remove_file(&path);
+                }
                 return Err(e);
             }
         };
         let bytes = meta.bytes();
         entry.state = State::Ready {
-            data: Arc::new(Data::Mapped(mapped)),
+            data: Arc::new(Data::Mapped(mapped, path)),
             meta: Arc::clone(meta),
         };
         g.used -= bytes;
@@ -501,10 +553,6 @@ impl Store {
         self.metrics.spills.inc();
         tracing::debug!(object = %r, bytes, "spilled");
         Ok(())
-    }
-
-    fn spill_path(&self, r: ObjectRef) -> PathBuf {
-        self.spill_dir.join(format!("{r}.obj"))
     }
 
     /// Stores `buf` as a ready object. `reservation` must have taken `buf.len()` bytes.
@@ -600,7 +648,7 @@ impl Store {
     /// Gives a pending object its value. If the object was deleted meanwhile the value is
     /// dropped; if the store cannot hold it, the object fails with `StoreFull`.
     pub fn fulfil(self: &Arc<Self>, r: ObjectRef, meta: Meta, bytes: &[u8]) {
-        if !self.lock().objects.contains_key(&r) {
+        if !self.is_pending(r) {
             return;
         }
         let stored = self.reserve(bytes.len()).and_then(|res| {
@@ -611,11 +659,13 @@ impl Store {
         match stored {
             Ok((reservation, buf)) => {
                 let mut g = self.lock();
-                let Some(old) = g.objects.remove(&r) else {
-                    // Deleted while the bytes were copied; the reservation gives its room back.
+                if !g.objects.get(&r).is_some_and(|e| matches!(e.state, State::Pending)) {
+                    // Deleted (or settled) while the bytes were copied; the reservation
+                    // gives its room back.
                     drop(g);
                     return;
-                };
+                }
+                let old = g.objects.remove(&r).expect("checked above");
                 std::mem::forget(reservation);
                 let mut entry = self.ready_entry(&mut g, meta, buf, old.owner);
                 entry.settled = old.settled;
@@ -636,14 +686,24 @@ impl Store {
         }
     }
 
-    /// Settles a pending object as failed.
+    fn is_pending(&self, r: ObjectRef) -> bool {
+        self.lock()
+            .objects
+            .get(&r)
+            .is_some_and(|e| matches!(e.state, State::Pending))
+    }
+
+    /// Settles a pending object as failed; an object already settled (or deleted) is
+    /// left as it is.
     pub fn fail(&self, r: ObjectRef, failure: Failure) {
         let mut g = self.lock();
         g.settled_seq += 1;
         let seq = g.settled_seq;
         g.tick += 1;
         let tick = g.tick;
-        if let Some(e) = g.objects.get_mut(&r) {
+        if let Some(e) = g.objects.get_mut(&r)
+            && matches!(e.state, State::Pending)
+        {
             e.state = State::Failed(failure);
             e.settled_seq = seq;
             e.touch(tick, Instant::now());
@@ -678,8 +738,11 @@ impl Store {
             data,
             uses,
         };
-        if matches!(*lease.data, Data::Mapped(_)) {
-            return Ok(Some(self.restore(&mut g, lease)));
+        if matches!(*lease.data, Data::Mapped(..)) {
+            let restored = self.restore(&mut g, lease);
+            drop(g);
+            self.update_gauges();
+            return Ok(Some(restored));
         }
         Ok(Some(lease))
     }
@@ -704,7 +767,9 @@ impl Store {
                 meta: Arc::clone(&lease.meta),
             };
         }
-        let _ = std::fs::remove_file(self.spill_path(lease.object_ref));
+        if let Data::Mapped(_, path) = &*lease.data {
+            let _ = std::fs::remove_file(path);
+        }
         self.metrics.restores.inc();
         Lease {
             object_ref: lease.object_ref,
@@ -766,7 +831,7 @@ impl Store {
             State::Ready { data, meta } => {
                 info.state = match **data {
                     Data::Memory(_) => ObjectState::Ready,
-                    Data::Mapped(_) => ObjectState::Spilled,
+                    Data::Mapped(..) => ObjectState::Spilled,
                 };
                 info.datatype = Some(meta.datatype);
                 info.shape = Some(meta.shape.clone());
@@ -783,20 +848,20 @@ impl Store {
         let Some(e) = g.objects.remove(&r) else {
             return false;
         };
-        self.forget(&mut g, r, &e);
+        self.forget(&mut g, &e);
         drop(g);
         self.update_gauges();
         true
     }
 
-    fn forget(&self, g: &mut Inner, r: ObjectRef, e: &Entry) {
+    fn forget(&self, g: &mut Inner, e: &Entry) {
         if let State::Ready { data, meta } = &e.state {
             match **data {
                 Data::Memory(_) => g.used -= meta.bytes(),
-                Data::Mapped(_) => {
+                Data::Mapped(_, ref path) => {
                     g.spilled -= meta.bytes();
                     // The mapping stays valid after the unlink for leases that hold it.
-                    let _ = std::fs::remove_file(self.spill_path(r));
+                    let _ = std::fs::remove_file(path);
                 }
             }
         }
@@ -811,12 +876,16 @@ impl Store {
         let expired: Vec<ObjectRef> = g
             .objects
             .iter()
-            .filter(|(_, e)| e.expires.is_some_and(|t| t <= now) && e.uses.0.load(Ordering::Acquire) == 0)
+            .filter(|(_, e)| {
+                !matches!(e.state, State::Pending)
+                    && e.expires.is_some_and(|t| t <= now)
+                    && e.uses.0.load(Ordering::Acquire) == 0
+            })
             .map(|(r, _)| *r)
             .collect();
         for r in &expired {
             let e = g.objects.remove(r).expect("listed above");
-            self.forget(&mut g, *r, &e);
+            self.forget(&mut g, &e);
         }
         drop(g);
         if !expired.is_empty() {
@@ -854,7 +923,8 @@ impl Store {
         }
         done.sort_unstable();
         let mut ready: Vec<ObjectRef> = done.into_iter().map(|(_, r)| r).collect();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too large to add is no deadline at all.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         while ready.len() < num_returns && !pending.is_empty() {
             let next = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, pending.next()).await {
@@ -891,11 +961,11 @@ impl Store {
     /// already open stay readable).
     pub fn remove_spill_files(&self) {
         let g = self.lock();
-        for (r, e) in &g.objects {
+        for e in g.objects.values() {
             if let State::Ready { data, .. } = &e.state
-                && matches!(**data, Data::Mapped(_))
+                && let Data::Mapped(_, path) = &**data
             {
-                let _ = std::fs::remove_file(self.spill_path(*r));
+                let _ = std::fs::remove_file(path);
             }
         }
         drop(g);
@@ -1077,5 +1147,34 @@ mod tests {
         drop(held);
         assert_eq!(s.expire(Instant::now() + Duration::from_secs(1)), 1);
         assert!(s.info(server).is_ok());
+
+        // A pending object does not expire while its work runs, however often it is
+        // looked at; its time-to-live starts when it settles.
+        let pending = s.create_pending(short);
+        s.info(pending).unwrap();
+        assert_eq!(s.expire(Instant::now() + Duration::from_secs(1)), 0);
+        s.fulfil(pending, meta(1), &[4]);
+        assert_eq!(s.expire(Instant::now() + Duration::from_secs(1)), 1);
+    }
+
+    #[test]
+    fn a_settled_object_is_never_settled_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(1000, dir.path());
+        let p = s.create_pending(CLIENT);
+        s.fulfil(p, meta(2), &[1, 2]);
+        s.fail(
+            p,
+            Failure {
+                kind: "Lost".into(),
+                message: "late".into(),
+                attempts: 0,
+            },
+        );
+        s.fulfil(p, meta(3), &[7, 7, 7]);
+        assert_eq!(s.lease(p).unwrap().unwrap().bytes(), &[1, 2]);
+        assert_eq!(s.usage(), (1, 2, 0));
+        let clone = s.lease(p).unwrap().unwrap().clone();
+        assert_eq!(clone.bytes(), &[1, 2]);
     }
 }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::cluster::{Pool, TaskAsk};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::store::{Failure, Lease, Meta, ObjectRef, Owner, Store, StoreError};
+use crate::store::{Failure, Lease, Meta, ObjectRef, Owner, Settles, Store, StoreError};
 
 /// Error kinds a task can fail with that are application errors: retried only when
 /// `retry_exceptions` names them. `Panic` (a system failure) is always retried.
@@ -194,6 +194,7 @@ impl Tasks {
         let result = self.store.create_pending(Owner::Client { ttl });
         let tasks = Arc::clone(self);
         tokio::spawn(async move {
+            let _settles = Settles::new(Arc::clone(&tasks.store), result, "the task");
             match tasks.run(op, args, &options).await {
                 Ok(y) => {
                     let y = y.as_standard_layout();
@@ -215,13 +216,17 @@ impl Tasks {
 
     /// Waits for the arguments and resources, runs the op with retries.
     pub async fn run(&self, op: TaskOp, args: Vec<Arg>, options: &TaskOptions) -> Result<ArrayD<f32>, Failure> {
-        let mut ready = Vec::with_capacity(args.len());
-        for (i, a) in args.into_iter().enumerate() {
-            ready.push(match a {
+        // All at once: an argument that is ready is leased now, and cannot expire while
+        // another one is still pending.
+        let ready = futures::future::join_all(args.into_iter().enumerate().map(|(i, a)| async move {
+            Ok(match a {
                 Arg::Inline(x) => Ready::Owned(x),
                 Arg::Ref(r) => Ready::Lease(self.store.get(r, None).await.map_err(|e| argument_failed(i, r, e))?),
-            });
-        }
+            })
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, Failure>>()?;
         let ready = Arc::new(ready);
         let grant = self.pool.acquire(options.ask.clone()).await;
         let started = Instant::now();

@@ -79,6 +79,19 @@ name = "both"
 op = "sub"
 inputs = ["a", "b"]
 
+# A - B: the order of the operands shows whether each input got its own bytes.
+[[pipelines]]
+name = "difference"
+inputs = [
+  { name = "A", datatype = "FP32", shape = [-1] },
+  { name = "B", datatype = "FP32", shape = [-1] },
+]
+output = { step = "d" }
+[[pipelines.steps]]
+name = "d"
+op = "sub"
+inputs = ["A", "B"]
+
 [[pipelines]]
 name = "failing"
 inputs = [{ name = "X", datatype = "FP32", shape = [-1, 1] }]
@@ -147,6 +160,17 @@ async fn a_pipeline_runs_its_dag_concurrently_and_frees_its_intermediates() {
         took < Duration::from_millis(900),
         "took {took:?}: the steps ran one after the other"
     );
+
+    // Binary inputs given in another order than declared each get their own bytes.
+    let swapped = InferRequest {
+        inputs: vec![
+            InferInput::fp32("B", vec![2], vec![1.0, 2.0]),
+            InferInput::fp32("A", vec![2], vec![10.0, 20.0]),
+        ],
+        ..Default::default()
+    };
+    let d = c.infer_binary("difference", &swapped, false).await.unwrap();
+    assert_eq!(d.outputs[0].data.as_ref().unwrap().to_f32().unwrap(), vec![9.0, 18.0]);
 
     // Nothing is left in the store: every intermediate was freed at its last use.
     assert_eq!(objects_in_store(&c.metrics().await.unwrap()), 0.0);
