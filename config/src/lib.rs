@@ -117,7 +117,20 @@ pub struct Deployment {
     pub actor: ActorOptions,
     pub batching: Batching,
     pub fault_injection: FaultInjection,
+    pub retries: Retries,
 }
+
+/// How a failed batch is retried on its replica: system failures (a panic in the model)
+/// up to `max_retries` times, application errors only when `retry_exceptions` names
+/// their kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retries {
+    pub max_retries: u32,
+    pub retry_exceptions: Vec<String>,
+}
+
+/// Error kinds of a batch that `retry_exceptions` may name.
+pub const BATCH_ERROR_KINDS: [&str; 2] = ["InjectedFault", "ModelError"];
 
 /// What to do with a replica whose GPU ask cannot be met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,6 +446,21 @@ fn validate_deployment(
         },
     };
 
+    let max_retries = in_range("max_retries", d.max_retries, 3, 0, 100)? as u32;
+    let retry_exceptions = d.retry_exceptions.clone().unwrap_or_default();
+    if let Some(k) = retry_exceptions
+        .iter()
+        .find(|k| !BATCH_ERROR_KINDS.contains(&k.as_str()))
+    {
+        return invalid(
+            "retry_exceptions",
+            format!(
+                "unknown error kind `{k}`; the kinds are {} (a panic is a system failure, always retried)",
+                BATCH_ERROR_KINDS.join(", ")
+            ),
+        );
+    }
+
     let (model, input, output) = validate_model(&d.model, base_dir)?;
     Ok(Deployment {
         name: d.name.clone(),
@@ -453,6 +481,10 @@ fn validate_deployment(
             max_queue_size,
         },
         fault_injection,
+        retries: Retries {
+            max_retries,
+            retry_exceptions,
+        },
     })
 }
 

@@ -78,6 +78,8 @@ pub(crate) struct Deployment {
     #[serde(default)]
     pub batching: Batching,
     pub fault_injection: Option<FaultInjection>,
+    pub max_retries: Option<i64>,
+    pub retry_exceptions: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

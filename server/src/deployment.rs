@@ -169,6 +169,7 @@ impl Deployment {
             compute_duration: metrics.compute_duration.with_label_values(&[&name]),
             batch_size: metrics.batch_size.with_label_values(&[&name]),
             cancelled: request_metrics.outcome("cancelled").clone(),
+            retries: metrics.inference_retries.clone(),
         };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut senders = Vec::new();
@@ -212,6 +213,7 @@ impl Deployment {
                 model: model.clone(),
                 device,
                 faults: spec.fault_injection.clone(),
+                retries: spec.retries.clone(),
                 metrics: replica_metrics.clone(),
                 stats: Arc::clone(&stats),
                 done: done_tx.clone(),

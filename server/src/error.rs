@@ -30,6 +30,9 @@ pub enum InferError {
     /// The replica dropped the request without an answer (a bug, reported as such).
     #[error("model `{model}`: the replica running this request stopped without answering")]
     Lost { model: String },
+    /// It failed again on its last retry.
+    #[error("{last} (after {attempts} attempts)")]
+    Retried { last: Box<InferError>, attempts: u32 },
     /// The server stopped before the batch could run.
     #[error("model `{model}`: the server is shutting down")]
     ShuttingDown { model: String },
@@ -44,6 +47,19 @@ impl InferError {
             InferError::InjectedFault { .. } => "injected_fault",
             InferError::Lost { .. } => "lost",
             InferError::ShuttingDown { .. } => "shutting_down",
+            InferError::Retried { last, .. } => last.kind(),
+        }
+    }
+
+    /// The error kind `retry_exceptions` names (`InjectedFault`, `ModelError`), or
+    /// `Panic` for a system failure; `None` for what is never retried.
+    pub fn retry_kind(&self) -> Option<&'static str> {
+        match self {
+            InferError::Model { .. } => Some("ModelError"),
+            InferError::Panicked { .. } => Some("Panic"),
+            InferError::InjectedFault { .. } => Some("InjectedFault"),
+            InferError::Retried { last, .. } => last.retry_kind(),
+            InferError::Lost { .. } | InferError::ShuttingDown { .. } => None,
         }
     }
 }

@@ -555,6 +555,7 @@ fn infer_async(
 /// The error kind an object keeps when the inference that should produce it failed.
 pub fn failure_kind(e: &ApiError) -> &'static str {
     match e {
+        ApiError::Infer(InferError::Retried { last, .. }) => failure_kind(&ApiError::Infer((**last).clone())),
         ApiError::Infer(InferError::InjectedFault { .. }) => "InjectedFault",
         ApiError::Infer(InferError::Panicked { .. }) => "Panic",
         ApiError::Infer(InferError::Model { .. }) => "ModelError",

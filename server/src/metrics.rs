@@ -21,6 +21,7 @@ pub const OBJECT_SPILLED: &str = "prism_object_store_spilled_bytes";
 pub const OBJECT_SPILLS: &str = "prism_object_store_spills_total";
 pub const OBJECT_RESTORES: &str = "prism_object_store_restores_total";
 pub const OBJECT_PUT_FAILURES: &str = "prism_object_store_put_failures_total";
+pub const INFERENCE_RETRIES: &str = "prism_inference_retries_total";
 pub const TASKS: &str = "prism_tasks_total";
 pub const TASK_RETRIES: &str = "prism_task_retries_total";
 pub const TASK_DURATION: &str = "prism_task_duration_seconds";
@@ -55,6 +56,8 @@ pub struct Metrics {
     /// HTTP requests by `method`, matched `route` and `status`.
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Batches run again after a failure, by `model` and `reason`.
+    pub inference_retries: IntCounterVec,
     /// The object store's gauges and counters.
     pub store: crate::store::StoreMetrics,
     /// Finished tasks by `op` and `outcome` (success, failed).
@@ -156,6 +159,11 @@ impl Metrics {
                         .expect("valid metric"),
                 ),
             },
+            inference_retries: counter(
+                INFERENCE_RETRIES,
+                "Batches run again after a failure, by model and the error kind of the failed try.",
+                &["model", "reason"],
+            ),
             tasks: counter(TASKS, "Finished tasks by op and outcome.", &["op", "outcome"]),
             task_retries: counter(
                 TASK_RETRIES,

@@ -13,10 +13,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2, s};
-use prism_config::FaultInjection;
+use prism_config::{FaultInjection, Retries};
 use prism_kernels::cuda::{CudaDevice, GpuModel};
 use prism_kernels::{CpuDevice, Device, Model};
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 use rand::Rng;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -31,6 +31,8 @@ pub struct ReplicaMetrics {
     pub compute_duration: Histogram,
     pub batch_size: Histogram,
     pub cancelled: IntCounter,
+    /// Batches run again after a failure, by `model` and `reason` (the error kind).
+    pub retries: IntCounterVec,
 }
 
 /// Everything a replica thread needs.
@@ -42,6 +44,7 @@ pub struct ReplicaSpec {
     /// Intra-op threads, for a CPU fallback when the GPU cannot be opened.
     pub threads: usize,
     pub faults: FaultInjection,
+    pub retries: Retries,
     pub metrics: ReplicaMetrics,
     pub stats: Arc<ModelStats>,
     /// Where the replica reports its index after each batch.
@@ -131,7 +134,28 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     let rows: Vec<usize> = batch.entries.iter().map(Entry::rows).collect();
     let input = gather(&mut batch.entries);
     let gathered = Instant::now();
-    let result = run_model(spec, backend, input.view());
+    let mut attempts = 1;
+    let result = loop {
+        let result = run_model(spec, backend, input.view());
+        let Err(e) = &result else { break result };
+        let retry = e
+            .retry_kind()
+            .filter(|&k| k == "Panic" || spec.retries.retry_exceptions.iter().any(|x| x == k));
+        match retry {
+            Some(kind) if attempts <= spec.retries.max_retries => {
+                spec.metrics.retries.with_label_values(&[&spec.model_name, kind]).inc();
+                tracing::debug!(model = %spec.model_name, replica = spec.index, kind, attempts, "batch failed; retrying");
+                attempts += 1;
+            }
+            _ if attempts > 1 => {
+                break Err(InferError::Retried {
+                    last: Box::new(e.clone()),
+                    attempts,
+                });
+            }
+            _ => break result,
+        }
+    };
     drop(input);
     let computed = Instant::now();
     spec.metrics

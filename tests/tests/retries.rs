@@ -1,0 +1,77 @@
+//! Deployment retries: a failed batch runs again on its replica, system failures always,
+//! application errors (`InjectedFault`, `ModelError`) only when `retry_exceptions` names
+//! them; every retry is counted.
+
+use prism_tests::{TestServer, config, one_row};
+
+fn flaky(retry: &str) -> String {
+    format!(
+        r#"
+[[deployments]]
+name = "flaky"
+max_retries = 60
+{retry}
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_cpus = 0
+[deployments.fault_injection]
+error_rate = 0.8
+"#
+    )
+}
+
+fn retries(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("prism_inference_retries_total{model=\"flaky\",reason=\"InjectedFault\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn listed_application_errors_are_retried_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(config(&flaky("retry_exceptions = [\"InjectedFault\"]"), dir.path())).await;
+    for i in 0..20 {
+        let answer = s.client.infer("flaky", &one_row(i as f32)).await.unwrap();
+        let got = answer.outputs[0].data.as_ref().unwrap().to_f32().unwrap();
+        assert!((got[0] - (i as f32 * 1.8 + 32.0)).abs() < 1e-4);
+    }
+    // 20 batches failing 80% of the time: no retry at all has odds of 0.2^20.
+    assert!(retries(&s.client.metrics().await.unwrap()) >= 1.0);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unlisted_application_errors_reach_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(config(&flaky(""), dir.path())).await;
+    let mut failed = 0;
+    for i in 0..20 {
+        if let Err(e) = s.client.infer("flaky", &one_row(i as f32)).await {
+            assert_eq!(e.status(), Some(500));
+            assert!(e.to_string().contains("InjectedFault"), "{e}");
+            failed += 1;
+        }
+    }
+    assert!(failed >= 1, "80% of batches fail and none is retried");
+    assert_eq!(retries(&s.client.metrics().await.unwrap()), 0.0);
+    s.stop().await.unwrap();
+}
+
+#[test]
+fn unknown_retry_exceptions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = prism_config::Config::parse(
+        &flaky("retry_exceptions = [\"ValueError\"]"),
+        "f.toml",
+        Some(dir.path()),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("retry_exceptions: unknown error kind `ValueError`"),
+        "{err}"
+    );
+}
