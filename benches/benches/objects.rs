@@ -84,7 +84,7 @@ fn spill_restore(c: &mut Criterion) {
     group.bench_function("1MiB", |b| {
         b.iter(|| {
             i = (i + 1) % 3;
-            s.lease(refs[i]).expect("stored").expect("ready")
+            s.restore(s.lease(refs[i]).expect("stored").expect("ready"))
         })
     });
     group.finish();

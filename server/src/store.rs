@@ -354,6 +354,8 @@ struct Entry {
     settled: watch::Sender<bool>,
     /// Order in which objects settled, for `wait`.
     settled_seq: u64,
+    /// Its spill file is being written (outside the lock).
+    spilling: bool,
 }
 
 impl Entry {
@@ -462,14 +464,9 @@ impl Store {
     }
 
     /// Makes room for `bytes` (spilling what it must) and takes it. Blocking: spilling
-    /// writes files.
+    /// writes files, which happens outside the store's lock.
     pub fn reserve(self: &Arc<Self>, bytes: usize) -> Result<Reservation, StoreError> {
-        let mut g = self.lock();
-        let result = self.make_room(&mut g, bytes);
-        if result.is_ok() {
-            g.used += bytes;
-        }
-        drop(g);
+        let result = self.take_room(bytes);
         if let Err(e) = result {
             self.metrics.put_failures.inc();
             return Err(e);
@@ -481,78 +478,129 @@ impl Store {
         })
     }
 
-    /// Spills least-recently-used objects nobody uses until `bytes` more fit.
-    fn make_room(&self, g: &mut Inner, bytes: usize) -> Result<(), StoreError> {
-        let full = |g: &Inner, reason: String| StoreError::Full {
+    /// Takes `bytes` of room, spilling least-recently-used objects that nothing uses
+    /// until they fit. Victims are chosen and marked under the lock, written out without
+    /// it, and swapped for their mapping under it again, if nobody took them meanwhile.
+    fn take_room(&self, bytes: usize) -> Result<(), StoreError> {
+        // Rounds: another put may take the room freed, or a victim may be leased while
+        // its file is written.
+        for _ in 0..16 {
+            let victims = {
+                let mut g = self.lock();
+                let full = |g: &Inner, reason: String| StoreError::Full {
+                    need: bytes,
+                    capacity: self.capacity,
+                    used: g.used,
+                    reason,
+                };
+                if bytes > self.capacity {
+                    return Err(full(&g, "the object is larger than the whole store".into()));
+                }
+                if g.used + bytes <= self.capacity {
+                    g.used += bytes;
+                    return Ok(());
+                }
+                let mut candidates: Vec<(u64, ObjectRef, usize)> = g
+                    .objects
+                    .iter()
+                    .filter(|(_, e)| !e.spilling && e.uses.0.load(Ordering::Acquire) == 0)
+                    .filter_map(|(r, e)| Some((e.last_access, *r, e.in_memory()?)))
+                    .collect();
+                let being_spilled: usize = g
+                    .objects
+                    .values()
+                    .filter(|e| e.spilling)
+                    .filter_map(Entry::in_memory)
+                    .sum();
+                let spillable: usize = candidates.iter().map(|c| c.2).sum::<usize>() + being_spilled;
+                if g.used + bytes > self.capacity + spillable {
+                    return Err(full(
+                        &g,
+                        format!("even spilling every object not in use ({spillable} bytes) would not free enough"),
+                    ));
+                }
+                candidates.sort_unstable();
+                let mut freed = being_spilled;
+                let mut victims = Vec::new();
+                for (_, r, size) in candidates {
+                    if g.used + bytes <= self.capacity + freed {
+                        break;
+                    }
+                    let e = g.objects.get_mut(&r).expect("listed above");
+                    e.spilling = true;
+                    let State::Ready { data, .. } = &e.state else {
+                        unreachable!("in memory means ready")
+                    };
+                    victims.push((r, Arc::clone(data)));
+                    freed += size;
+                }
+                g.tick += 1;
+                (g.tick, victims)
+            };
+            let (round, victims) = victims;
+            if victims.is_empty() {
+                // Others are spilling what is needed: let them finish.
+                std::thread::yield_now();
+                continue;
+            }
+            let written: Vec<_> = victims
+                .into_iter()
+                .map(|(r, data)| {
+                    let path = self.spill_dir.join(format!("{r}-{round}.obj"));
+                    let mapped = write_spill_file(&self.spill_dir, &path, data.bytes());
+                    (r, data, path, mapped)
+                })
+                .collect();
+            let mut g = self.lock();
+            let mut failure = None;
+            for (r, data, path, mapped) in written {
+                let entry = g.objects.get_mut(&r);
+                let unchanged = entry.as_ref().is_some_and(|e| {
+                    e.uses.0.load(Ordering::Acquire) == 0
+                        && matches!(&e.state, State::Ready { data: d, .. } if Arc::ptr_eq(d, &data))
+                });
+                if let Some(e) = entry {
+                    e.spilling = false;
+                }
+                match mapped {
+                    Ok(mapped) if unchanged => {
+                        let e = g.objects.get_mut(&r).expect("checked above");
+                        let State::Ready { meta, .. } = &e.state else {
+                            unreachable!()
+                        };
+                        let meta = Arc::clone(meta);
+                        e.state = State::Ready {
+                            data: Arc::new(Data::Mapped(mapped, path)),
+                            meta: Arc::clone(&meta),
+                        };
+                        g.used -= meta.bytes();
+                        g.spilled += meta.bytes();
+                        self.metrics.spills.inc();
+                        tracing::debug!(object = %r, bytes = meta.bytes(), "spilled");
+                    }
+                    Ok(_) => {
+                        // Deleted or leased while its file was written: keep it as it is.
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if let Some(e) = failure {
+                return Err(StoreError::Full {
+                    need: bytes,
+                    capacity: self.capacity,
+                    used: g.used,
+                    reason: format!("spilling to {} failed: {e}", self.spill_dir.display()),
+                });
+            }
+        }
+        let used = self.lock().used;
+        Err(StoreError::Full {
             need: bytes,
             capacity: self.capacity,
-            used: g.used,
-            reason,
-        };
-        if bytes > self.capacity {
-            return Err(full(g, "the object is larger than the whole store".into()));
-        }
-        if g.used + bytes <= self.capacity {
-            return Ok(());
-        }
-        let mut victims: Vec<(u64, ObjectRef)> = g
-            .objects
-            .iter()
-            .filter(|(_, e)| e.in_memory().is_some() && e.uses.0.load(Ordering::Acquire) == 0)
-            .map(|(r, e)| (e.last_access, *r))
-            .collect();
-        victims.sort_unstable();
-        let spillable: usize = victims.iter().map(|(_, r)| g.objects[r].in_memory().unwrap_or(0)).sum();
-        if g.used + bytes > self.capacity + spillable {
-            return Err(full(
-                g,
-                format!("even spilling every object not in use ({spillable} bytes) would not free enough"),
-            ));
-        }
-        for (_, r) in victims {
-            if g.used + bytes <= self.capacity {
-                break;
-            }
-            self.spill(g, r)
-                .map_err(|e| full(g, format!("spilling to {} failed: {e}", self.spill_dir.display())))?;
-        }
-        Ok(())
-    }
-
-    /// Writes one object to its spill file and maps it; frees its memory.
-    fn spill(&self, g: &mut Inner, r: ObjectRef) -> std::io::Result<()> {
-        // A fresh name per spill: a file still mapped by a lease is never rewritten.
-        g.tick += 1;
-        let path = self.spill_dir.join(format!("{r}-{}.obj", g.tick));
-        let entry = g.objects.get_mut(&r).expect("victims are live entries");
-        let State::Ready { data, meta } = &entry.state else {
-            unreachable!("only ready objects are spilled")
-        };
-        let write = || -> std::io::Result<memmap2::Mmap> {
-            std::fs::create_dir_all(&self.spill_dir)?;
-            let mut f = std::fs::File::create_new(&path)?;
-            f.write_all(data.bytes())?;
-            map_file(&path)
-        };
-        let mapped = match write() {
-            Ok(m) => m,
-            Err(e) => {
-                if e.kind() != std::io::ErrorKind::AlreadyExists {
-                    let _ = std::fs::remove_file(&path);
-                }
-                return Err(e);
-            }
-        };
-        let bytes = meta.bytes();
-        entry.state = State::Ready {
-            data: Arc::new(Data::Mapped(mapped, path)),
-            meta: Arc::clone(meta),
-        };
-        g.used -= bytes;
-        g.spilled += bytes;
-        self.metrics.spills.inc();
-        tracing::debug!(object = %r, bytes, "spilled");
-        Ok(())
+            used,
+            reason: "the objects chosen to spill kept being used; retry".into(),
+        })
     }
 
     /// Stores `buf` as a ready object. `reservation` must have taken `buf.len()` bytes.
@@ -596,6 +644,7 @@ impl Store {
             },
             settled: watch::Sender::new(true),
             settled_seq: g.settled_seq,
+            spilling: false,
         }
     }
 
@@ -638,6 +687,7 @@ impl Store {
                 expires: None,
                 settled: watch::Sender::new(false),
                 settled_seq: 0,
+                spilling: false,
             },
         );
         drop(g);
@@ -711,8 +761,8 @@ impl Store {
         }
     }
 
-    /// A lease on a ready object, now. A spilled object is brought back into memory if
-    /// room can be made without failing anything.
+    /// A lease on a ready object, now (a spilled one reads its mapping; see
+    /// [`Store::restore`]).
     pub fn lease(&self, r: ObjectRef) -> Result<Option<Lease>, StoreError> {
         let mut g = self.lock();
         g.tick += 1;
@@ -738,39 +788,61 @@ impl Store {
             data,
             uses,
         };
-        if matches!(*lease.data, Data::Mapped(..)) {
-            let restored = self.restore(&mut g, lease);
-            drop(g);
-            self.update_gauges();
-            return Ok(Some(restored));
-        }
         Ok(Some(lease))
     }
 
-    /// Copies a spilled object back into memory when it fits; otherwise the lease reads
-    /// the mapping.
-    fn restore(&self, g: &mut Inner, lease: Lease) -> Lease {
-        let bytes = lease.meta.bytes();
-        if self.make_room(g, bytes).is_err() {
+    /// Whether the lease reads a spill file.
+    pub fn is_spilled(lease: &Lease) -> bool {
+        matches!(*lease.data, Data::Mapped(..))
+    }
+
+    /// Brings the object of a lease on a spilled object back into memory when room can
+    /// be made (spilling others if it must); otherwise, or if the object changed
+    /// meanwhile, the lease keeps reading the mapping. Blocking: copies and may write
+    /// files, outside the lock.
+    pub fn restore(self: &Arc<Self>, lease: Lease) -> Lease {
+        if !Self::is_spilled(&lease) {
             return lease;
         }
+        let current = |g: &Inner| {
+            g.objects
+                .get(&lease.object_ref)
+                .is_some_and(|e| matches!(&e.state, State::Ready { data: d, .. } if Arc::ptr_eq(d, &lease.data)))
+        };
+        // Nothing is spilled to make room for an object deleted (or restored) meanwhile.
+        if !current(&self.lock()) {
+            return lease;
+        }
+        let bytes = lease.meta.bytes();
+        let Ok(reservation) = self.take_room(bytes).map(|()| Reservation {
+            store: Arc::clone(self),
+            bytes,
+        }) else {
+            return lease;
+        };
         let Some(mut buf) = AlignedBuf::zeroed(bytes) else {
             return lease;
         };
         buf.copy_from_slice(lease.bytes());
         let data = Arc::new(Data::Memory(buf));
-        g.used += bytes;
-        g.spilled -= bytes;
-        if let Some(e) = g.objects.get_mut(&lease.object_ref) {
-            e.state = State::Ready {
-                data: Arc::clone(&data),
-                meta: Arc::clone(&lease.meta),
-            };
+        let mut g = self.lock();
+        if !current(&g) {
+            drop(g);
+            return lease; // changed meanwhile; the reservation gives its room back
         }
+        let e = g.objects.get_mut(&lease.object_ref).expect("checked above");
+        e.state = State::Ready {
+            data: Arc::clone(&data),
+            meta: Arc::clone(&lease.meta),
+        };
+        std::mem::forget(reservation);
+        g.spilled -= bytes;
+        drop(g);
         if let Data::Mapped(_, path) = &*lease.data {
             let _ = std::fs::remove_file(path);
         }
         self.metrics.restores.inc();
+        self.update_gauges();
         Lease {
             object_ref: lease.object_ref,
             meta: Arc::clone(&lease.meta),
@@ -783,7 +855,7 @@ impl Store {
 
     /// Waits until `r` is ready (or failed), for at most `timeout` (forever with `None`),
     /// then leases it, like `ray.get`.
-    pub async fn get(&self, r: ObjectRef, timeout: Option<Duration>) -> Result<Lease, StoreError> {
+    pub async fn get(self: &Arc<Self>, r: ObjectRef, timeout: Option<Duration>) -> Result<Lease, StoreError> {
         let mut settled = {
             let g = self.lock();
             g.objects.get(&r).ok_or(StoreError::NotFound(r))?.settled.subscribe()
@@ -804,7 +876,15 @@ impl Store {
             }
         }
         // Settled, or deleted (its sender dropped): `lease` tells which.
-        self.lease(r)?.ok_or(StoreError::NotFound(r))
+        let lease = self.lease(r)?.ok_or(StoreError::NotFound(r))?;
+        if !Self::is_spilled(&lease) {
+            return Ok(lease);
+        }
+        let store = Arc::clone(self);
+        let held = lease.clone();
+        Ok(tokio::task::spawn_blocking(move || store.restore(held))
+            .await
+            .unwrap_or(lease))
     }
 
     /// What the store knows of `r`; counts as an access.
@@ -982,6 +1062,21 @@ impl Lease {
     }
 }
 
+/// Writes `bytes` to a new file at `path` and maps it; removes what it wrote on failure.
+fn write_spill_file(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<memmap2::Mmap> {
+    let write = || -> std::io::Result<memmap2::Mmap> {
+        std::fs::create_dir_all(dir)?;
+        let mut f = std::fs::File::create_new(path)?;
+        f.write_all(bytes)?;
+        map_file(path)
+    };
+    write().inspect_err(|e| {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(path);
+        }
+    })
+}
+
 fn map_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
     let f = std::fs::File::open(path)?;
     // SAFETY: spill files are written by this process under its own spill directory and
@@ -1043,14 +1138,30 @@ mod tests {
         assert_eq!(s.info(a).unwrap().state, ObjectState::Ready);
         assert_eq!(s.usage(), (3, 200, 100));
         drop(held);
-        // Reading `b` brings it back, spilling the least recently used of a and c.
-        let lb = s.lease(b).unwrap().unwrap();
+        // A lease reads the mapping; restoring brings `b` back, spilling the least
+        // recently used of a and c.
+        let mapped = s.lease(b).unwrap().unwrap();
+        assert!(Store::is_spilled(&mapped));
+        assert_eq!(mapped.bytes(), &[2; 100][..]);
+        let lb = s.restore(mapped);
+        assert!(!Store::is_spilled(&lb));
         assert_eq!(lb.bytes(), &[2; 100][..]);
         assert_eq!(s.info(b).unwrap().state, ObjectState::Ready);
         assert_eq!(s.usage(), (3, 200, 100));
         for (r, v) in [(a, 1), (c, 3)] {
             assert_eq!(s.lease(r).unwrap().unwrap().bytes(), &[v; 100][..]);
         }
+        drop(lb);
+        // Restoring an object deleted meanwhile changes nothing.
+        let spilled = [a, c]
+            .into_iter()
+            .find(|r| s.info(*r).unwrap().state == ObjectState::Spilled)
+            .unwrap();
+        let l = s.lease(spilled).unwrap().unwrap();
+        assert!(s.delete(spilled));
+        let l = s.restore(l);
+        assert!(Store::is_spilled(&l));
+        assert_eq!(s.usage(), (2, 200, 0));
     }
 
     #[test]
@@ -1155,6 +1266,52 @@ mod tests {
         assert_eq!(s.expire(Instant::now() + Duration::from_secs(1)), 0);
         s.fulfil(pending, meta(1), &[4]);
         assert_eq!(s.expire(Instant::now() + Duration::from_secs(1)), 1);
+    }
+
+    /// Four threads put, read, restore and delete at once on a store that must spill;
+    /// afterwards the byte counts match the objects and every object reads back intact.
+    #[test]
+    fn concurrent_puts_reads_and_deletes_keep_the_accounts_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(4096, dir.path());
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in 0..200u32 {
+                        let v = t.wrapping_mul(64).wrapping_add(i as u8);
+                        let size = 100 + (i as usize * 37) % 900;
+                        if let Ok(r) = s.put(meta(size), &vec![v; size], CLIENT) {
+                            mine.push((r, v, size));
+                        }
+                        if i % 3 == 0 && !mine.is_empty() {
+                            let (r, v, size) = mine[(i as usize * 7) % mine.len()];
+                            let l = s.restore(s.lease(r).unwrap().unwrap());
+                            assert_eq!(l.bytes(), &vec![v; size][..]);
+                        }
+                        if i % 4 == 0 && mine.len() > 3 {
+                            let (r, ..) = mine.remove(0);
+                            assert!(s.delete(r));
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let kept: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let (mut memory, mut spilled) = (0, 0);
+        for (r, v, size) in &kept {
+            let l = s.lease(*r).unwrap().unwrap();
+            assert_eq!(l.bytes(), &vec![*v; *size][..]);
+            if Store::is_spilled(&l) {
+                spilled += size;
+            } else {
+                memory += size;
+            }
+        }
+        assert_eq!(s.usage(), (kept.len(), memory, spilled));
+        assert!(memory <= 4096);
     }
 
     #[test]
