@@ -6,6 +6,9 @@
 //! prism infer celsius --input '[[100]]'          # one inference; shape from the nesting
 //! prism infer celsius --request '{"inputs": [...]}'
 //! prism bench --model mlp --concurrency 1,8,32 --duration 15s --out r.json
+//! prism put '[[1, 2], [3, 4]]'                   # into the object store; prints its ref
+//! prism task matmul REF '[[1], [1]]' --get       # a task over refs and inline tensors
+//! prism get REF ; prism wait REF REF --num-returns 1 ; prism delete REF
 //! ```
 
 use std::io::Read;
@@ -14,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use prism_client::Client;
 use prism_client::bench::{self, Format, Load, Report, Window, Workload, WorkloadSpec};
 use prism_client::v2::{InferInput, InferRequest, TensorData};
+use prism_client::{Client, DType, ObjectRef, TaskArg, Tensor};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -58,6 +61,44 @@ enum Command {
     },
     /// Load-test a model on any V2 server: throughput and latency percentiles.
     Bench(BenchArgs),
+    /// Put a tensor into the object store (a nested JSON array, FP32 unless --datatype);
+    /// prints its ref.
+    Put {
+        tensor: String,
+        #[arg(long, default_value = "FP32")]
+        datatype: String,
+        /// Seconds it lives after its last access (the server's default otherwise).
+        #[arg(long)]
+        ttl_s: Option<f64>,
+    },
+    /// Get an object (waits while it is pending, like ray.get) and print it as JSON.
+    Get {
+        object_ref: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Delete an object.
+    Delete { object_ref: String },
+    /// Wait until `--num-returns` of the objects are ready (like ray.wait).
+    Wait {
+        object_refs: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        num_returns: usize,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Run a task op (`matmul`, `add`, `square`, ...) over refs (32 hex digits) and
+    /// inline tensors (nested JSON arrays); prints the ref of its result.
+    Task {
+        op: String,
+        args: Vec<String>,
+        /// Options as JSON, e.g. '{"num_cpus": 0.5, "max_retries": 5}'.
+        #[arg(long)]
+        options: Option<String>,
+        /// Wait for the result and print it instead of its ref.
+        #[arg(long)]
+        get: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -156,6 +197,54 @@ async fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&response)?);
         }
         Command::Bench(args) => run_bench(&client, args).await?,
+        Command::Put {
+            tensor,
+            datatype,
+            ttl_s,
+        } => {
+            let t = tensor_arg(&tensor, &datatype)?;
+            let r = match ttl_s {
+                None => client.put(&t).await?,
+                Some(ttl) => client.put_with_ttl(&t, ttl).await?,
+            };
+            println!("{r}");
+        }
+        Command::Get { object_ref, timeout } => {
+            let t = client.get(&ObjectRef(object_ref), timeout).await?;
+            print_tensor(&t)?;
+        }
+        Command::Delete { object_ref } => client.delete(&ObjectRef(object_ref)).await?,
+        Command::Wait {
+            object_refs,
+            num_returns,
+            timeout,
+        } => {
+            let refs: Vec<ObjectRef> = object_refs.into_iter().map(ObjectRef).collect();
+            let (ready, not_ready) = client.wait(&refs, num_returns, timeout).await?;
+            println!("{}", serde_json::json!({ "ready": ready, "not_ready": not_ready }));
+        }
+        Command::Task { op, args, options, get } => {
+            let args = args
+                .iter()
+                .map(|a| {
+                    if a.len() == 32 && a.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        Ok(TaskArg::Ref(ObjectRef(a.clone())))
+                    } else {
+                        tensor_arg(a, "FP32").map(TaskArg::Tensor)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let options: Value = match options {
+                Some(o) => serde_json::from_str(&o).context("--options is not JSON")?,
+                None => Value::Object(Default::default()),
+            };
+            let r = client.task_with(&op, args, &options).await?;
+            if get {
+                print_tensor(&client.get(&r, None).await?)?;
+            } else {
+                println!("{r}");
+            }
+        }
     }
     Ok(())
 }
@@ -297,6 +386,37 @@ async fn request_from_inputs(client: &Client, model: &str, inputs: &[String]) ->
         });
     }
     Ok(request)
+}
+
+/// A tensor from a nested JSON array (a bare number is a scalar).
+fn tensor_arg(json: &str, datatype: &str) -> Result<Tensor> {
+    let value: Value = serde_json::from_str(json).with_context(|| format!("{json:?} is not JSON"))?;
+    let shape: Vec<usize> = if value.is_array() {
+        shape_of(&value).into_iter().map(|d| d as usize).collect()
+    } else {
+        Vec::new()
+    };
+    let data: TensorData = serde_json::from_value(if value.is_array() {
+        value
+    } else {
+        Value::Array(vec![value])
+    })
+    .context("a tensor is a (nested) array of numbers or booleans")?;
+    let datatype: DType = datatype.parse()?;
+    if data.len() != shape.iter().product::<usize>() {
+        bail!(
+            "the array is ragged: shape {shape:?} needs {} values, it has {}",
+            shape.iter().product::<usize>(),
+            data.len()
+        );
+    }
+    Ok(Tensor { datatype, shape, data })
+}
+
+fn print_tensor(t: &Tensor) -> Result<()> {
+    let out = serde_json::json!({ "datatype": t.datatype, "shape": t.shape, "data": t.data });
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
 }
 
 /// The shape of a nested JSON array, read along its first elements.

@@ -137,14 +137,28 @@ struct WaitAnswer {
 }
 
 impl Client {
-    /// `ray.put`: stores `tensor` (sent in the binary extension) and returns its ref.
+    /// `ray.put`: stores `tensor` (sent in the binary extension) and returns its ref. It
+    /// lives until deleted, or the server's default time-to-live after its last access.
     pub async fn put(&self, tensor: &Tensor) -> Result<ObjectRef, ClientError> {
+        self.put_object(tensor, None).await
+    }
+
+    /// Like [`Client::put`], living `ttl_s` seconds after its last access.
+    pub async fn put_with_ttl(&self, tensor: &Tensor, ttl_s: f64) -> Result<ObjectRef, ClientError> {
+        self.put_object(tensor, Some(ttl_s)).await
+    }
+
+    async fn put_object(&self, tensor: &Tensor, ttl_s: Option<f64>) -> Result<ObjectRef, ClientError> {
         let mut bytes = Vec::new();
         binary::encode_tensor("object", tensor.datatype, &tensor.data, &mut bytes)?;
+        let mut parameters = json!({ "binary_data_size": bytes.len() });
+        if let Some(t) = ttl_s {
+            parameters["ttl_s"] = json!(t);
+        }
         let head = v2::to_vec(&json!({
             "datatype": tensor.datatype,
             "shape": tensor.shape,
-            "parameters": { "binary_data_size": bytes.len() },
+            "parameters": parameters,
         }))
         .expect("serializes");
         let header_len = head.len();
@@ -241,6 +255,17 @@ impl Client {
         op: &str,
         args: impl IntoIterator<Item = TaskArg>,
         options: &TaskOptions,
+    ) -> Result<ObjectRef, ClientError> {
+        self.task_with(op, args, options).await
+    }
+
+    /// [`Client::task`] with options given as any serializable value (JSON from a
+    /// command line, say).
+    pub async fn task_with(
+        &self,
+        op: &str,
+        args: impl IntoIterator<Item = TaskArg>,
+        options: &impl Serialize,
     ) -> Result<ObjectRef, ClientError> {
         let args: Vec<Value> = args
             .into_iter()
