@@ -52,3 +52,56 @@ async fn every_tutorial_pattern_runs_as_an_example() {
     }
     server.stop().await.unwrap();
 }
+
+/// `target/<profile>/prism`, built here if this test run did not build it.
+fn cli() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("prism");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "prism-client", "--bin", "prism"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the CLI failed");
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_puts_runs_tasks_waits_and_gets() {
+    let bin = cli();
+    let server = TestServer::start(prism_config::Config::embedded_default()).await;
+    let url = server.url.clone();
+    let run = move |args: &[&str]| -> Result<String, String> {
+        let out = Command::new(&bin).args(args).env("PRISM_URL", &url).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        let a = run(&["put", "[[1, 2], [3, 4]]"]).unwrap();
+        assert_eq!(a.len(), 32, "{a}");
+        assert_eq!(
+            run(&["get", &a]).unwrap(),
+            r#"{"data":[1.0,2.0,3.0,4.0],"datatype":"FP32","shape":[2,2]}"#
+        );
+        let product = run(&["task", "matmul", &a, "[[1], [1]]", "--get"]).unwrap();
+        assert_eq!(product, r#"{"data":[3.0,7.0],"datatype":"FP32","shape":[2,1]}"#);
+        let sq = run(&["task", "square", "3"]).unwrap();
+        let waited: serde_json::Value = serde_json::from_str(&run(&["wait", &sq]).unwrap()).unwrap();
+        assert_eq!(waited["ready"][0], sq);
+        assert_eq!(run(&["get", &sq]).unwrap(), r#"{"data":[9.0],"datatype":"FP32","shape":[]}"#);
+        run(&["delete", &a]).unwrap();
+        let err = run(&["get", &a]).unwrap_err();
+        assert!(err.contains("404"), "{err}");
+        let err = run(&["put", "[[1, 2], [3]]"]).unwrap_err();
+        assert!(err.contains("ragged"), "{err}");
+    })
+    .await
+    .unwrap();
+    server.stop().await.unwrap();
+}
