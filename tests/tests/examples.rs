@@ -94,7 +94,10 @@ async fn the_cli_puts_runs_tasks_waits_and_gets() {
         let sq = run(&["task", "square", "3"]).unwrap();
         let waited: serde_json::Value = serde_json::from_str(&run(&["wait", &sq]).unwrap()).unwrap();
         assert_eq!(waited["ready"][0], sq);
-        assert_eq!(run(&["get", &sq]).unwrap(), r#"{"data":[9.0],"datatype":"FP32","shape":[]}"#);
+        assert_eq!(
+            run(&["get", &sq]).unwrap(),
+            r#"{"data":[9.0],"datatype":"FP32","shape":[]}"#
+        );
         run(&["delete", &a]).unwrap();
         let err = run(&["get", &a]).unwrap_err();
         assert!(err.contains("404"), "{err}");
