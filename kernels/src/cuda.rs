@@ -48,6 +48,71 @@ pub fn probe() -> Result<usize, String> {
     }
 }
 
+/// Allocates page-locked host memory on one card's context: what the object store keeps
+/// its objects in when a GPU is present, so a GPU replica's copies from them are DMA.
+#[derive(Clone)]
+pub struct PinnedAllocator {
+    ctx: Arc<CudaContext>,
+}
+
+impl PinnedAllocator {
+    /// An allocator on device `ordinal`. Call only after [`probe`] found it.
+    pub fn new(ordinal: usize) -> Result<Self, GpuError> {
+        let ctx = catch_unwind(|| CudaContext::new(ordinal))
+            .map_err(|_| GpuError("creating a context panicked".into()))?
+            .map_err(gpu("creating a context"))?;
+        Ok(PinnedAllocator { ctx })
+    }
+
+    /// `len` zeroed bytes of page-locked memory: portable (any context may copy from
+    /// it) and cached (not write-combined: the CPU reads objects back).
+    pub fn zeroed(&self, len: usize) -> Result<PinnedBytes, GpuError> {
+        // SAFETY: the memory is uninitialised until the fill below, and nothing reads it
+        // before.
+        let mut buf = unsafe {
+            self.ctx
+                .alloc_pinned_with_flags::<u8>(len.max(1), cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE)
+        }
+        .map_err(gpu("allocating page-locked memory"))?;
+        let ptr = buf.as_mut_ptr().map_err(gpu("reaching page-locked memory"))?;
+        // SAFETY: `ptr` is valid for `len.max(1)` bytes, freshly allocated and unshared.
+        unsafe { std::ptr::write_bytes(ptr, 0, len.max(1)) };
+        Ok(PinnedBytes { buf, ptr, len })
+    }
+}
+
+/// Zeroed page-locked host bytes (see [`PinnedAllocator`]).
+pub struct PinnedBytes {
+    /// Owns the allocation; never handed to a stream, so no device work is ever pending
+    /// on it and its bytes may be read and written directly.
+    buf: PinnedHostSlice<u8>,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: `PinnedBytes` owns its allocation like a `Box<[u8]>`; `PinnedHostSlice` is itself
+// Send and Sync, and `ptr` points into it.
+unsafe impl Send for PinnedBytes {}
+// SAFETY: shared access only reads through `&[u8]`.
+unsafe impl Sync for PinnedBytes {}
+
+impl std::ops::Deref for PinnedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `len` initialised bytes while `buf` lives, and no
+        // device copy writes to it (it is never given to a stream).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for PinnedBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        debug_assert!(self.buf.num_bytes() >= self.len);
+        // SAFETY: as above; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
 const KERNELS: &str = r#"
 extern "C" __global__ void add_row(float* y, const float* t, int rows, int cols) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -78,3 +78,21 @@ fn gpu_models_match_the_cpu_path() {
         }
     }
 }
+
+#[test]
+fn pinned_host_memory_is_zeroed_writable_and_aligned() {
+    if !gpu_available() {
+        return;
+    }
+    let alloc = prism_kernels::cuda::PinnedAllocator::new(0).expect("a context on cuda:0");
+    for len in [0, 1, 4096, 3 << 20] {
+        let mut b = alloc.zeroed(len).expect("page-locked memory");
+        assert_eq!(b.len(), len);
+        assert!(b.iter().all(|&x| x == 0));
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = i as u8;
+        }
+        assert!(b.iter().enumerate().all(|(i, &x)| x == i as u8));
+        assert_eq!(b.as_ptr() as usize % 64, 0, "FP32 views need alignment");
+    }
+}

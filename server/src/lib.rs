@@ -102,7 +102,17 @@ impl Server {
             );
         }
         cluster.open_pool();
-        let store = Arc::new(open_store(config, &cluster, &metrics));
+        let mut store = open_store(config, &cluster, &metrics);
+        if matches!(cuda, Ok(n) if n > 0) {
+            match prism_kernels::cuda::PinnedAllocator::new(0) {
+                Ok(pinned) => {
+                    tracing::info!("object store: page-locked host memory (cuda:0's context)");
+                    store.use_pinned_memory(pinned);
+                }
+                Err(e) => tracing::warn!(error = %e, "object store: page-locked memory unavailable; heap memory"),
+            }
+        }
+        let store = Arc::new(store);
         spawn_expiry(Arc::downgrade(&store));
         Ok(Server {
             app: Arc::new(AppState::new(

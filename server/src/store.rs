@@ -30,6 +30,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use prism_client::DType;
+use prism_kernels::cuda::{PinnedAllocator, PinnedBytes};
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -150,9 +151,35 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// An object's memory: page-locked when a GPU is present (a GPU replica's copies from it
+/// are DMA), aligned heap memory otherwise.
+pub enum Buffer {
+    Heap(AlignedBuf),
+    Pinned(PinnedBytes),
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buffer::Heap(b) => b,
+            Buffer::Pinned(b) => b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Buffer::Heap(b) => b,
+            Buffer::Pinned(b) => b,
+        }
+    }
+}
+
 /// Where an object's bytes are.
 enum Data {
-    Memory(AlignedBuf),
+    Memory(Buffer),
     /// A spill file, mapped read-only, and its path.
     Mapped(memmap2::Mmap, PathBuf),
 }
@@ -407,6 +434,9 @@ pub struct Store {
     pub owns_spill_dir: bool,
     pub default_ttl: Duration,
     metrics: StoreMetrics,
+    pinned: Option<PinnedAllocator>,
+    /// Whether a failed pinned allocation was already logged.
+    pinning_failed: std::sync::atomic::AtomicBool,
 }
 
 /// Room taken for a put in flight; given back if the put does not complete.
@@ -440,6 +470,8 @@ impl Store {
             owns_spill_dir: false,
             default_ttl,
             metrics,
+            pinned: None,
+            pinning_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -604,7 +636,7 @@ impl Store {
     }
 
     /// Stores `buf` as a ready object. `reservation` must have taken `buf.len()` bytes.
-    pub fn commit(&self, reservation: Reservation, meta: Meta, buf: AlignedBuf, owner: Owner) -> ObjectRef {
+    pub fn commit(&self, reservation: Reservation, meta: Meta, buf: Buffer, owner: Owner) -> ObjectRef {
         assert_eq!(
             reservation.bytes,
             buf.len(),
@@ -626,7 +658,7 @@ impl Store {
         r
     }
 
-    fn ready_entry(&self, g: &mut Inner, meta: Meta, buf: AlignedBuf, owner: Owner) -> Entry {
+    fn ready_entry(&self, g: &mut Inner, meta: Meta, buf: Buffer, owner: Owner) -> Entry {
         g.tick += 1;
         g.settled_seq += 1;
         let now = Instant::now();
@@ -656,14 +688,32 @@ impl Store {
         Ok(self.commit(reservation, meta, buf, owner))
     }
 
-    /// Memory for an object of `bytes` (after [`Store::reserve`]).
-    pub fn allocate(&self, bytes: usize) -> Result<AlignedBuf, StoreError> {
-        AlignedBuf::zeroed(bytes).ok_or_else(|| StoreError::Full {
-            need: bytes,
-            capacity: self.capacity,
-            used: self.lock().used,
-            reason: "the machine could not allocate the memory".into(),
-        })
+    /// Memory for an object of `bytes` (after [`Store::reserve`]): page-locked when the
+    /// store has a GPU's allocator, heap memory otherwise or when pinning fails.
+    pub fn allocate(&self, bytes: usize) -> Result<Buffer, StoreError> {
+        if let Some(pinned) = &self.pinned {
+            match pinned.zeroed(bytes) {
+                Ok(b) => return Ok(Buffer::Pinned(b)),
+                Err(e) => {
+                    if !self.pinning_failed.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "page-locked memory unavailable; objects use heap memory");
+                    }
+                }
+            }
+        }
+        AlignedBuf::zeroed(bytes)
+            .map(Buffer::Heap)
+            .ok_or_else(|| StoreError::Full {
+                need: bytes,
+                capacity: self.capacity,
+                used: self.lock().used,
+                reason: "the machine could not allocate the memory".into(),
+            })
+    }
+
+    /// Keeps objects in page-locked memory from now on (a GPU is present).
+    pub fn use_pinned_memory(&mut self, allocator: PinnedAllocator) {
+        self.pinned = Some(allocator);
     }
 
     /// A pending object, to be fulfilled or failed by the work that produces it.
@@ -820,7 +870,7 @@ impl Store {
         }) else {
             return lease;
         };
-        let Some(mut buf) = AlignedBuf::zeroed(bytes) else {
+        let Ok(mut buf) = self.allocate(bytes) else {
             return lease;
         };
         buf.copy_from_slice(lease.bytes());
