@@ -396,6 +396,9 @@ fn tensor_arg(json: &str, datatype: &str) -> Result<Tensor> {
     } else {
         Vec::new()
     };
+    if !rectangular(&value, &shape) {
+        bail!("the array is ragged: every row must have the same length (shape {shape:?} from its first elements)");
+    }
     let data: TensorData = serde_json::from_value(if value.is_array() {
         value
     } else {
@@ -417,6 +420,16 @@ fn print_tensor(t: &Tensor) -> Result<()> {
     let out = serde_json::json!({ "datatype": t.datatype, "shape": t.shape, "data": t.data });
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
+}
+
+/// Whether every sub-array of `value` has the length `shape` gives its depth.
+fn rectangular(value: &Value, shape: &[usize]) -> bool {
+    match (value, shape.split_first()) {
+        (Value::Array(items), Some((&n, rest))) => items.len() == n && items.iter().all(|i| rectangular(i, rest)),
+        (Value::Array(_), None) => false,
+        (_, None) => true,
+        (_, Some(_)) => false,
+    }
 }
 
 /// The shape of a nested JSON array, read along its first elements.

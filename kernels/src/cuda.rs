@@ -96,6 +96,14 @@ unsafe impl Send for PinnedBytes {}
 // SAFETY: shared access only reads through `&[u8]`.
 unsafe impl Sync for PinnedBytes {}
 
+impl Drop for PinnedBytes {
+    /// The last owner may be any thread: the free needs the allocation's context bound to
+    /// it (the slice itself then frees the memory).
+    fn drop(&mut self) {
+        let _ = self.buf.context().bind_to_thread();
+    }
+}
+
 impl std::ops::Deref for PinnedBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

@@ -95,4 +95,8 @@ fn pinned_host_memory_is_zeroed_writable_and_aligned() {
         assert!(b.iter().enumerate().all(|(i, &x)| x == i as u8));
         assert_eq!(b.as_ptr() as usize % 64, 0, "FP32 views need alignment");
     }
+    // Freed on a thread that never touched CUDA; the allocator still works after.
+    let b = alloc.zeroed(1 << 20).unwrap();
+    std::thread::spawn(move || drop(b)).join().unwrap();
+    assert_eq!(alloc.zeroed(16).expect("allocates after a free elsewhere").len(), 16);
 }

@@ -538,18 +538,28 @@ fn infer_async(
                 let s = Arc::clone(&store);
                 let _ = tokio::task::spawn_blocking(move || s.fulfil(r, meta, &bytes)).await;
             }
-            Err(e) => store.fail(
-                r,
-                Failure {
-                    kind: failure_kind(&e).into(),
-                    message: e.to_string(),
-                    attempts: 1,
-                },
-            ),
+            Err(e) => store.fail(r, inference_failure(&e)),
         }
         drop(settles);
     });
     Ok((StatusCode::ACCEPTED, axum::Json(ref_response(d, id, n, r))).into_response())
+}
+
+/// What an object keeps when the inference that should produce it failed: the kind, the
+/// message, and how many times the batch ran.
+pub(crate) fn inference_failure(e: &ApiError) -> Failure {
+    match e {
+        ApiError::Infer(InferError::Retried { last, attempts }) => Failure {
+            kind: failure_kind(e).into(),
+            message: last.to_string(),
+            attempts: *attempts,
+        },
+        _ => Failure {
+            kind: failure_kind(e).into(),
+            message: e.to_string(),
+            attempts: 1,
+        },
+    }
 }
 
 /// The error kind an object keeps when the inference that should produce it failed.

@@ -24,7 +24,7 @@ use prism_kernels::TaskOp;
 use crate::codec;
 use crate::deployment::{Deployment, MODEL_VERSION};
 use crate::error::ApiError;
-use crate::http::{AppState, failure_kind, header_then_object, output_object};
+use crate::http::{AppState, header_then_object, inference_failure, output_object};
 use crate::store::{Failure, Lease, Meta, ObjectRef, Owner, Settles, Store};
 use crate::tasks::{Arg, TaskOptions, Tasks};
 
@@ -246,11 +246,7 @@ fn upstream(name: &str, e: crate::store::StoreError) -> Failure {
 }
 
 async fn run_model(d: &Arc<Deployment>, lease: Lease) -> Result<(Meta, Vec<u8>), Failure> {
-    let fail = |e: ApiError| Failure {
-        kind: failure_kind(&e).into(),
-        message: e.to_string(),
-        attempts: 1,
-    };
+    let fail = |e: ApiError| inference_failure(&e);
     let rows = codec::object_rows(&d.spec, lease).map_err(fail)?;
     let output = d.infer(rows).await.map_err(fail)?;
     Ok(output_object(d, &output))

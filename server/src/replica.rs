@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2, s};
+use ndarray::{Array2, ArrayView2, Axis, s};
 use prism_config::{FaultInjection, Retries};
 use prism_kernels::cuda::{CudaDevice, GpuModel};
 use prism_kernels::{CpuDevice, Device, Model};
@@ -141,8 +141,10 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
         let retry = e
             .retry_kind()
             .filter(|&k| k == "Panic" || spec.retries.retry_exceptions.iter().any(|x| x == k));
+        // Nobody left to answer (clients gone, deadlines passed): no point running again.
+        let abandoned = batch.entries.iter().all(|e| e.reply.is_closed());
         match retry {
-            Some(kind) if attempts <= spec.retries.max_retries => {
+            Some(kind) if attempts <= spec.retries.max_retries && !abandoned => {
                 spec.metrics.retries.with_label_values(&[&spec.model_name, kind]).inc();
                 tracing::debug!(model = %spec.model_name, replica = spec.index, kind, attempts, "batch failed; retrying");
                 attempts += 1;
@@ -197,19 +199,21 @@ fn reply(spec: &ReplicaSpec, entry: Entry, answer: Reply) {
     }
 }
 
-/// One matrix of all the batch's rows. A lone request's matrix (or object) is used as it
-/// is.
-fn gather(entries: &mut [Entry]) -> CowArray<'_, f32, Ix2> {
+/// One matrix of all the batch's rows. A lone request's matrix is moved out of it, a lone
+/// object is read in place (its lease cloned).
+fn gather(entries: &mut [Entry]) -> Rows {
     if let [only] = entries {
         return match &mut only.input {
-            Rows::Owned(a) => CowArray::from(std::mem::take(a)),
-            object => CowArray::from(object.view()),
+            Rows::Owned(a) => Rows::Owned(std::mem::take(a)),
+            Rows::Object { lease, rows, cols } => Rows::Object {
+                lease: lease.clone(),
+                rows: *rows,
+                cols: *cols,
+            },
         };
     }
     let views: Vec<ArrayView2<'_, f32>> = entries.iter().map(|e| e.input.view()).collect();
-    CowArray::from(
-        ndarray::concatenate(Axis(0), &views).expect("every request was validated to the model's input width"),
-    )
+    Rows::Owned(ndarray::concatenate(Axis(0), &views).expect("every request was validated to the model's input width"))
 }
 
 fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: ArrayView2<'_, f32>) -> Result<Array2<f32>, InferError> {

@@ -435,6 +435,8 @@ pub struct Store {
     pub default_ttl: Duration,
     metrics: StoreMetrics,
     pinned: Option<PinnedAllocator>,
+    /// Signalled after each round of spill swaps, for puts waiting on others' spills.
+    spilled: std::sync::Condvar,
     /// Whether a failed pinned allocation was already logged.
     pinning_failed: std::sync::atomic::AtomicBool,
 }
@@ -471,6 +473,7 @@ impl Store {
             default_ttl,
             metrics,
             pinned: None,
+            spilled: std::sync::Condvar::new(),
             pinning_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -514,77 +517,96 @@ impl Store {
     /// until they fit. Victims are chosen and marked under the lock, written out without
     /// it, and swapped for their mapping under it again, if nobody took them meanwhile.
     fn take_room(&self, bytes: usize) -> Result<(), StoreError> {
-        // Rounds: another put may take the room freed, or a victim may be leased while
-        // its file is written.
-        for _ in 0..16 {
-            let victims = {
-                let mut g = self.lock();
-                let full = |g: &Inner, reason: String| StoreError::Full {
-                    need: bytes,
-                    capacity: self.capacity,
-                    used: g.used,
-                    reason,
-                };
-                if bytes > self.capacity {
-                    return Err(full(&g, "the object is larger than the whole store".into()));
-                }
-                if g.used + bytes <= self.capacity {
-                    g.used += bytes;
-                    return Ok(());
-                }
-                let mut candidates: Vec<(u64, ObjectRef, usize)> = g
-                    .objects
-                    .iter()
-                    .filter(|(_, e)| !e.spilling && e.uses.0.load(Ordering::Acquire) == 0)
-                    .filter_map(|(r, e)| Some((e.last_access, *r, e.in_memory()?)))
-                    .collect();
-                let being_spilled: usize = g
-                    .objects
-                    .values()
-                    .filter(|e| e.spilling)
-                    .filter_map(Entry::in_memory)
-                    .sum();
-                let spillable: usize = candidates.iter().map(|c| c.2).sum::<usize>() + being_spilled;
-                if g.used + bytes > self.capacity + spillable {
-                    return Err(full(
-                        &g,
-                        format!("even spilling every object not in use ({spillable} bytes) would not free enough"),
-                    ));
-                }
-                candidates.sort_unstable();
-                let mut freed = being_spilled;
-                let mut victims = Vec::new();
-                for (_, r, size) in candidates {
-                    if g.used + bytes <= self.capacity + freed {
-                        break;
-                    }
-                    let e = g.objects.get_mut(&r).expect("listed above");
-                    e.spilling = true;
-                    let State::Ready { data, .. } = &e.state else {
-                        unreachable!("in memory means ready")
-                    };
-                    victims.push((r, Arc::clone(data)));
-                    freed += size;
-                }
-                g.tick += 1;
-                (g.tick, victims)
+        // A round spills, and the next one takes the room, unless another put took it
+        // first or a victim was leased while its file was written. Rounds that free
+        // nothing are bounded, so a store whose objects keep being used answers Full.
+        let mut idle_rounds = 0;
+        loop {
+            let mut g = self.lock();
+            let full = |g: &Inner, reason: String| StoreError::Full {
+                need: bytes,
+                capacity: self.capacity,
+                used: g.used,
+                reason,
             };
-            let (round, victims) = victims;
+            if bytes > self.capacity {
+                return Err(full(&g, "the object is larger than the whole store".into()));
+            }
+            if g.used + bytes <= self.capacity {
+                g.used += bytes;
+                return Ok(());
+            }
+            let mut candidates: Vec<(u64, ObjectRef, usize)> = g
+                .objects
+                .iter()
+                .filter(|(_, e)| !e.spilling && e.uses.0.load(Ordering::Acquire) == 0)
+                .filter_map(|(r, e)| Some((e.last_access, *r, e.in_memory()?)))
+                .collect();
+            // Room other threads are freeing is theirs to take, but it may come back to
+            // this one if they fail: it counts for "could this ever fit", not as freed.
+            let being_spilled: usize = g
+                .objects
+                .values()
+                .filter(|e| e.spilling)
+                .filter_map(Entry::in_memory)
+                .sum();
+            let spillable: usize = candidates.iter().map(|c| c.2).sum::<usize>() + being_spilled;
+            if g.used + bytes > self.capacity + spillable {
+                return Err(full(
+                    &g,
+                    format!("even spilling every object not in use ({spillable} bytes) would not free enough"),
+                ));
+            }
+            if idle_rounds >= 64 {
+                return Err(full(&g, "the objects chosen to spill kept being used; retry".into()));
+            }
+            candidates.sort_unstable();
+            let mut freed = 0;
+            let mut victims = Vec::new();
+            for (_, r, size) in candidates {
+                if g.used + bytes <= self.capacity + freed {
+                    break;
+                }
+                let e = g.objects.get_mut(&r).expect("listed above");
+                e.spilling = true;
+                let State::Ready { data, .. } = &e.state else {
+                    unreachable!("in memory means ready")
+                };
+                victims.push((r, Arc::clone(data)));
+                freed += size;
+            }
             if victims.is_empty() {
-                // Others are spilling what is needed: let them finish.
-                std::thread::yield_now();
+                // Only other threads' spills could make room: wait for one to finish.
+                idle_rounds += 1;
+                let _ = self
+                    .spilled
+                    .wait_timeout(g, Duration::from_millis(50))
+                    .unwrap_or_else(|p| p.into_inner());
                 continue;
             }
+            g.tick += 1;
+            let round = g.tick;
+            drop(g);
+
+            // The files are written without the lock. A panic here must not leave the
+            // victims marked forever: it is caught and becomes an I/O error.
             let written: Vec<_> = victims
                 .into_iter()
                 .map(|(r, data)| {
                     let path = self.spill_dir.join(format!("{r}-{round}.obj"));
-                    let mapped = write_spill_file(&self.spill_dir, &path, data.bytes());
+                    let mapped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        write_spill_file(&self.spill_dir, &path, data.bytes())
+                    }))
+                    .unwrap_or_else(|_| Err(std::io::Error::other("writing the spill file panicked")));
                     (r, data, path, mapped)
                 })
                 .collect();
             let mut g = self.lock();
             let mut failure = None;
+            let mut swapped = 0;
+            // Memory freed by the swaps is released after the lock (a GiB of page-locked
+            // memory takes a while to free).
+            let mut released = Vec::new();
             for (r, data, path, mapped) in written {
                 let entry = g.objects.get_mut(&r);
                 let unchanged = entry.as_ref().is_some_and(|e| {
@@ -607,6 +629,7 @@ impl Store {
                         };
                         g.used -= meta.bytes();
                         g.spilled += meta.bytes();
+                        swapped += 1;
                         self.metrics.spills.inc();
                         tracing::debug!(object = %r, bytes = meta.bytes(), "spilled");
                     }
@@ -616,23 +639,20 @@ impl Store {
                     }
                     Err(e) => failure = Some(e),
                 }
+                released.push(data);
             }
+            self.spilled.notify_all();
             if let Some(e) = failure {
-                return Err(StoreError::Full {
-                    need: bytes,
-                    capacity: self.capacity,
-                    used: g.used,
-                    reason: format!("spilling to {} failed: {e}", self.spill_dir.display()),
-                });
+                let err = full(&g, format!("spilling to {} failed: {e}", self.spill_dir.display()));
+                drop(g);
+                return Err(err);
             }
+            if swapped == 0 {
+                idle_rounds += 1;
+            }
+            drop(g);
+            drop(released);
         }
-        let used = self.lock().used;
-        Err(StoreError::Full {
-            need: bytes,
-            capacity: self.capacity,
-            used,
-            reason: "the objects chosen to spill kept being used; retry".into(),
-        })
     }
 
     /// Stores `buf` as a ready object. `reservation` must have taken `buf.len()` bytes.
@@ -1013,11 +1033,14 @@ impl Store {
             })
             .map(|(r, _)| *r)
             .collect();
+        let mut removed = Vec::with_capacity(expired.len());
         for r in &expired {
             let e = g.objects.remove(r).expect("listed above");
             self.forget(&mut g, &e);
+            removed.push(e);
         }
         drop(g);
+        drop(removed);
         if !expired.is_empty() {
             tracing::debug!(count = expired.len(), "objects expired");
             self.update_gauges();
