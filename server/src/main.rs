@@ -1,5 +1,11 @@
 //! `prism-server`: serve the deployments of a file (or the embedded default).
 
+/// Requests allocate and free many small buffers across threads. Measured against glibc's
+/// malloc on the default MLP at concurrency 32, three interleaved rounds: +3% JSON
+/// throughput (every round ahead), +1-3% binary (within the spread).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
