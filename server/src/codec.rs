@@ -46,7 +46,7 @@ pub fn object_rows(spec: &Spec, lease: Lease) -> Result<Rows, ApiError> {
         [rows, f] if *f == want.features && *rows >= 1 => *rows,
         other => {
             return Err(bad(format!(
-                "input `{name}`: object {} has shape {other:?}; the model expects [-1, {}] (rows, then {} values per row)",
+                "input `{name}`: object {} has shape {other:?}; the model expects [-1, {}] (rows, then {} value(s) per row)",
                 lease.object_ref, want.features, want.features
             )));
         }
@@ -229,7 +229,7 @@ fn inline_rows(spec: &Spec, input: &v2::InferInput, binary: &Bytes) -> Result<Ar
         }
         other => {
             return Err(bad(format!(
-                "input `{name}`: expected shape [-1, {}] (rows, then {} values per row), got {other:?}",
+                "input `{name}`: expected shape [-1, {}] (rows, then {} value(s) per row), got {other:?}",
                 want.features, want.features
             )));
         }

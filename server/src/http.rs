@@ -244,7 +244,7 @@ async fn model_metadata(State(app): App, path: ModelParam) -> Result<axum::Json<
                 .collect(),
             outputs: vec![MetadataTensor {
                 name: p.spec.output_name.clone(),
-                datatype: "FP32".into(),
+                datatype: p.output_datatype().to_string(),
                 shape: p.output_shape(),
             }],
         }));

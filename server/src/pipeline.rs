@@ -77,6 +77,20 @@ impl Pipeline {
         })
     }
 
+    /// The output's datatype: the model's output type for a model step, FP32 for an op.
+    pub fn output_datatype(&self) -> DType {
+        let i = self
+            .spec
+            .steps
+            .iter()
+            .position(|s| s.name == self.spec.output_step)
+            .expect("the output step exists (validated)");
+        match &self.runners[i] {
+            Runner::Model(d) => d.spec.output.datatype,
+            Runner::Op(_) => DType::F32,
+        }
+    }
+
     /// The output's shape as far as it is known before running (`-1` where it varies).
     pub fn output_shape(&self) -> Vec<i64> {
         let mut shapes: HashMap<&str, Vec<i64>> = self
@@ -444,7 +458,12 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
         Some(params)
     };
     if run_async {
-        let o = output(p.output_shape(), "FP32".into(), None, ref_parameters());
+        let o = output(
+            p.output_shape(),
+            p.output_datatype().to_string(),
+            None,
+            ref_parameters(),
+        );
         return Ok((StatusCode::ACCEPTED, axum::Json(respond(o))).into_response());
     }
     let lease = store.get(out, timeout).await?;

@@ -74,7 +74,7 @@ async fn malformed_json_and_wrong_shapes_and_datatypes_get_useful_400s() {
         (
             "wrong width",
             celsius("[1, 2]", "FP32", "[1, 2]"),
-            "input `INPUT0`: expected shape [-1, 1] (rows, then 1 values per row), got [1, 2]",
+            "input `INPUT0`: expected shape [-1, 1] (rows, then 1 value(s) per row), got [1, 2]",
         ),
         (
             "no batch dimension",
