@@ -15,6 +15,7 @@ use std::time::Duration;
 
 pub use prism_client::DType;
 pub use prism_kernels::LayerSpec;
+pub use prism_kernels::cuda::Precision;
 
 /// The embedded default deployment file.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -118,6 +119,8 @@ pub struct Deployment {
     pub batching: Batching,
     pub fault_injection: FaultInjection,
     pub retries: Retries,
+    /// The arithmetic of the GEMMs on GPU replicas; CPU replicas compute in fp32.
+    pub precision: Precision,
 }
 
 /// How a failed batch is retried on its replica: system failures (a panic in the model)
@@ -461,6 +464,11 @@ fn validate_deployment(
         );
     }
 
+    let precision = match &d.precision {
+        None => Precision::Fp32,
+        Some(p) => p.parse().map_err(|e: String| ("precision".to_owned(), e))?,
+    };
+
     let (model, input, output) = validate_model(&d.model, base_dir)?;
     Ok(Deployment {
         name: d.name.clone(),
@@ -485,6 +493,7 @@ fn validate_deployment(
             max_retries,
             retry_exceptions,
         },
+        precision,
     })
 }
 

@@ -80,6 +80,7 @@ pub(crate) struct Deployment {
     pub fault_injection: Option<FaultInjection>,
     pub max_retries: Option<i64>,
     pub retry_exceptions: Option<Vec<String>>,
+    pub precision: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -141,3 +141,37 @@ fn fault_injection_defaults_its_delay_rate_to_always() {
     );
     assert!(error(&format!("{DIGITS}\n[deployments.fault_injection]\nerror_rate = 2\n")).contains("between 0 and 1"));
 }
+
+#[test]
+fn precision_defaults_to_fp32_and_names_the_choices() {
+    let c = Config::embedded_default();
+    assert!(c.deployments.iter().all(|d| d.precision == Precision::Fp32));
+    let file = |p: &str| {
+        format!("[[deployments]]\nname = \"m\"\nprecision = \"{p}\"\n[deployments.model]\nbuiltin = \"celsius\"\n")
+    };
+    assert_eq!(parse(&file("bf16")).unwrap().deployments[0].precision, Precision::Bf16);
+    let e = error(&file("int8"));
+    assert!(
+        e.contains("deployments[0] (m).precision: expected \"fp32\", \"tf32\", \"bf16\" or \"fp16\", got \"int8\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn object_store_keys_are_checked() {
+    let file = |body: &str| {
+        format!("[object_store]\n{body}\n[[deployments]]\nname = \"m\"\n[deployments.model]\nbuiltin = \"celsius\"\n")
+    };
+    let c = parse(&file(
+        "object_store_memory = 1073741824\nspill_dir = \"spill\"\ndefault_ttl_s = 60",
+    ))
+    .unwrap();
+    assert_eq!(c.object_store.memory, Some(1 << 30));
+    assert_eq!(c.object_store.spill_dir.as_deref(), Some(Path::new("/models/spill")));
+    assert_eq!(c.object_store.default_ttl, Duration::from_secs(60));
+    assert!(
+        error(&file("object_store_memory = 10")).contains("object_store.object_store_memory: must be at least 1048576")
+    );
+    assert!(error(&file("default_ttl_s = 0")).contains("object_store.default_ttl_s: must be positive"));
+    assert!(error(&file("spill = 1")).contains("unknown field `spill`"));
+}

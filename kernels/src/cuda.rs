@@ -154,7 +154,131 @@ extern "C" __global__ void softmax_rows(float* y, int rows, int cols) {
     for (int c = 0; c < cols; c++) { row[c] = expf(row[c] - m); s += row[c]; }
     for (int c = 0; c < cols; c++) row[c] /= s;
 }
+
+// f32 -> bf16 bits, rounding to nearest even (as the `half` crate does for the weights);
+// NaN stays a quiet NaN. Reads the floats as their bits: NVRTC has no headers.
+extern "C" __global__ void to_bf16(const unsigned int* x, unsigned short* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned int u = x[i];
+    if ((u & 0x7fffffffu) > 0x7f800000u) { y[i] = (unsigned short)((u >> 16) | 0x40u); return; }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    y[i] = (unsigned short)(u >> 16);
+}
+
+// f32 -> IEEE fp16 bits, round to nearest even, by the hardware's conversion.
+extern "C" __global__ void to_fp16(const float* x, unsigned short* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x[i]));
+    y[i] = h;
+}
 "#;
+
+/// The arithmetic of a GPU replica's GEMMs, per deployment (`precision`). The weights are
+/// converted once at upload; biases, element-wise ops and softmax stay in fp32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// IEEE fp32 throughout (cuBLAS sgemm).
+    #[default]
+    Fp32,
+    /// fp32 storage, TF32 tensor-core products (cuBLAS's TF32 math mode).
+    Tf32,
+    /// bf16 weights and GEMM inputs, fp32 accumulation and outputs (cublasGemmEx).
+    Bf16,
+    /// fp16 weights and GEMM inputs, fp32 accumulation and outputs (cublasGemmEx).
+    Fp16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            "fp16" => Ok(Precision::Fp16),
+            other => Err(format!(
+                "expected \"fp32\", \"tf32\", \"bf16\" or \"fp16\", got {other:?}"
+            )),
+        }
+    }
+}
+
+/// `y[bucket×n] = x[bucket×k] · w[k×n]` with `w` in bf16 / fp16: `x` is converted into
+/// `half` first, the product accumulates in fp32 and lands in `y` as fp32.
+fn half_gemm(
+    d: &CudaDevice,
+    precision: Precision,
+    w: &CudaSlice<u16>,
+    x: &CudaSlice<f32>,
+    half: &mut CudaSlice<u16>,
+    y: &mut CudaSlice<f32>,
+    (bucket, k, n): (usize, usize, usize),
+) -> Result<(), GpuError> {
+    use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let (convert, dtype) = match precision {
+        Precision::Bf16 => (&d.to_bf16, cudaDataType_t::CUDA_R_16BF),
+        Precision::Fp16 => (&d.to_fp16, cudaDataType_t::CUDA_R_16F),
+        Precision::Fp32 | Precision::Tf32 => unreachable!("fp32 weights use sgemm. This is a bug."),
+    };
+    let count = (bucket * k) as i32;
+    let mut launch = d.stream.launch_builder(convert);
+    launch.arg(x).arg(&mut *half).arg(&count);
+    // SAFETY: the kernel reads `x[0..bucket·k]` and writes `half[0..bucket·k]`; both are
+    // sized for the widest layer.
+    unsafe { launch.launch(grid(bucket * k)) }.map_err(gpu("launch the half conversion"))?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (w_ptr, _w) = w.device_ptr(&d.stream);
+    let (x_ptr, _x) = half.device_ptr(&d.stream);
+    let (y_ptr, _y) = y.device_ptr_mut(&d.stream);
+    // SAFETY: as for sgemm (row-major through column-major Cᵀ = Bᵀ·Aᵀ): `w` holds k·n
+    // values, `half` bucket·k, `y` bucket·n; alpha and beta are f32 as COMPUTE_32F wants;
+    // everything is on this replica's stream.
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *d.blas.handle(),
+            cublasOperation_t::CUBLAS_OP_N,
+            cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            bucket as i32,
+            k as i32,
+            (&alpha) as *const f32 as *const _,
+            w_ptr as *const _,
+            dtype,
+            n as i32,
+            x_ptr as *const _,
+            dtype,
+            k as i32,
+            (&beta) as *const f32 as *const _,
+            y_ptr as *mut _,
+            cudaDataType_t::CUDA_R_32F,
+            n as i32,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        )
+    }
+    .map_err(gpu("cuBLAS gemmEx"))
+}
 
 /// One replica's view of a card: its own stream and cuBLAS handle, the kernels compiled
 /// once.
@@ -166,6 +290,8 @@ pub struct CudaDevice {
     add_row: CudaFunction,
     activate: CudaFunction,
     softmax: CudaFunction,
+    to_bf16: CudaFunction,
+    to_fp16: CudaFunction,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -193,6 +319,8 @@ impl CudaDevice {
             add_row: f("add_row")?,
             activate: f("activate")?,
             softmax: f("softmax_rows")?,
+            to_bf16: f("to_bf16")?,
+            to_fp16: f("to_fp16")?,
             ctx,
             stream,
             blas,
@@ -208,10 +336,17 @@ fn grid(n: usize) -> LaunchConfig {
     LaunchConfig::for_num_elems(n.max(1) as u32)
 }
 
+/// The weights of a GEMM as the card holds them.
+enum GemmWeight {
+    F32(CudaSlice<f32>),
+    /// bf16 or fp16 bits (see [`Precision`]).
+    Half(CudaSlice<u16>),
+}
+
 enum GpuStep {
     /// `[in, out]` weights, optional bias.
     Gemm {
-        weight: CudaSlice<f32>,
+        weight: GemmWeight,
         k: usize,
         n: usize,
         bias: Option<CudaSlice<f32>>,
@@ -228,11 +363,14 @@ struct Staging {
     output: PinnedHostSlice<f32>,
     /// Activations, ping-ponged between layers; each sized for the widest layer.
     buffers: [CudaSlice<f32>; 2],
+    /// The GEMM input in bf16 / fp16, for those precisions.
+    half: Option<CudaSlice<u16>>,
 }
 
 /// A model on one card: weights uploaded once, staging buffers per batch-size bucket.
 pub struct GpuModel {
     device: CudaDevice,
+    precision: Precision,
     steps: Vec<GpuStep>,
     in_features: usize,
     out_features: usize,
@@ -242,9 +380,39 @@ pub struct GpuModel {
 }
 
 impl GpuModel {
-    /// Uploads `model`'s weights (the `[in, out]` layout the CPU path also uses) to `device`.
-    pub fn upload(model: &Model, device: CudaDevice) -> Result<Self, GpuError> {
+    /// Uploads `model`'s weights (the `[in, out]` layout the CPU path also uses) to
+    /// `device`, converted once to `precision` for the GEMMs (biases, element-wise ops
+    /// and softmax stay in fp32).
+    pub fn upload(model: &Model, device: CudaDevice, precision: Precision) -> Result<Self, GpuError> {
         let up = |w: &crate::Weight| device.stream.clone_htod(w.as_slice()).map_err(gpu("upload weights"));
+        let up_gemm = |w: &crate::Weight| -> Result<GemmWeight, GpuError> {
+            let bits: Vec<u16> = match precision {
+                Precision::Fp32 | Precision::Tf32 => return up(w).map(GemmWeight::F32),
+                Precision::Bf16 => w
+                    .as_slice()
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect(),
+                Precision::Fp16 => w.as_slice().iter().map(|&v| half::f16::from_f32(v).to_bits()).collect(),
+            };
+            device
+                .stream
+                .clone_htod(&bits)
+                .map(GemmWeight::Half)
+                .map_err(gpu("upload weights"))
+        };
+        if precision == Precision::Tf32 {
+            // SAFETY: the handle is this replica's own and alive; only the math mode changes.
+            let status = unsafe {
+                cudarc::cublas::sys::cublasSetMathMode(
+                    *device.blas.handle(),
+                    cudarc::cublas::sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+                )
+            };
+            if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(GpuError(format!("cuBLAS: cannot enable TF32: {status:?}")));
+            }
+        }
         let mut widest = model.in_features();
         let mut steps = Vec::new();
         for step in model.steps() {
@@ -253,7 +421,7 @@ impl GpuModel {
                     let (k, n) = (weight.shape()[0], weight.shape()[1]);
                     widest = widest.max(n);
                     GpuStep::Gemm {
-                        weight: up(weight)?,
+                        weight: up_gemm(weight)?,
                         k,
                         n,
                         bias: bias.as_ref().map(up).transpose()?,
@@ -272,6 +440,7 @@ impl GpuModel {
             });
         }
         Ok(GpuModel {
+            precision,
             in_features: model.in_features(),
             out_features: model.out_features(),
             widest,
@@ -286,6 +455,7 @@ impl GpuModel {
         d: &CudaDevice,
         map: &'a mut HashMap<usize, Staging>,
         (in_features, out_features, widest): (usize, usize, usize),
+        precision: Precision,
         rows: usize,
     ) -> Result<&'a mut Staging, GpuError> {
         let bucket = rows.next_power_of_two();
@@ -313,11 +483,20 @@ impl GpuModel {
                     .map_err(gpu("allocate activations"))
             };
             let buffers = [buffer()?, buffer()?];
+            let half = match precision {
+                Precision::Bf16 | Precision::Fp16 => Some(
+                    d.stream
+                        .alloc_zeros::<u16>(bucket * widest)
+                        .map_err(gpu("allocate half activations"))?,
+                ),
+                Precision::Fp32 | Precision::Tf32 => None,
+            };
             slot.insert(Staging {
                 rows: bucket,
                 input,
                 output,
                 buffers,
+                half,
             });
         }
         Ok(map.get_mut(&bucket).expect("inserted above"))
@@ -336,9 +515,10 @@ impl GpuModel {
             steps,
             staging,
             widest,
+            precision,
             ..
         } = self;
-        let staging = Self::staging(d, staging, (in_features, out_features, *widest), rows)?;
+        let staging = Self::staging(d, staging, (in_features, out_features, *widest), *precision, rows)?;
         let bucket = staging.rows;
         // Stage the batch in page-locked memory (padded to the bucket with zeros) and copy
         // it to the card asynchronously on this replica's stream.
@@ -347,6 +527,7 @@ impl GpuModel {
             host[..x.len()].copy_from_slice(x);
             host[x.len()..].fill(0.0);
         }
+        let half = &mut staging.half;
         let [a, b] = &mut staging.buffers;
         let (mut cur, mut other) = (a, b);
         d.stream
@@ -357,22 +538,31 @@ impl GpuModel {
             match step {
                 GpuStep::Gemm { weight, k, n, bias } => {
                     let (k, n) = (*k, *n);
-                    // Row-major C[m×n] = A[m×k]·B[k×n] is column-major Cᵀ = Bᵀ·Aᵀ.
-                    let cfg = GemmConfig {
-                        transa: cublasOperation_t::CUBLAS_OP_N,
-                        transb: cublasOperation_t::CUBLAS_OP_N,
-                        m: n as i32,
-                        n: bucket as i32,
-                        k: k as i32,
-                        alpha: 1.0f32,
-                        lda: n as i32,
-                        ldb: k as i32,
-                        beta: 0.0f32,
-                        ldc: n as i32,
-                    };
-                    // SAFETY: `weight` holds k·n values, `cur` at least bucket·k, `other`
-                    // at least bucket·n (both sized for the widest layer); all on this stream.
-                    unsafe { d.blas.gemm(cfg, weight, &*cur, &mut *other) }.map_err(gpu("cuBLAS sgemm"))?;
+                    match weight {
+                        GemmWeight::F32(weight) => {
+                            // Row-major C[m×n] = A[m×k]·B[k×n] is column-major Cᵀ = Bᵀ·Aᵀ.
+                            let cfg = GemmConfig {
+                                transa: cublasOperation_t::CUBLAS_OP_N,
+                                transb: cublasOperation_t::CUBLAS_OP_N,
+                                m: n as i32,
+                                n: bucket as i32,
+                                k: k as i32,
+                                alpha: 1.0f32,
+                                lda: n as i32,
+                                ldb: k as i32,
+                                beta: 0.0f32,
+                                ldc: n as i32,
+                            };
+                            // SAFETY: `weight` holds k·n values, `cur` at least bucket·k,
+                            // `other` at least bucket·n (both sized for the widest layer);
+                            // all on this stream.
+                            unsafe { d.blas.gemm(cfg, weight, &*cur, &mut *other) }.map_err(gpu("cuBLAS sgemm"))?;
+                        }
+                        GemmWeight::Half(weight) => {
+                            let half = half.as_mut().expect("half precisions stage a half buffer");
+                            half_gemm(d, *precision, weight, &*cur, half, &mut *other, (bucket, k, n))?;
+                        }
+                    }
                     std::mem::swap(&mut cur, &mut other);
                     if let Some(bias) = bias {
                         let (r, c) = (bucket as i32, n as i32);

@@ -1,7 +1,7 @@
 //! The CUDA backend against the CPU path, on fresh random inputs. Runs for real where a
 //! GPU and the CUDA libraries are found; elsewhere it says it was skipped.
 
-use prism_kernels::cuda::{CudaDevice, GpuModel, probe};
+use prism_kernels::cuda::{CudaDevice, GpuModel, Precision, probe};
 use prism_kernels::testing::uniform;
 use prism_kernels::{CpuDevice, Layer, Model, Weight, builtin};
 
@@ -61,20 +61,32 @@ fn gpu_models_match_the_cpu_path() {
         return;
     }
     let cpu = CpuDevice::new(1).unwrap();
-    for (name, model) in [
-        ("mlp", builtin::mlp()),
-        ("celsius", builtin::celsius()),
-        ("every-op", every_op_model()),
+    // The thresholds of scripts/gpu-check: ‖gpu − cpu‖ / ‖cpu‖ per precision.
+    for (precision, tolerance) in [
+        (Precision::Fp32, 1e-5),
+        (Precision::Tf32, 1e-3),
+        (Precision::Bf16, 1e-2),
+        (Precision::Fp16, 1e-2),
     ] {
-        let mut gpu = GpuModel::upload(&model, CudaDevice::new(0).expect("open GPU 0")).expect("upload");
-        for rows in [1, 7, 32, 100] {
-            let x = uniform(rows * model.in_features(), rows as u64 + 10);
-            let view = ndarray::ArrayView2::from_shape((rows, model.in_features()), &x).unwrap();
-            let want = model.forward(&cpu, view).unwrap();
-            let got = gpu.forward(&x, rows).expect("forward");
-            let err = relative_error(&got, want.as_slice().unwrap());
-            eprintln!("{name} rows={rows}: relative error {err:.2e}");
-            assert!(err < 1e-5, "{name} rows={rows}: relative error {err:.2e}");
+        for (name, model) in [
+            ("mlp", builtin::mlp()),
+            ("celsius", builtin::celsius()),
+            ("every-op", every_op_model()),
+        ] {
+            let device = CudaDevice::new(0).expect("open GPU 0");
+            let mut gpu = GpuModel::upload(&model, device, precision).expect("upload");
+            for rows in [1, 7, 32, 100] {
+                let x = uniform(rows * model.in_features(), rows as u64 + 10);
+                let view = ndarray::ArrayView2::from_shape((rows, model.in_features()), &x).unwrap();
+                let want = model.forward(&cpu, view).unwrap();
+                let got = gpu.forward(&x, rows).expect("forward");
+                let err = relative_error(&got, want.as_slice().unwrap());
+                eprintln!("{precision} {name} rows={rows}: relative error {err:.2e}");
+                assert!(
+                    err < tolerance,
+                    "{precision} {name} rows={rows}: relative error {err:.2e}"
+                );
+            }
         }
     }
 }

@@ -104,9 +104,17 @@ impl Loaded {
     /// bucket (rows rounded up to a power of two). Smaller buckets add at most as much
     /// again, which the doubled bucket term covers.
     pub fn replica_memory(&self, spec: &Spec) -> u64 {
+        use prism_config::Precision;
         let bucket = spec.batching.max_batch_size.next_power_of_two();
-        let activations = 2 * bucket * self.model.widest() * 4;
-        (self.model.gpu_weight_bytes() + 2 * activations) as u64
+        let mut activations = 2 * bucket * self.model.widest() * 4;
+        let mut weights = self.model.gpu_weight_bytes();
+        if matches!(spec.precision, Precision::Bf16 | Precision::Fp16) {
+            // GEMM weights in 2 bytes (biases stay fp32: a rounding error), plus the
+            // half copy of a layer's input.
+            weights /= 2;
+            activations += bucket * self.model.widest() * 2;
+        }
+        (weights + 2 * activations) as u64
     }
 }
 
@@ -214,6 +222,7 @@ impl Deployment {
                 device,
                 faults: spec.fault_injection.clone(),
                 retries: spec.retries.clone(),
+                precision: spec.precision,
                 metrics: replica_metrics.clone(),
                 stats: Arc::clone(&stats),
                 done: done_tx.clone(),

@@ -326,6 +326,7 @@ async fn model_config(State(app): App, path: ModelParam) -> Result<axum::Json<Va
         }],
         "parameters": {
             "threads": { "string_value": s.actor.threads.to_string() },
+            "precision": { "string_value": s.precision.to_string() },
         },
     })))
 }

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView2, Axis, s};
-use prism_config::{FaultInjection, Retries};
+use prism_config::{FaultInjection, Precision, Retries};
 use prism_kernels::cuda::{CudaDevice, GpuModel};
 use prism_kernels::{CpuDevice, Device, Model};
 use prometheus::{Histogram, IntCounter, IntCounterVec};
@@ -45,6 +45,7 @@ pub struct ReplicaSpec {
     pub threads: usize,
     pub faults: FaultInjection,
     pub retries: Retries,
+    pub precision: Precision,
     pub metrics: ReplicaMetrics,
     pub stats: Arc<ModelStats>,
     /// Where the replica reports its index after each batch.
@@ -72,7 +73,7 @@ impl Backend {
         match &spec.device {
             Device::Cpu(cpu) => Backend::Cpu(cpu.clone()),
             Device::Cuda { ordinal } => {
-                match CudaDevice::new(*ordinal).and_then(|d| GpuModel::upload(&spec.model, d)) {
+                match CudaDevice::new(*ordinal).and_then(|d| GpuModel::upload(&spec.model, d, spec.precision)) {
                     Ok(model) => Backend::Cuda(Box::new(model)),
                     Err(e) => {
                         tracing::error!(model = %spec.model_name, replica = spec.index, gpu = ordinal, error = %e,
@@ -91,6 +92,10 @@ impl Backend {
 fn run(spec: ReplicaSpec, rx: Receiver<Batch>) {
     tracing::debug!(model = %spec.model_name, replica = spec.index, device = %spec.device.location(), "replica started");
     let mut backend = Backend::open(&spec);
+    if matches!(backend, Backend::Cpu(_)) && spec.precision != Precision::Fp32 {
+        tracing::info!(model = %spec.model_name, replica = spec.index, precision = %spec.precision,
+            "precision applies to GPU replicas; this one computes in fp32 on the CPU");
+    }
     while let Ok(batch) = rx.recv() {
         // The model's own panics are caught inside; this guards the replica's bookkeeping,
         // so the thread (and its slot in the batcher) survives whatever one batch does.

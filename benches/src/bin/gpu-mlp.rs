@@ -1,10 +1,11 @@
-//! The default MLP on a GPU: throughput at batch 1, 32, 256 and 1024 (fp32), and its
-//! relative error against the CPU path on the same random inputs. Prints one line per
-//! batch size; `scripts/gpu-check` puts them beside PyTorch's.
+//! The default MLP on a GPU: throughput at batch 1, 32, 256 and 1024, in fp32 and bf16
+//! (and tf32, fp16), and its relative error against the CPU path on the same random
+//! inputs. Prints one line per precision and batch size; `scripts/gpu-check` puts them
+//! beside PyTorch's.
 
 use std::time::{Duration, Instant};
 
-use prism_kernels::cuda::{CudaDevice, GpuModel, probe};
+use prism_kernels::cuda::{CudaDevice, GpuModel, Precision, probe};
 use prism_kernels::testing::uniform;
 use prism_kernels::{CpuDevice, builtin};
 
@@ -15,16 +16,26 @@ fn main() {
         Err(why) => return println!("skipped: {why}"),
     }
     let model = builtin::mlp();
-    let mut gpu = GpuModel::upload(&model, CudaDevice::new(0).expect("open GPU 0")).expect("upload the MLP");
     let cpu = CpuDevice::new(1).expect("a CPU device");
-    println!("{:<8}{:>14}{:>14}{:>16}", "batch", "rows/s", "ms/batch", "rel. error");
+    println!(
+        "{:<10}{:<8}{:>14}{:>14}{:>16}",
+        "precision", "batch", "rows/s", "ms/batch", "rel. error"
+    );
+    for precision in [Precision::Fp32, Precision::Tf32, Precision::Bf16, Precision::Fp16] {
+        let device = CudaDevice::new(0).expect("open GPU 0");
+        let mut gpu = GpuModel::upload(&model, device, precision).expect("upload the MLP");
+        run(&model, &cpu, &mut gpu, precision);
+    }
+}
+
+fn run(model: &prism_kernels::Model, cpu: &CpuDevice, gpu: &mut GpuModel, precision: Precision) {
     for rows in [1usize, 32, 256, 1024] {
         let x = uniform(rows * 784, rows as u64)
             .into_iter()
             .map(f32::abs)
             .collect::<Vec<_>>();
         let want = model
-            .forward(&cpu, ndarray::ArrayView2::from_shape((rows, 784), &x).expect("shape"))
+            .forward(cpu, ndarray::ArrayView2::from_shape((rows, 784), &x).expect("shape"))
             .expect("CPU forward");
         let got = gpu.forward(&x, rows).expect("GPU forward");
         let diff: f64 = got.iter().zip(want.iter()).map(|(g, c)| ((g - c) as f64).powi(2)).sum();
@@ -41,7 +52,7 @@ fn main() {
         }
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "{rows:<8}{:>14.0}{:>14.3}{:>16.2e}",
+            "{precision:<10}{rows:<8}{:>14.0}{:>14.3}{:>16.2e}",
             (n * rows) as f64 / secs,
             secs * 1e3 / n as f64,
             err
