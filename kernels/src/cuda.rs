@@ -49,7 +49,9 @@ pub fn probe() -> Result<usize, String> {
 }
 
 /// Allocates page-locked host memory on one card's context: what the object store keeps
-/// its objects in when a GPU is present, so a GPU replica's copies from them are DMA.
+/// its objects in when a GPU is present, so that copies from objects to a card can be
+/// direct DMA. (A GPU replica still stages a batch through its own page-locked buffer
+/// today: the object's rows are copied there by the CPU first.)
 #[derive(Clone)]
 pub struct PinnedAllocator {
     ctx: Arc<CudaContext>,
@@ -100,7 +102,12 @@ impl Drop for PinnedBytes {
     /// The last owner may be any thread: the free needs the allocation's context bound to
     /// it (the slice itself then frees the memory).
     fn drop(&mut self) {
-        let _ = self.buf.context().bind_to_thread();
+        let ctx = self.buf.context();
+        // `bind_to_thread` first hands back (and clears) an error stored by an earlier
+        // failed call, without binding: then bind again.
+        if ctx.bind_to_thread().is_err() {
+            let _ = ctx.bind_to_thread();
+        }
     }
 }
 
@@ -188,6 +195,7 @@ pub enum Precision {
     /// bf16 weights and GEMM inputs, fp32 accumulation and outputs (cublasGemmEx).
     Bf16,
     /// fp16 weights and GEMM inputs, fp32 accumulation and outputs (cublasGemmEx).
+    /// Values beyond ±65504 become ±inf.
     Fp16,
 }
 
@@ -274,7 +282,7 @@ fn half_gemm(
             cudaDataType_t::CUDA_R_32F,
             n as i32,
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }
     .map_err(gpu("cuBLAS gemmEx"))
@@ -459,6 +467,12 @@ impl GpuModel {
         rows: usize,
     ) -> Result<&'a mut Staging, GpuError> {
         let bucket = rows.next_power_of_two();
+        // The kernels count elements in 32-bit ints.
+        if bucket.saturating_mul(widest.max(in_features).max(out_features)) > i32::MAX as usize {
+            return Err(GpuError(format!(
+                "a batch of {rows} rows of up to {widest} values exceeds 2^31 elements per buffer"
+            )));
+        }
         if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(bucket) {
             // SAFETY: the buffers are written before they are read (input by the caller,
             // output by the copy back), and live as long as this model.

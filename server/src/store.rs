@@ -151,8 +151,8 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// An object's memory: page-locked when a GPU is present (a GPU replica's copies from it
-/// are DMA), aligned heap memory otherwise.
+/// An object's memory: page-locked when a GPU is present (so copies from it to a card can
+/// be direct DMA), aligned heap memory otherwise.
 pub enum Buffer {
     Heap(AlignedBuf),
     Pinned(PinnedBytes),
