@@ -50,6 +50,22 @@ pub fn encode_tensor(name: &str, dtype: DType, data: &TensorData, out: &mut Vec<
                 out.extend_from_slice(&(v as f64).to_le_bytes());
             }
         }
+        // JSON numbers into an integer type: whole and in range, or refused (never
+        // rounded or saturated). JSON integers beyond 2^53 have lost digits already.
+        (
+            DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::U32 | DType::I32 | DType::U64 | DType::I64,
+            TensorData::Numbers(numbers),
+        ) => {
+            let whole = numbers
+                .iter()
+                .map(|&v| {
+                    (v.fract() == 0.0 && v.is_finite())
+                        .then_some(v as i128)
+                        .ok_or_else(|| fail(format!("{v} is not a whole number, as {dtype} needs")))
+                })
+                .collect::<Result<Vec<i128>, _>>()?;
+            return encode_tensor(name, dtype, &TensorData::Integers(whole), out);
+        }
         (
             DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::U32 | DType::I32 | DType::U64 | DType::I64,
             TensorData::Integers(values),

@@ -95,6 +95,17 @@ pub struct ObjectStoreConfig {
 /// The longest time-to-live an object may have: a week.
 pub const MAX_TTL_S: f64 = 7.0 * 86_400.0;
 
+/// An object's time-to-live from seconds: above 0 and at most [`MAX_TTL_S`].
+pub fn ttl(seconds: f64) -> Result<Duration, String> {
+    if seconds > 0.0 && seconds <= MAX_TTL_S {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(format!(
+            "expected seconds above 0 and at most {MAX_TTL_S}, got {seconds}"
+        ))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub http_addr: SocketAddr,
@@ -199,6 +210,21 @@ pub struct FaultInjection {
 }
 
 impl FaultInjection {
+    /// From its three keys as written, in a deployment file or in a task's options:
+    /// rates between 0 and 1, `delay_ms` up to an hour; `delay_ms` alone delays every
+    /// execution. An error is `(key, reason)`.
+    pub fn from_parts(
+        error_rate: Option<f64>,
+        delay_ms: Option<f64>,
+        delay_rate: Option<f64>,
+    ) -> Result<Self, (String, String)> {
+        Ok(FaultInjection {
+            error_rate: fraction("error_rate", error_rate)?,
+            delay: seconds("delay_ms", delay_ms.unwrap_or(0.0), 1e-3, 3_600_000.0)?,
+            delay_rate: fraction("delay_rate", delay_rate.or(delay_ms.map(|_| 1.0)))?,
+        })
+    }
+
     pub fn is_active(&self) -> bool {
         self.error_rate > 0.0 || (self.delay_rate > 0.0 && !self.delay.is_zero())
     }
@@ -346,11 +372,7 @@ fn validate_object_store(o: &raw::ObjectStore, base_dir: Option<&Path>) -> Resul
         Some(base) if p.is_relative() => base.join(p),
         _ => p.clone(),
     });
-    let ttl = o.default_ttl_s.unwrap_or(600.0);
-    if ttl <= 0.0 {
-        return invalid("default_ttl_s", format!("must be positive, got {ttl}"));
-    }
-    let default_ttl = seconds("default_ttl_s", ttl, 1.0, MAX_TTL_S)?;
+    let default_ttl = ttl(o.default_ttl_s.unwrap_or(600.0)).map_err(|e| ("default_ttl_s".to_owned(), e))?;
     Ok(ObjectStoreConfig {
         memory,
         spill_dir,
@@ -442,11 +464,8 @@ fn validate_deployment(
 
     let fault_injection = match &d.fault_injection {
         None => FaultInjection::default(),
-        Some(f) => FaultInjection {
-            error_rate: fraction("fault_injection.error_rate", f.error_rate)?,
-            delay: seconds("fault_injection.delay_ms", f.delay_ms.unwrap_or(0.0), 1e-3, 3_600_000.0)?,
-            delay_rate: fraction("fault_injection.delay_rate", f.delay_rate.or(f.delay_ms.map(|_| 1.0)))?,
-        },
+        Some(f) => FaultInjection::from_parts(f.error_rate, f.delay_ms, f.delay_rate)
+            .map_err(|(k, r)| (format!("fault_injection.{k}"), r))?,
     };
 
     let max_retries = in_range("max_retries", d.max_retries, 3, 0, 100)? as u32;
@@ -656,10 +675,15 @@ fn validate_pipeline(p: &raw::Pipeline, deployments: &[Deployment]) -> Result<Pi
             }
             (None, Some(op)) => {
                 let op: prism_kernels::TaskOp = op.parse().map_err(|e: String| (format!("{key}.op"), e))?;
-                if s.inputs.len() != op.arity() {
+                if op.check_arity(s.inputs.len()).is_err() {
+                    let n = op.arity();
                     return invalid(
                         &format!("{key}.inputs"),
-                        format!("op `{op}` takes {} inputs, got {}", op.arity(), s.inputs.len()),
+                        format!(
+                            "op `{op}` takes {n} input{}, got {}",
+                            if n == 1 { "" } else { "s" },
+                            s.inputs.len()
+                        ),
                     );
                 }
                 StepKind::Op(op)

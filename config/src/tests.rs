@@ -172,6 +172,6 @@ fn object_store_keys_are_checked() {
     assert!(
         error(&file("object_store_memory = 10")).contains("object_store.object_store_memory: must be at least 1048576")
     );
-    assert!(error(&file("default_ttl_s = 0")).contains("object_store.default_ttl_s: must be positive"));
+    assert!(error(&file("default_ttl_s = 0")).contains("object_store.default_ttl_s: expected seconds above 0"));
     assert!(error(&file("spill = 1")).contains("unknown field `spill`"));
 }

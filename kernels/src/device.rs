@@ -83,6 +83,11 @@ impl CpuDevice {
         Ok(CpuDevice { pool, threads })
     }
 
+    /// One thread, the caller's: no pool, so it cannot fail.
+    pub fn single() -> Self {
+        CpuDevice { pool: None, threads: 1 }
+    }
+
     pub fn threads(&self) -> usize {
         self.threads
     }

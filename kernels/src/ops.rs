@@ -4,7 +4,7 @@
 //! PyTorch's `nn.Linear` layout (`[out, in]`) is used in place, transposed by strides,
 //! never copied. The element-wise ops work in place on their input.
 
-use ndarray::{Array2, ArrayView2, Axis, Zip};
+use ndarray::{Array, Array2, ArrayView2, Axis, Dimension};
 
 use crate::device::CpuDevice;
 use crate::error::KernelError;
@@ -164,15 +164,15 @@ pub fn add_row(x: &mut Array2<f32>, t: &[f32]) -> Result<(), KernelError> {
     Ok(())
 }
 
-pub fn relu(x: &mut Array2<f32>) {
+pub fn relu<D: Dimension>(x: &mut Array<f32, D>) {
     x.mapv_inplace(|v| v.max(0.0));
 }
 
-pub fn sigmoid(x: &mut Array2<f32>) {
+pub fn sigmoid<D: Dimension>(x: &mut Array<f32, D>) {
     x.mapv_inplace(|v| 1.0 / (1.0 + (-v).exp()));
 }
 
-pub fn tanh(x: &mut Array2<f32>) {
+pub fn tanh<D: Dimension>(x: &mut Array<f32, D>) {
     x.mapv_inplace(f32::tanh);
 }
 
@@ -186,14 +186,18 @@ pub fn gelu(x: &mut Array2<f32>, tanh_approximation: bool) {
     }
 }
 
-/// Softmax over each row, shifted by the row's maximum so large logits cannot overflow.
-pub fn softmax(x: &mut Array2<f32>) {
-    Zip::from(x.axis_iter_mut(Axis(0))).for_each(|mut row| {
-        let max = row.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        row.mapv_inplace(|v| (v - max).exp());
-        let sum = row.sum();
-        row.mapv_inplace(|v| v / sum);
-    });
+/// Softmax over the last axis (each row of a matrix), shifted by the lane's maximum so
+/// large logits cannot overflow.
+pub fn softmax<D: Dimension>(x: &mut Array<f32, D>) {
+    let Some(last) = x.ndim().checked_sub(1) else {
+        return;
+    };
+    for mut lane in x.lanes_mut(Axis(last)) {
+        let max = lane.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        lane.mapv_inplace(|v| (v - max).exp());
+        let sum = lane.sum();
+        lane.mapv_inplace(|v| v / sum);
+    }
 }
 
 #[cfg(test)]

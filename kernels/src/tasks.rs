@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ndarray::{ArrayD, ArrayViewD, Axis, Ix2, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, Ix2, IxDyn};
 
 use crate::device::CpuDevice;
 use crate::ops;
@@ -76,17 +76,18 @@ impl TaskOp {
         }
     }
 
+    /// Whether `n` arguments are what the op takes.
+    pub fn check_arity(self, n: usize) -> Result<(), String> {
+        if n == self.arity() {
+            return Ok(());
+        }
+        let s = if self.arity() == 1 { "" } else { "s" };
+        Err(format!("{} takes {} argument{s}, got {n}", self.name(), self.arity()))
+    }
+
     /// The shape of the result for arguments of `shapes`, or why they do not fit.
     pub fn output_shape(self, shapes: &[&[usize]]) -> Result<Vec<usize>, String> {
-        if shapes.len() != self.arity() {
-            return Err(format!(
-                "{} takes {} argument{}, got {}",
-                self.name(),
-                self.arity(),
-                if self.arity() == 1 { "" } else { "s" },
-                shapes.len()
-            ));
-        }
+        self.check_arity(shapes.len())?;
         match self {
             TaskOp::Matmul => match (shapes[0], shapes[1]) {
                 ([m, k], [k2, n]) if k == k2 => Ok(vec![*m, *n]),
@@ -135,29 +136,24 @@ impl TaskOp {
             TaskOp::Div => &args[0] / &args[1],
             // Summed in f64: a long tensor of f32 loses digits otherwise.
             TaskOp::Sum => scalar(args[0].iter().map(|&v| f64::from(v)).sum::<f64>() as f32),
-            TaskOp::Mean => {
-                let n = args[0].len().max(1) as f64;
-                scalar((args[0].iter().map(|&v| f64::from(v)).sum::<f64>() / n) as f32)
-            }
+            // The mean of nothing is NaN, as numpy's.
+            TaskOp::Mean => scalar((args[0].iter().map(|&v| f64::from(v)).sum::<f64>() / args[0].len() as f64) as f32),
             TaskOp::Square => unary(|v| v * v),
             TaskOp::Neg => unary(|v| -v),
-            TaskOp::Relu => unary(|v| v.max(0.0)),
-            TaskOp::Sigmoid => unary(|v| 1.0 / (1.0 + (-v).exp())),
-            TaskOp::Tanh => unary(f32::tanh),
-            TaskOp::Softmax => {
-                let mut x = args[0].to_owned();
-                let last = Axis(x.ndim() - 1);
-                for mut lane in x.lanes_mut(last) {
-                    let max = lane.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    lane.mapv_inplace(|v| (v - max).exp());
-                    let sum = lane.sum();
-                    lane.mapv_inplace(|v| v / sum);
-                }
-                x
-            }
+            TaskOp::Relu => in_place(&args[0], ops::relu),
+            TaskOp::Sigmoid => in_place(&args[0], ops::sigmoid),
+            TaskOp::Tanh => in_place(&args[0], ops::tanh),
+            TaskOp::Softmax => in_place(&args[0], ops::softmax),
             TaskOp::Transpose => args[0].t().as_standard_layout().into_owned(),
         })
     }
+}
+
+/// A copy of `x` with `op` applied, the layer ops reused over any rank.
+fn in_place(x: &ArrayViewD<'_, f32>, op: fn(&mut ArrayD<f32>)) -> ArrayD<f32> {
+    let mut y = x.to_owned();
+    op(&mut y);
+    y
 }
 
 fn scalar(v: f32) -> ArrayD<f32> {

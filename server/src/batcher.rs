@@ -201,7 +201,7 @@ impl BatcherHandle {
 }
 
 /// Batches a replica may hold: the one it runs and one prefetched.
-const REPLICA_SLOTS: usize = 2;
+pub(crate) const REPLICA_SLOTS: usize = 2;
 
 /// A replica as the batcher sees it: where to send batches and how many it holds.
 pub struct ReplicaSlot {

@@ -3,6 +3,9 @@
 //!
 //! Every refusal names the input and says what was expected and what came.
 
+use std::time::Duration;
+
+use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use ndarray::Array2;
 use prism_client::DType;
@@ -74,22 +77,43 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
-/// Splits a body into its JSON header and binary part, reading
-/// `Inference-Header-Content-Length` when present.
-pub fn split_body(body: &Bytes, header_len: Option<&str>) -> Result<(Bytes, Bytes), ApiError> {
-    let Some(len) = header_len else {
-        return Ok((body.clone(), Bytes::new()));
+/// Refuses a compressed body: every V2 route reads bodies as sent.
+pub fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(header::CONTENT_ENCODING) {
+        Some(e) if !e.as_bytes().eq_ignore_ascii_case(b"identity") => Err(ApiError::UnsupportedEncoding(
+            String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `Inference-Header-Content-Length`: the length of a binary body's JSON header, if the
+/// body is binary.
+pub fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(v) = headers.get(v2::HEADER_LENGTH) else {
+        return Ok(None);
     };
-    let len: usize = len
-        .trim()
-        .parse()
-        .map_err(|_| bad(format!("{}: expected a byte count, got {len:?}", v2::HEADER_LENGTH)))?;
+    let len: usize = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| bad(format!("{}: expected a byte count, got {v:?}", v2::HEADER_LENGTH)))?;
     if len == 0 {
         return Err(bad(format!(
             "{} is 0 (a raw binary request without a JSON header), which Prism does not support; send a JSON header",
             v2::HEADER_LENGTH
         )));
     }
+    Ok(Some(len))
+}
+
+/// A V2 body as `(JSON header, binary part)`: checks its encoding and splits it where
+/// `Inference-Header-Content-Length` says (the binary part is empty for a JSON body).
+pub fn body_parts(headers: &HeaderMap, body: &Bytes) -> Result<(Bytes, Bytes), ApiError> {
+    check_encoding(headers)?;
+    let Some(len) = header_length(headers)? else {
+        return Ok((body.clone(), Bytes::new()));
+    };
     if len > body.len() {
         return Err(bad(format!(
             "{} says the JSON header is {len} bytes, but the whole body is only {} bytes",
@@ -100,17 +124,63 @@ pub fn split_body(body: &Bytes, header_len: Option<&str>) -> Result<(Bytes, Byte
     Ok((body.slice(..len), body.slice(len..)))
 }
 
-/// Parses and validates a request for `spec`. `binary` is the part of the body after the
-/// JSON header (empty for a JSON-only request).
-pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, ApiError> {
-    let request: InferRequest = v2::from_slice(header).map_err(|e| {
+/// Parses an inference request's JSON header.
+pub fn parse_request(header: &[u8]) -> Result<InferRequest, ApiError> {
+    v2::from_slice(header).map_err(|e| {
         let hint = if e.to_string().starts_with("trailing characters") {
             format!(" (a body with binary tensors needs the {} header)", v2::HEADER_LENGTH)
         } else {
             String::new()
         };
         bad(format!("invalid inference request JSON: {e}{hint}"))
-    })?;
+    })
+}
+
+/// The object an input names with `parameters.object_ref` (Prism's extension), if any;
+/// an input may not carry data as well.
+pub fn input_ref(input: &v2::InferInput) -> Result<Option<ObjectRef>, ApiError> {
+    let Some(v) = input.parameters.as_ref().and_then(|p| p.get("object_ref")) else {
+        return Ok(None);
+    };
+    let name = &input.name;
+    let r: ObjectRef = v
+        .as_str()
+        .ok_or_else(|| {
+            bad(format!(
+                "input `{name}`: parameter `object_ref` must be a string (an object ref), got {v}"
+            ))
+        })?
+        .parse()
+        .map_err(|e| bad(format!("input `{name}`: {e}")))?;
+    if input.data.is_some() || v2::binary_data_size(input.parameters.as_ref()).is_some() {
+        return Err(bad(format!("input `{name}`: has both `object_ref` and data; send one")));
+    }
+    Ok(Some(r))
+}
+
+/// The request's deadline: Triton's `timeout` parameter (microseconds) or Prism's
+/// `timeout_ms`.
+pub fn request_timeout(parameters: Option<&Parameters>) -> Result<Option<Duration>, ApiError> {
+    let parameter = |key: &str| parameters.and_then(|p| p.get(key));
+    let positive = |key: &str, unit: &str, v: &serde_json::Value| {
+        v.as_u64().filter(|&n| n > 0).ok_or_else(|| {
+            bad(format!(
+                "parameter `{key}`: expected a positive number of {unit}, got {v}"
+            ))
+        })
+    };
+    match (parameter("timeout"), parameter("timeout_ms")) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(bad("give either `timeout` (microseconds) or `timeout_ms`, not both")),
+        (Some(v), None) => Ok(Some(Duration::from_micros(positive("timeout", "microseconds", v)?))),
+        (None, Some(v)) => Ok(Some(Duration::from_millis(positive("timeout_ms", "milliseconds", v)?))),
+    }
+}
+
+/// Parses and validates a request for `spec`. `binary` is the part of the body after the
+/// JSON header (empty for a JSON-only request).
+pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, ApiError> {
+    let request = parse_request(header)?;
     let model = &spec.name;
     let want = &spec.input;
 
@@ -132,22 +202,9 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
             want.name
         )));
     };
-    let name = &input.name;
-    let source = match input.parameters.as_ref().and_then(|p| p.get("object_ref")) {
+    let source = match input_ref(input)? {
         None => Source::Inline(inline_rows(spec, input, binary)?),
-        Some(v) => {
-            let r: ObjectRef = v
-                .as_str()
-                .ok_or_else(|| {
-                    bad(format!(
-                        "input `{name}`: parameter `object_ref` must be a string (an object ref), got {v}"
-                    ))
-                })?
-                .parse()
-                .map_err(|e| bad(format!("input `{name}`: {e}")))?;
-            if input.data.is_some() || v2::binary_data_size(input.parameters.as_ref()).is_some() {
-                return Err(bad(format!("input `{name}`: has both `object_ref` and data; send one")));
-            }
+        Some(r) => {
             if !binary.is_empty() {
                 return Err(bad(format!(
                     "the body has {} bytes of binary data after the JSON header, but no input has `binary_data_size`",
@@ -174,25 +231,7 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
             output_ref = v2::bool_parameter(o.parameters.as_ref(), "object_ref").unwrap_or(false);
         }
     }
-    let parameter = |key: &str| request.parameters.as_ref().and_then(|p| p.get(key));
-    let timeout = match (parameter("timeout"), parameter("timeout_ms")) {
-        (None, None) => None,
-        (Some(_), Some(_)) => return Err(bad("give either `timeout` (microseconds) or `timeout_ms`, not both")),
-        (Some(v), None) => Some(std::time::Duration::from_micros(
-            v.as_u64().filter(|&us| us > 0).ok_or_else(|| {
-                bad(format!(
-                    "parameter `timeout`: expected a positive number of microseconds, got {v}"
-                ))
-            })?,
-        )),
-        (None, Some(v)) => Some(std::time::Duration::from_millis(
-            v.as_u64().filter(|&ms| ms > 0).ok_or_else(|| {
-                bad(format!(
-                    "parameter `timeout_ms`: expected a positive number of milliseconds, got {v}"
-                ))
-            })?,
-        )),
-    };
+    let timeout = request_timeout(request.parameters.as_ref())?;
     Ok(Decoded {
         id: request.id,
         input: source,
@@ -269,18 +308,9 @@ fn inline_rows(spec: &Spec, input: &v2::InferInput, binary: &Bytes) -> Result<Ar
                     data.len()
                 )));
             }
-            values.reserve_exact(count);
-            match data {
-                TensorData::F32(v) => values.extend_from_slice(v),
-                TensorData::Integers(v) => values.extend(v.iter().map(|&x| x as f32)),
-                TensorData::Numbers(v) => values.extend(v.iter().map(|&x| x as f32)),
-                TensorData::Bools(v) => values.extend(v.iter().map(|&b| f32::from(u8::from(b)))),
-                TensorData::Strings(_) => {
-                    return Err(bad(format!(
-                        "input `{name}`: datatype {dtype} needs numbers, got strings"
-                    )));
-                }
-            }
+            values = data
+                .to_f32()
+                .ok_or_else(|| bad(format!("input `{name}`: datatype {dtype} needs numbers, got strings")))?;
         }
         (None, Some(size)) => {
             let elem = dtype.size().expect("numeric types have a size");

@@ -39,18 +39,6 @@ pub enum InferError {
 }
 
 impl InferError {
-    /// The `reason` label of the failure metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            InferError::Model { .. } => "model_error",
-            InferError::Panicked { .. } => "replica_crash",
-            InferError::InjectedFault { .. } => "injected_fault",
-            InferError::Lost { .. } => "lost",
-            InferError::ShuttingDown { .. } => "shutting_down",
-            InferError::Retried { last, .. } => last.kind(),
-        }
-    }
-
     /// The error kind `retry_exceptions` names (`InjectedFault`, `ModelError`), or
     /// `Panic` for a system failure; `None` for what is never retried.
     pub fn retry_kind(&self) -> Option<&'static str> {
@@ -90,6 +78,10 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("Content-Encoding `{0}` is not supported; send the request body uncompressed")]
     UnsupportedEncoding(String),
+    #[error(
+        "`{0}` is a pipeline: it has metadata, readiness and inference, not this route (Triton's config and statistics are per deployment)"
+    )]
+    IsPipeline(String),
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
     #[error(transparent)]
@@ -106,9 +98,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } | ApiError::NoRoute { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::ModelNotFound(_)
+            | ApiError::VersionNotFound { .. }
+            | ApiError::NoRoute { .. }
+            | ApiError::IsPipeline(_) => StatusCode::NOT_FOUND,
             ApiError::QueueFull { .. } | ApiError::NotReady(_) | ApiError::DeadlineExceeded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -125,13 +118,31 @@ impl ApiError {
         }
     }
 
+    /// The error kind an object keeps when the work that should produce it failed with
+    /// this error: the retry kinds, `Timeout`, `ShapeError`, `StoreFull`, or the kind of
+    /// the object it depended on.
+    pub fn failure_kind(&self) -> String {
+        match self {
+            ApiError::Infer(e) => e.retry_kind().unwrap_or("Unavailable").into(),
+            ApiError::DeadlineExceeded { .. } => "Timeout".into(),
+            ApiError::BadRequest(_) => "ShapeError".into(),
+            ApiError::Object(StoreError::Failed { failure, .. }) => failure.kind.clone(),
+            ApiError::Object(StoreError::Full { .. }) => "StoreFull".into(),
+            ApiError::Object(StoreError::NotFound(_)) => "ObjectLost".into(),
+            _ => "Unavailable".into(),
+        }
+    }
+
     /// The `outcome` label of the request metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) | ApiError::PayloadTooLarge { .. } | ApiError::UnsupportedEncoding(_) => {
                 "bad_request"
             }
-            ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } | ApiError::NoRoute { .. } => "not_found",
+            ApiError::ModelNotFound(_)
+            | ApiError::VersionNotFound { .. }
+            | ApiError::NoRoute { .. }
+            | ApiError::IsPipeline(_) => "not_found",
             ApiError::QueueFull { .. } => "rejected",
             ApiError::DeadlineExceeded { .. } => "timeout",
             ApiError::NotReady(_) | ApiError::Infer(InferError::ShuttingDown { .. }) => "unavailable",

@@ -86,32 +86,40 @@ impl AppState {
         }
     }
 
-    /// The pipeline a model path names, if it names one.
-    fn pipeline(&self, path: &Result<Path<ModelPath>, PathRejection>) -> Option<&Arc<Pipeline>> {
-        let Ok(Path(p)) = path else { return None };
-        self.pipelines_by_name
-            .get(&p.model)
-            .filter(|_| matches!(p.version.as_deref(), None | Some("") | Some(MODEL_VERSION)))
-    }
-
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::Release);
     }
 
-    fn lookup(&self, path: Result<Path<ModelPath>, PathRejection>) -> Result<&Arc<Deployment>, ApiError> {
+    /// The deployment or pipeline a model path names, its version checked.
+    fn resolve(&self, path: Result<Path<ModelPath>, PathRejection>) -> Result<Served<'_>, ApiError> {
         let Path(p) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        let d = self
-            .by_name
-            .get(&p.model)
-            .ok_or_else(|| ApiError::ModelNotFound(p.model.clone()))?;
+        let served = match (self.by_name.get(&p.model), self.pipelines_by_name.get(&p.model)) {
+            (Some(d), _) => Served::Deployment(d),
+            (None, Some(pipeline)) => Served::Pipeline(pipeline),
+            (None, None) => return Err(ApiError::ModelNotFound(p.model)),
+        };
         match p.version.as_deref() {
-            None | Some("") | Some(MODEL_VERSION) => Ok(d),
+            None | Some("") | Some(MODEL_VERSION) => Ok(served),
             Some(v) => Err(ApiError::VersionNotFound {
                 model: p.model.clone(),
                 version: v.to_owned(),
             }),
         }
     }
+
+    /// The deployment a model path names, for the routes pipelines do not have.
+    fn lookup(&self, path: Result<Path<ModelPath>, PathRejection>) -> Result<&Arc<Deployment>, ApiError> {
+        match self.resolve(path)? {
+            Served::Deployment(d) => Ok(d),
+            Served::Pipeline(p) => Err(ApiError::IsPipeline(p.name().to_owned())),
+        }
+    }
+}
+
+/// What a model name serves.
+enum Served<'a> {
+    Deployment(&'a Arc<Deployment>),
+    Pipeline(&'a Arc<Pipeline>),
 }
 
 #[derive(Deserialize)]
@@ -227,29 +235,31 @@ fn metadata_tensor(t: &prism_config::TensorSpec) -> MetadataTensor {
 }
 
 async fn model_metadata(State(app): App, path: ModelParam) -> Result<axum::Json<ModelMetadata>, ApiError> {
-    if let Some(p) = app.pipeline(&path) {
-        return Ok(axum::Json(ModelMetadata {
-            name: p.name().to_owned(),
-            versions: vec![MODEL_VERSION.into()],
-            platform: "prism_pipeline".into(),
-            inputs: p
-                .spec
-                .inputs
-                .iter()
-                .map(|t| MetadataTensor {
-                    name: t.name.clone(),
-                    datatype: t.datatype.to_string(),
-                    shape: t.shape.clone(),
-                })
-                .collect(),
-            outputs: vec![MetadataTensor {
-                name: p.spec.output_name.clone(),
-                datatype: p.output_datatype().to_string(),
-                shape: p.output_shape(),
-            }],
-        }));
-    }
-    let d = app.lookup(path)?;
+    let d = match app.resolve(path)? {
+        Served::Deployment(d) => d,
+        Served::Pipeline(p) => {
+            return Ok(axum::Json(ModelMetadata {
+                name: p.name().to_owned(),
+                versions: vec![MODEL_VERSION.into()],
+                platform: "prism_pipeline".into(),
+                inputs: p
+                    .spec
+                    .inputs
+                    .iter()
+                    .map(|t| MetadataTensor {
+                        name: t.name.clone(),
+                        datatype: t.datatype.to_string(),
+                        shape: t.shape.clone(),
+                    })
+                    .collect(),
+                outputs: vec![MetadataTensor {
+                    name: p.spec.output_name.clone(),
+                    datatype: p.output_datatype().to_string(),
+                    shape: p.output_shape(),
+                }],
+            }));
+        }
+    };
     Ok(axum::Json(ModelMetadata {
         name: d.name().to_owned(),
         versions: vec![MODEL_VERSION.into()],
@@ -260,9 +270,9 @@ async fn model_metadata(State(app): App, path: ModelParam) -> Result<axum::Json<
 }
 
 async fn model_ready(State(app): App, path: ModelParam) -> Result<StatusCode, ApiError> {
-    let ready = match app.pipeline(&path) {
-        Some(p) => p.is_ready(),
-        None => app.lookup(path)?.is_ready(),
+    let ready = match app.resolve(path)? {
+        Served::Deployment(d) => d.is_ready(),
+        Served::Pipeline(p) => p.is_ready(),
     };
     Ok(if ready {
         StatusCode::OK
@@ -318,17 +328,37 @@ async fn model_config(State(app): App, path: ModelParam) -> Result<axum::Json<Va
                 "max_queue_size": s.batching.max_queue_size,
             },
         },
-        "instance_group": [{
-            "name": format!("{}_0", s.name),
-            "kind": "KIND_CPU",
-            "count": s.num_replicas,
-            "gpus": [],
-        }],
+        "instance_group": instance_groups(d),
         "parameters": {
             "threads": { "string_value": s.actor.threads.to_string() },
             "precision": { "string_value": s.precision.to_string() },
         },
     })))
+}
+
+/// Triton's instance groups from where the replicas run: one `KIND_GPU` group per card
+/// computing replicas, one `KIND_CPU` group for the rest.
+fn instance_groups(d: &Deployment) -> Value {
+    let mut per_card: std::collections::BTreeMap<usize, usize> = Default::default();
+    let mut cpu = 0;
+    for r in d.replicas.iter().filter(|r| r.placement.runs()) {
+        match &r.placement {
+            crate::deployment::ReplicaPlacement::Gpu { cuda: Some(card), .. } => {
+                *per_card.entry(*card).or_default() += 1
+            }
+            _ => cpu += 1,
+        }
+    }
+    let mut groups: Vec<Value> = per_card
+        .into_iter()
+        .map(|(card, count)| {
+            json!({ "name": format!("{}_gpu{card}", d.name()), "kind": "KIND_GPU", "count": count, "gpus": [card] })
+        })
+        .collect();
+    if cpu > 0 {
+        groups.push(json!({ "name": format!("{}_0", d.name()), "kind": "KIND_CPU", "count": cpu, "gpus": [] }));
+    }
+    Value::Array(groups)
 }
 
 async fn model_stats(State(app): App, path: ModelParam) -> Result<axum::Json<Value>, ApiError> {
@@ -468,7 +498,8 @@ pub(crate) fn output_object(d: &Deployment, output: &ndarray::Array2<f32>) -> (M
 }
 
 /// A V2 answer whose output is in the store: `parameters.object_ref`, no data.
-fn ref_response(d: &Deployment, id: Option<String>, rows: usize, r: ObjectRef) -> InferResponse {
+/// `rows` is -1 when not known yet (the input object is still pending).
+fn ref_response(d: &Deployment, id: Option<String>, rows: i64, r: ObjectRef) -> InferResponse {
     let mut parameters = v2::Parameters::new();
     parameters.insert("object_ref".into(), r.to_string().into());
     InferResponse {
@@ -478,7 +509,7 @@ fn ref_response(d: &Deployment, id: Option<String>, rows: usize, r: ObjectRef) -
         parameters: None,
         outputs: vec![v2::InferOutput {
             name: d.spec.output.name.clone(),
-            shape: vec![rows as i64, d.spec.output.features as i64],
+            shape: vec![rows, d.spec.output.features as i64],
             datatype: d.spec.output.datatype.to_string(),
             parameters: Some(parameters),
             data: None,
@@ -499,13 +530,13 @@ fn infer_async(
     // What can be refused now is refused now: a full queue, an unknown input object.
     let (queued, n) = match input {
         Source::Inline(a) => {
-            let n = a.nrows();
+            let n = a.nrows() as i64;
             (Ok(d.submit(Rows::Owned(a))?), n)
         }
         Source::Object(r) => {
             let info = store.info(r)?;
-            let n = info.shape.as_ref().and_then(|s| s.first().copied());
-            (Err(r), n.unwrap_or(0))
+            let n = info.shape.as_ref().and_then(|s| s.first()).map_or(-1, |&n| n as i64);
+            (Err(r), n)
         }
     };
     let r = store.create_pending(Owner::Client { ttl: store.default_ttl });
@@ -524,20 +555,11 @@ fn infer_async(
             };
             deployment.answer(rx).await
         };
-        let answer = match timeout {
-            Some(t) => tokio::time::timeout(t, work).await.unwrap_or_else(|_| {
-                Err(ApiError::DeadlineExceeded {
-                    model: deployment.name().to_owned(),
-                    timeout: t,
-                })
-            }),
-            None => work.await,
-        };
+        let answer = within_deadline(&deployment, timeout, work).await;
         match answer {
             Ok(output) => {
                 let (meta, bytes) = output_object(&deployment, &output);
-                let s = Arc::clone(&store);
-                let _ = tokio::task::spawn_blocking(move || s.fulfil(r, meta, &bytes)).await;
+                store.fulfil_later(r, meta, bytes).await;
             }
             Err(e) => store.fail(r, inference_failure(&e)),
         }
@@ -546,33 +568,36 @@ fn infer_async(
     Ok((StatusCode::ACCEPTED, axum::Json(ref_response(d, id, n, r))).into_response())
 }
 
-/// What an object keeps when the inference that should produce it failed: the kind, the
-/// message, and how many times the batch ran.
-pub(crate) fn inference_failure(e: &ApiError) -> Failure {
-    match e {
-        ApiError::Infer(InferError::Retried { last, attempts }) => Failure {
-            kind: failure_kind(e).into(),
-            message: last.to_string(),
-            attempts: *attempts,
-        },
-        _ => Failure {
-            kind: failure_kind(e).into(),
-            message: e.to_string(),
-            attempts: 1,
-        },
+/// `work` (waiting for an input object, queueing, running), bounded by the request's
+/// deadline. Dropping it at the deadline takes the request out of its queue (the batcher
+/// skips requests nobody waits for) or discards its rows.
+async fn within_deadline<T>(
+    d: &Deployment,
+    timeout: Option<std::time::Duration>,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, work)
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded {
+                model: d.name().to_owned(),
+                timeout: t,
+            })?,
+        None => work.await,
     }
 }
 
-/// The error kind an object keeps when the inference that should produce it failed.
-pub fn failure_kind(e: &ApiError) -> &'static str {
-    match e {
-        ApiError::Infer(InferError::Retried { last, .. }) => failure_kind(&ApiError::Infer((**last).clone())),
-        ApiError::Infer(InferError::InjectedFault { .. }) => "InjectedFault",
-        ApiError::Infer(InferError::Panicked { .. }) => "Panic",
-        ApiError::Infer(InferError::Model { .. }) => "ModelError",
-        ApiError::DeadlineExceeded { .. } => "Timeout",
-        ApiError::BadRequest(_) => "ShapeError",
-        _ => "Unavailable",
+/// What an object keeps when the inference that should produce it failed: the kind, the
+/// message, and how many times the batch ran.
+pub(crate) fn inference_failure(e: &ApiError) -> Failure {
+    let (message, attempts) = match e {
+        ApiError::Infer(InferError::Retried { last, attempts }) => (last.to_string(), *attempts),
+        _ => (e.to_string(), 1),
+    };
+    Failure {
+        kind: e.failure_kind(),
+        message,
+        attempts,
     }
 }
 
@@ -585,25 +610,24 @@ fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
 }
 
 async fn infer(State(app): App, path: ModelParam, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    if let Some(p) = app.pipeline(&path) {
-        let body = body.map_err(|r| body_error(r, app.max_request_bytes));
-        let result = match body {
-            Ok(body) => pipeline::infer(&app, p, &headers, body).await,
-            Err(e) => Err(e),
-        };
-        return result.unwrap_or_else(|e| {
-            if e.status().is_server_error() {
-                tracing::warn!(pipeline = p.name(), error = %e, "pipeline failed");
-            }
-            e.into_response()
-        });
-    }
-    let started = Instant::now();
-    let d = match app.lookup(path) {
-        Ok(d) => Arc::clone(d),
+    let body = body.map_err(|r| body_error(r, app.max_request_bytes));
+    let d = match app.resolve(path) {
+        Ok(Served::Deployment(d)) => Arc::clone(d),
+        Ok(Served::Pipeline(p)) => {
+            let result = match body {
+                Ok(body) => pipeline::infer(&app, p, &headers, body).await,
+                Err(e) => Err(e),
+            };
+            return result.unwrap_or_else(|e| {
+                if e.status().is_server_error() {
+                    tracing::warn!(pipeline = p.name(), error = %e, "pipeline failed");
+                }
+                e.into_response()
+            });
+        }
         Err(e) => return e.into_response(),
     };
-    let body = body.map_err(|r| body_error(r, app.max_request_bytes));
+    let started = Instant::now();
     let result = run_infer(&app, &d, &headers, body).await;
     let elapsed = started.elapsed();
     let outcome = match &result {
@@ -631,42 +655,20 @@ async fn run_infer(
     headers: &HeaderMap,
     body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
-        && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
-        return Err(ApiError::UnsupportedEncoding(
-            String::from_utf8_lossy(encoding.as_bytes()).into_owned(),
-        ));
-    }
-    let header_len = match headers.get(v2::HEADER_LENGTH) {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest(format!("{}: not text", v2::HEADER_LENGTH)))?,
-        ),
-        None => None,
-    };
-    let (json_part, binary_part) = codec::split_body(&body, header_len)?;
+    let (json_part, binary_part) = codec::body_parts(headers, &body?)?;
     let request = codec::decode(&d.spec, &json_part, &binary_part)?;
     if request.run_async {
         return infer_async(app, d, request.input, request.id, request.timeout);
     }
-    let rows = match request.input {
-        Source::Inline(a) => Rows::Owned(a),
-        // Waits while the object is pending (the output of async work chained in).
-        Source::Object(r) => codec::object_rows(&d.spec, app.store.get(r, request.timeout).await?)?,
+    let work = async {
+        let rows = match request.input {
+            Source::Inline(a) => Rows::Owned(a),
+            // Waits while the object is pending (the output of async work chained in).
+            Source::Object(r) => codec::object_rows(&d.spec, app.store.get(r, None).await?)?,
+        };
+        d.infer(rows).await
     };
-    let output = match request.timeout {
-        // Dropping the pending answer at the deadline takes the request out of its queue
-        // (the batcher skips requests nobody waits for) or discards its rows.
-        Some(t) => tokio::time::timeout(t, d.infer(rows))
-            .await
-            .map_err(|_| ApiError::DeadlineExceeded {
-                model: d.name().to_owned(),
-                timeout: t,
-            })??,
-        None => d.infer(rows).await?,
-    };
+    let output = within_deadline(d, request.timeout, work).await?;
     if request.output_ref {
         let (meta, bytes) = output_object(d, &output);
         let store = Arc::clone(&app.store);
@@ -674,7 +676,7 @@ async fn run_infer(
         let r = tokio::task::spawn_blocking(move || store.put(meta, &bytes, owner))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??;
-        return Ok(axum::Json(ref_response(d, request.id, output.nrows(), r)).into_response());
+        return Ok(axum::Json(ref_response(d, request.id, output.nrows() as i64, r)).into_response());
     }
     let (header_bytes, tail) = codec::encode(&d.spec, MODEL_VERSION, request.id, &output, request.binary_output);
     if tail.is_empty() && !request.binary_output {

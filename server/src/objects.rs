@@ -22,6 +22,7 @@ use prism_kernels::TaskOp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::codec;
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::store::{Meta, ObjectRef, Owner, Store};
@@ -33,11 +34,9 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
-/// A tensor as a put, a task argument or an object's JSON answer writes it.
+/// A tensor as a put or a task argument writes it.
 #[derive(Debug, Deserialize)]
 pub struct JsonTensor {
-    #[serde(default)]
-    pub name: Option<String>,
     pub datatype: String,
     pub shape: Vec<i64>,
     #[serde(default)]
@@ -46,52 +45,57 @@ pub struct JsonTensor {
     pub parameters: Option<Parameters>,
 }
 
+/// A tensor's type and shape, checked; `what` names it in messages.
+pub fn tensor_meta(datatype: &str, shape: &[i64], what: &str) -> Result<Meta, ApiError> {
+    let datatype: DType = datatype.parse().map_err(|e| bad(format!("{what}: {e}")))?;
+    if !datatype.is_numeric() {
+        return Err(bad(format!(
+            "{what}: datatype BYTES cannot be stored; send a numeric datatype"
+        )));
+    }
+    let dims = shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| bad(format!("{what}: shape {shape:?} has a negative dimension"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let elements = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if elements
+        .and_then(|n| n.checked_mul(datatype.size().expect("numeric")))
+        .is_none()
+    {
+        return Err(bad(format!("{what}: shape {shape:?} is too large")));
+    }
+    Ok(Meta { datatype, shape: dims })
+}
+
+/// The little-endian bytes of JSON `data`, checked against `meta`.
+pub fn tensor_bytes(data: Option<&TensorData>, meta: &Meta, what: &str) -> Result<Vec<u8>, ApiError> {
+    let Some(data) = data else {
+        return Err(bad(format!("{what}: has no `data`")));
+    };
+    if data.len() != meta.elements() {
+        return Err(bad(format!(
+            "{what}: shape {:?} needs {} values, got {}",
+            meta.shape,
+            meta.elements(),
+            data.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(meta.bytes());
+    prism_client::binary::encode_tensor(what, meta.datatype, data, &mut out)
+        .map_err(|e| bad(format!("{what}: {e}")))?;
+    Ok(out)
+}
+
 impl JsonTensor {
-    /// The tensor's type and shape, checked; `what` names it in messages.
     pub fn meta(&self, what: &str) -> Result<Meta, ApiError> {
-        let datatype: DType = self.datatype.parse().map_err(|e| bad(format!("{what}: {e}")))?;
-        if !datatype.is_numeric() {
-            return Err(bad(format!(
-                "{what}: datatype BYTES cannot be stored; send a numeric datatype"
-            )));
-        }
-        let shape = self
-            .shape
-            .iter()
-            .map(|&d| {
-                usize::try_from(d).map_err(|_| bad(format!("{what}: shape {:?} has a negative dimension", self.shape)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if elements
-            .and_then(|n| n.checked_mul(datatype.size().expect("numeric")))
-            .is_none()
-        {
-            return Err(bad(format!("{what}: shape {:?} is too large", self.shape)));
-        }
-        Ok(Meta { datatype, shape })
+        tensor_meta(&self.datatype, &self.shape, what)
     }
 
-    /// The little-endian bytes of the JSON `data`, checked against the shape.
     pub fn bytes(&self, meta: &Meta, what: &str) -> Result<Vec<u8>, ApiError> {
-        let Some(data) = &self.data else {
-            return Err(bad(format!("{what}: has no `data`")));
-        };
-        if data.len() != meta.elements() {
-            return Err(bad(format!(
-                "{what}: shape {:?} needs {} values, got {}",
-                meta.shape,
-                meta.elements(),
-                data.len()
-            )));
-        }
-        let mut out = Vec::with_capacity(meta.bytes());
-        prism_client::binary::encode_tensor(what, meta.datatype, data, &mut out)
-            .map_err(|e| bad(format!("{what}: {e}")))?;
-        Ok(out)
+        tensor_bytes(self.data.as_ref(), meta, what)
     }
 
-    /// The tensor as `f32`, for a task.
+    /// The tensor as `f32`, for a task (converted as its datatype's bytes would be).
     pub fn to_array(&self, what: &str) -> Result<ArrayD<f32>, ApiError> {
         let meta = self.meta(what)?;
         let bytes = self.bytes(&meta, what)?;
@@ -105,18 +109,11 @@ impl JsonTensor {
 fn owner(store: &Store, parameters: Option<&Parameters>) -> Result<Owner, ApiError> {
     let ttl = match parameters.and_then(|p| p.get("ttl_s")) {
         None => store.default_ttl,
-        Some(v) => {
-            let t = v
-                .as_f64()
-                .filter(|t| *t > 0.0 && *t <= prism_config::MAX_TTL_S)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "parameter `ttl_s`: expected seconds above 0 and at most {}, got {v}",
-                        prism_config::MAX_TTL_S
-                    ))
-                })?;
-            Duration::from_secs_f64(t)
-        }
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| format!("expected a number of seconds, got {v}"))
+            .and_then(prism_config::ttl)
+            .map_err(|e| bad(format!("parameter `ttl_s`: {e}")))?,
     };
     Ok(Owner::Client { ttl })
 }
@@ -131,21 +128,8 @@ pub async fn put(State(app): App, headers: HeaderMap, body: Body) -> Result<Resp
     let store = &app.store;
     let limit = app.max_request_bytes;
     let mut stream = body.into_data_stream();
-    let header_len = match headers.get(v2::HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "{}: expected a positive byte count, got {v:?}",
-                        v2::HEADER_LENGTH
-                    ))
-                })?,
-        ),
-    };
+    codec::check_encoding(&headers)?;
+    let header_len = codec::header_length(&headers)?;
     // The JSON part: the whole body, or the announced header.
     let json_limit = header_len.unwrap_or(limit);
     if json_limit > limit {
@@ -280,12 +264,20 @@ pub async fn get(
     let data = prism_client::binary::decode_tensor("object", meta.datatype, lease.bytes())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     drop(lease);
-    let body = v2::to_vec(&json!({
-        "object_ref": r,
-        "datatype": meta.datatype,
-        "shape": meta.shape,
-        "data": data,
-    }))
+    /// Serialized straight from the values: no JSON tree per element.
+    #[derive(serde::Serialize)]
+    struct Object<'a> {
+        object_ref: ObjectRef,
+        datatype: DType,
+        shape: &'a [usize],
+        data: TensorData,
+    }
+    let body = v2::to_vec(&Object {
+        object_ref: r,
+        datatype: meta.datatype,
+        shape: &meta.shape,
+        data,
+    })
     .expect("serializes");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

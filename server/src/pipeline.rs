@@ -11,13 +11,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use prism_client::DType;
-use prism_client::v2::{self, InferOutput, InferRequest, InferResponse, Parameters};
+use prism_client::v2::{self, InferOutput, InferResponse, Parameters};
 use prism_config::{Pipeline as Spec, StepKind};
 use prism_kernels::TaskOp;
 
@@ -195,14 +194,22 @@ impl Pipeline {
                 }
             }
         };
-        let result: Result<(Meta, Vec<u8>), Failure> = match &self.runners[i] {
+        let failed = |mut f: Failure| {
+            f.message = format!("pipeline `{}`, step `{}`: {}", self.spec.name, step.name, f.message);
+            store.fail(out, f);
+        };
+        match &self.runners[i] {
             Runner::Model(d) => {
                 let (r, _) = refs[&step.inputs[0]];
                 let lease = store.get(r, None).await;
                 release();
-                match lease {
-                    Err(e) => Err(upstream(&step.inputs[0], e)),
+                let result = match lease {
+                    Err(e) => Err(Failure::upstream(&format!("input `{}`", step.inputs[0]), e)),
                     Ok(lease) => run_model(d, lease).await,
+                };
+                match result {
+                    Ok((meta, bytes)) => store.fulfil_later(out, meta, bytes).await,
+                    Err(f) => failed(f),
                 }
             }
             Runner::Op(op) => {
@@ -215,47 +222,16 @@ impl Pipeline {
                 };
                 let y = tasks.run(*op, args, &options).await;
                 release();
-                y.map(|y| {
-                    let y = y.as_standard_layout().into_owned();
-                    let meta = Meta {
-                        datatype: DType::F32,
-                        shape: y.shape().to_vec(),
-                    };
-                    (
-                        meta,
-                        bytemuck::cast_slice(y.as_slice().expect("standard layout")).to_vec(),
-                    )
-                })
-            }
-        };
-        match result {
-            Ok((meta, bytes)) => {
-                let s = Arc::clone(store);
-                let _ = tokio::task::spawn_blocking(move || s.fulfil(out, meta, &bytes)).await;
-            }
-            Err(mut f) => {
-                f.message = format!("pipeline `{}`, step `{}`: {}", self.spec.name, step.name, f.message);
-                store.fail(out, f);
+                match y {
+                    Ok(y) => store.fulfil_array(out, y).await,
+                    Err(f) => failed(f),
+                }
             }
         }
         // A step's output that nothing reads is not needed past here.
         if step.name != self.spec.output_step && !self.readers.contains_key(&step.name) {
             store.delete(out);
         }
-    }
-}
-
-fn upstream(name: &str, e: crate::store::StoreError) -> Failure {
-    match e {
-        crate::store::StoreError::Failed { failure, .. } => Failure {
-            message: format!("input `{name}` failed: {}", failure.message),
-            ..failure
-        },
-        other => Failure {
-            kind: "ObjectLost".into(),
-            message: format!("input `{name}`: {other}"),
-            attempts: 0,
-        },
     }
 }
 
@@ -267,19 +243,15 @@ async fn run_model(d: &Arc<Deployment>, lease: Lease) -> Result<(Meta, Vec<u8>),
 }
 
 /// The tensor of one request input: its datatype and shape, and its bytes from JSON
-/// `data` or from the binary part (`binary` is advanced past it).
-fn input_bytes(input: &v2::InferInput, binary: &mut Bytes) -> Result<(Meta, Vec<u8>), ApiError> {
+/// `data` or from the binary part (`binary` is advanced past it, without a copy).
+fn input_bytes(input: &v2::InferInput, binary: &mut Bytes) -> Result<(Meta, Bytes), ApiError> {
     let what = format!("input `{}`", input.name);
-    let tensor = crate::objects::JsonTensor {
-        name: Some(input.name.clone()),
-        datatype: input.datatype.clone(),
-        shape: input.shape.clone(),
-        data: input.data.clone(),
-        parameters: input.parameters.clone(),
-    };
-    let meta = tensor.meta(&what)?;
+    let meta = crate::objects::tensor_meta(&input.datatype, &input.shape, &what)?;
     match v2::binary_data_size(input.parameters.as_ref()) {
-        None => Ok((meta.clone(), tensor.bytes(&meta, &what)?)),
+        None => {
+            let bytes = crate::objects::tensor_bytes(input.data.as_ref(), &meta, &what)?;
+            Ok((meta, bytes.into()))
+        }
         Some(size) => {
             if input.data.is_some() {
                 return Err(bad(format!("{what}: has both `data` and `binary_data_size`; send one")));
@@ -293,7 +265,7 @@ fn input_bytes(input: &v2::InferInput, binary: &mut Bytes) -> Result<(Meta, Vec<
                     binary.len()
                 )));
             }
-            let bytes = binary.split_to(meta.bytes()).to_vec();
+            let bytes = binary.split_to(meta.bytes());
             Ok((meta, bytes))
         }
     }
@@ -330,10 +302,8 @@ fn fits(declared: &[i64], shape: &[usize]) -> bool {
 
 /// `POST /v2/models/{pipeline}/infer`.
 pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let header_len = headers.get(v2::HEADER_LENGTH).and_then(|v| v.to_str().ok());
-    let (json_part, mut binary) = codec::split_body(&body, header_len)?;
-    let request: InferRequest =
-        v2::from_slice(&json_part).map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
+    let (json_part, mut binary) = codec::body_parts(headers, &body)?;
+    let request = codec::parse_request(&json_part)?;
     for input in &request.inputs {
         if !p.spec.inputs.iter().any(|t| t.name == input.name) {
             let names: Vec<&str> = p.spec.inputs.iter().map(|t| t.name.as_str()).collect();
@@ -361,25 +331,20 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
         binary_output = v2::bool_parameter(o.parameters.as_ref(), "binary_data").unwrap_or(binary_output);
         output_ref = v2::bool_parameter(o.parameters.as_ref(), "object_ref").unwrap_or(false);
     }
-    let timeout = request
-        .parameters
-        .as_ref()
-        .and_then(|p| p.get("timeout_ms"))
-        .and_then(|v| v.as_u64())
-        .map(Duration::from_millis);
+    let timeout = codec::request_timeout(request.parameters.as_ref())?;
+    // One deadline for the whole request: waiting for ref inputs and for the answer.
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let left = || deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
 
     // The binary part belongs to the inputs in the order the request lists them.
     enum Given {
         Ref(ObjectRef),
-        Data(Meta, Vec<u8>),
+        Data(Meta, Bytes),
     }
     let mut given: HashMap<&str, Given> = HashMap::new();
     for input in &request.inputs {
-        let g = match input.parameters.as_ref().and_then(|p| p.get("object_ref")) {
-            Some(v) => Given::Ref(crate::objects::parse_ref(
-                v.as_str().unwrap_or_default(),
-                &format!("input `{}`", input.name),
-            )?),
+        let g = match codec::input_ref(input)? {
+            Some(r) => Given::Ref(r),
             None => {
                 let (meta, bytes) = input_bytes(input, &mut binary)?;
                 Given::Data(meta, bytes)
@@ -406,7 +371,7 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
         let (r, owned, shape) = match given.remove(t.name.as_str()) {
             None => return Err(bad(format!("input `{}` is missing", t.name))),
             Some(Given::Ref(r)) => {
-                let lease = store.get(r, timeout).await?;
+                let lease = store.get(r, left()).await?;
                 (r, false, lease.meta.shape.clone())
             }
             Some(Given::Data(meta, bytes)) => {
@@ -466,7 +431,7 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
         );
         return Ok((StatusCode::ACCEPTED, axum::Json(respond(o))).into_response());
     }
-    let lease = store.get(out, timeout).await?;
+    let lease = store.get(out, left()).await?;
     let meta = Arc::clone(&lease.meta);
     let shape: Vec<i64> = meta.shape.iter().map(|&d| d as i64).collect();
     if output_ref {

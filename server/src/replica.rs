@@ -54,7 +54,7 @@ pub struct ReplicaSpec {
 
 /// Starts a replica thread; returns the sender the batcher uses and the thread.
 pub fn spawn(spec: ReplicaSpec) -> std::io::Result<(SyncSender<Batch>, JoinHandle<()>)> {
-    let (tx, rx) = sync_channel::<Batch>(2);
+    let (tx, rx) = sync_channel::<Batch>(crate::batcher::REPLICA_SLOTS);
     let thread = std::thread::Builder::new()
         .name(format!("prism-{}-{}", spec.model_name, spec.index))
         .spawn(move || run(spec, rx))?;
@@ -78,9 +78,7 @@ impl Backend {
                     Err(e) => {
                         tracing::error!(model = %spec.model_name, replica = spec.index, gpu = ordinal, error = %e,
                             "cannot run on the GPU; this replica runs on the CPU");
-                        let cpu = CpuDevice::new(spec.threads)
-                            .or_else(|_| CpuDevice::new(1))
-                            .expect("a one-thread CPU device needs no pool");
+                        let cpu = CpuDevice::new(spec.threads).unwrap_or_else(|_| CpuDevice::single());
                         Backend::Cpu(cpu)
                     }
                 }
@@ -197,6 +195,15 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     });
 }
 
+/// What a caught panic says.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 fn reply(spec: &ReplicaSpec, entry: Entry, answer: Reply) {
     if entry.reply.send(answer).is_err() {
         // The client left while its batch ran.
@@ -255,11 +262,7 @@ fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: ArrayView2<'_, f3
             reason,
         }),
         Err(panic) => {
-            let reason = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let reason = panic_message(panic.as_ref());
             Err(InferError::Panicked {
                 model: spec.model_name.clone(),
                 replica: spec.index,

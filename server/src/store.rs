@@ -270,12 +270,32 @@ pub struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = if self.attempts == 1 { "" } else { "s" };
-        write!(
-            f,
-            "{}: {} (after {} attempt{s})",
-            self.kind, self.message, self.attempts
-        )
+        write!(f, "{}: {}", self.kind, self.message)?;
+        // 0: it never ran (what it depended on failed, or its producer stopped).
+        match self.attempts {
+            0 => Ok(()),
+            1 => write!(f, " (after 1 attempt)"),
+            n => write!(f, " (after {n} attempts)"),
+        }
+    }
+}
+
+impl Failure {
+    /// The failure of work whose input `what` has no value: the input's own failure,
+    /// kind and all, or `ObjectLost` when it is gone.
+    pub fn upstream(what: &str, e: StoreError) -> Failure {
+        match e {
+            StoreError::Failed { failure, .. } => Failure {
+                message: format!("{what} failed: {}", failure.message),
+                attempts: 0,
+                ..failure
+            },
+            other => Failure {
+                kind: "ObjectLost".into(),
+                message: format!("{what}: {other}"),
+                attempts: 0,
+            },
+        }
     }
 }
 
@@ -811,6 +831,28 @@ impl Store {
             .objects
             .get(&r)
             .is_some_and(|e| matches!(e.state, State::Pending))
+    }
+
+    /// [`Store::fulfil`] off the async threads (storing may spill, which writes files).
+    pub async fn fulfil_later(self: &Arc<Self>, r: ObjectRef, meta: Meta, bytes: Vec<u8>) {
+        let store = Arc::clone(self);
+        // If the blocking task dies, the object stays pending until its `Settles` guard
+        // fails it.
+        let _ = tokio::task::spawn_blocking(move || store.fulfil(r, meta, &bytes)).await;
+    }
+
+    /// Fulfils `r` with an FP32 tensor, copied once, straight into the store.
+    pub async fn fulfil_array(self: &Arc<Self>, r: ObjectRef, y: ndarray::ArrayD<f32>) {
+        let store = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || {
+            let y = y.as_standard_layout();
+            let meta = Meta {
+                datatype: DType::F32,
+                shape: y.shape().to_vec(),
+            };
+            store.fulfil(r, meta, bytemuck::cast_slice(y.as_slice().expect("standard layout")));
+        })
+        .await;
     }
 
     /// Settles a pending object as failed; an object already settled (or deleted) is

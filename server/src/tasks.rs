@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
-use prism_client::DType;
 use prism_config::FaultInjection;
 use prism_kernels::{CpuDevice, TaskOp};
 use rand::Rng;
@@ -19,7 +18,7 @@ use serde::Deserialize;
 use crate::cluster::{Pool, TaskAsk};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::store::{Failure, Lease, Meta, ObjectRef, Owner, Settles, Store, StoreError};
+use crate::store::{Failure, Lease, ObjectRef, Owner, Settles, Store};
 
 /// Error kinds a task can fail with that are application errors: retried only when
 /// `retry_exceptions` names them. `Panic` (a system failure) is always retried.
@@ -123,31 +122,11 @@ impl RawOptions {
             o.retry_exceptions = kinds;
         }
         if let Some(f) = self.fault_injection {
-            let rate = |key: &str, v: Option<f64>| -> Result<f64, String> {
-                let v = v.unwrap_or(0.0);
-                if !(0.0..=1.0).contains(&v) {
-                    return Err(format!(
-                        "options.fault_injection.{key}: must be between 0 and 1, got {v}"
-                    ));
-                }
-                Ok(v)
-            };
-            o.faults = FaultInjection {
-                error_rate: rate("error_rate", f.error_rate)?,
-                delay_rate: rate("delay_rate", f.delay_rate)?,
-                delay: Duration::from_secs_f64(
-                    non_negative("fault_injection.delay_ms", f.delay_ms.unwrap_or(0.0), 600_000.0)? / 1e3,
-                ),
-            };
+            o.faults = FaultInjection::from_parts(f.error_rate, f.delay_ms, f.delay_rate)
+                .map_err(|(k, r)| format!("options.fault_injection.{k}: {r}"))?;
         }
         if let Some(t) = self.ttl_s {
-            if !(t > 0.0 && t <= prism_config::MAX_TTL_S) {
-                return Err(format!(
-                    "options.ttl_s: expected seconds above 0 and at most {}, got {t}",
-                    prism_config::MAX_TTL_S
-                ));
-            }
-            o.ttl = Some(Duration::from_secs_f64(t));
+            o.ttl = Some(prism_config::ttl(t).map_err(|e| format!("options.ttl_s: {e}"))?);
         }
         Ok(o)
     }
@@ -172,9 +151,7 @@ impl Tasks {
     pub fn submit(self: &Arc<Self>, op: TaskOp, args: Vec<Arg>, options: TaskOptions) -> Result<ObjectRef, ApiError> {
         let refuse = |e: String| ApiError::BadRequest(format!("task `{op}`: {e}"));
         self.pool.feasible(&options.ask).map_err(refuse)?;
-        if args.len() != op.arity() {
-            return Err(refuse(op.output_shape(&vec![&[][..]; args.len()]).unwrap_err()));
-        }
+        op.check_arity(args.len()).map_err(refuse)?;
         for a in &args {
             if let Arg::Ref(r) = a {
                 self.store.info(*r)?;
@@ -196,18 +173,7 @@ impl Tasks {
         tokio::spawn(async move {
             let _settles = Settles::new(Arc::clone(&tasks.store), result, "the task");
             match tasks.run(op, args, &options).await {
-                Ok(y) => {
-                    let y = y.as_standard_layout();
-                    let bytes: &[u8] = bytemuck::cast_slice(y.as_slice().expect("standard layout"));
-                    let meta = Meta {
-                        datatype: DType::F32,
-                        shape: y.shape().to_vec(),
-                    };
-                    let store = Arc::clone(&tasks.store);
-                    let bytes = bytes.to_vec();
-                    // Storing may spill, which writes files: off the async threads.
-                    let _ = tokio::task::spawn_blocking(move || store.fulfil(result, meta, &bytes)).await;
-                }
+                Ok(y) => tasks.store.fulfil_array(result, y).await,
                 Err(failure) => tasks.store.fail(result, failure),
             }
         });
@@ -221,7 +187,12 @@ impl Tasks {
         let ready = futures::future::join_all(args.into_iter().enumerate().map(|(i, a)| async move {
             Ok(match a {
                 Arg::Inline(x) => Ready::Owned(x),
-                Arg::Ref(r) => Ready::Lease(self.store.get(r, None).await.map_err(|e| argument_failed(i, r, e))?),
+                Arg::Ref(r) => Ready::Lease(
+                    self.store
+                        .get(r, None)
+                        .await
+                        .map_err(|e| Failure::upstream(&format!("argument {i} ({r})"), e))?,
+                ),
             })
         }))
         .await
@@ -266,22 +237,6 @@ impl Tasks {
     }
 }
 
-/// The failure of a task whose argument `i` has no value.
-fn argument_failed(i: usize, r: ObjectRef, e: StoreError) -> Failure {
-    match e {
-        StoreError::Failed { failure, .. } => Failure {
-            kind: failure.kind,
-            message: format!("argument {i} ({r}) failed: {}", failure.message),
-            attempts: 0,
-        },
-        other => Failure {
-            kind: "ObjectLost".into(),
-            message: format!("argument {i}: {other}"),
-            attempts: 0,
-        },
-    }
-}
-
 /// One execution: the fault injection's dice, then the op, with panics caught.
 fn attempt(op: TaskOp, args: &[Ready], faults: &FaultInjection) -> Result<ArrayD<f32>, (&'static str, String)> {
     if faults.is_active() {
@@ -304,9 +259,7 @@ fn attempt(op: TaskOp, args: &[Ready], faults: &FaultInjection) -> Result<ArrayD
         .map(|a| match a {
             Ready::Lease(l) => (l.to_f32(), l.meta.shape.as_slice()),
             Ready::Owned(x) => (
-                x.as_slice()
-                    .map(std::borrow::Cow::Borrowed)
-                    .unwrap_or_else(|| x.iter().copied().collect::<Vec<_>>().into()),
+                std::borrow::Cow::Borrowed(x.as_slice().expect("inline arguments are built contiguous")),
                 x.shape(),
             ),
         })
@@ -315,19 +268,10 @@ fn attempt(op: TaskOp, args: &[Ready], faults: &FaultInjection) -> Result<ArrayD
         .iter()
         .map(|(data, shape)| ArrayViewD::from_shape(IxDyn(shape), data).expect("lengths match shapes"))
         .collect();
-    let shapes: Vec<&[usize]> = views.iter().map(|v| v.shape()).collect();
-    op.output_shape(&shapes).map_err(|e| ("ShapeError", e))?;
-    let device = CpuDevice::new(1).map_err(|e| ("Panic", e.to_string()))?;
-    match catch_unwind(AssertUnwindSafe(|| op.run(&device, &views))) {
+    // `run` checks the shapes first: its refusal is a ShapeError.
+    match catch_unwind(AssertUnwindSafe(|| op.run(&CpuDevice::single(), &views))) {
         Ok(Ok(y)) => Ok(y),
         Ok(Err(e)) => Err(("ShapeError", e)),
-        Err(panic) => Err((
-            "Panic",
-            panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into()),
-        )),
+        Err(panic) => Err(("Panic", crate::replica::panic_message(panic.as_ref()))),
     }
 }

@@ -108,7 +108,26 @@ async fn put_get_meta_delete_round_trip_every_dtype() {
         .await
         .unwrap();
     assert_eq!(got.to_f32(), vec![1.0, 2.0]);
+    // JSON integers into integer types: exact, or refused, never rounded or saturated.
+    let big = put(json!({"datatype": "INT64", "shape": [2], "data": [16777217, -3]}))
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 201);
+    let big: serde_json::Value = big.json().await.unwrap();
+    let got = c
+        .get(&ObjectRef(big["object_ref"].as_str().unwrap().into()), None)
+        .await
+        .unwrap();
+    assert_eq!(got.data, TensorData::Integers(vec![16_777_217, -3]));
     for (body, says) in [
+        (
+            json!({"datatype": "UINT8", "shape": [1], "data": [300]}),
+            "300 is out of range for UINT8",
+        ),
+        (
+            json!({"datatype": "INT32", "shape": [1], "data": [1.5]}),
+            "1.5 is not a whole number",
+        ),
         (
             json!({"datatype": "FP32", "shape": [3], "data": [1, 2]}),
             "needs 3 values, got 2",

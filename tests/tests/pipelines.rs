@@ -137,6 +137,15 @@ async fn a_pipeline_runs_its_dag_concurrently_and_frees_its_intermediates() {
     assert!(c.model_ready("ensemble").await.unwrap());
     let index = c.repository_index().await.unwrap();
     assert!(index.iter().any(|m| m.name == "ensemble"));
+    // Routes pipelines do not have say so; a wrong version is a wrong version.
+    let err = c.model_config("ensemble").await.unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    assert!(err.to_string().contains("`ensemble` is a pipeline"), "{err}");
+    let v2 = reqwest::get(format!("{}/v2/models/ensemble/versions/2", s.url))
+        .await
+        .unwrap();
+    assert_eq!(v2.status(), 404);
+    assert!(v2.text().await.unwrap().contains("no version `2`"));
 
     let x = [0.0f32, 100.0, -3.0];
     let answer = c.infer("ensemble", &rows(&x)).await.unwrap();
