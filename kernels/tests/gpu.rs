@@ -5,18 +5,21 @@ use prism_kernels::cuda::{CudaDevice, GpuModel, Precision, probe};
 use prism_kernels::testing::uniform;
 use prism_kernels::{CpuDevice, Layer, Model, Weight, builtin};
 
+/// Whether there is a GPU to test on. Without one the tests say they were skipped, unless
+/// `PRISM_REQUIRE_GPU=1` (scripts/gpu-check sets it): then a missing GPU is a failure, so
+/// a GPU run cannot pass by skipping.
 fn gpu_available() -> bool {
-    match probe() {
-        Ok(n) if n > 0 => true,
-        Ok(_) => {
-            eprintln!("skipped: no CUDA device");
-            false
-        }
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            false
-        }
-    }
+    let why = match probe() {
+        Ok(n) if n > 0 => return true,
+        Ok(_) => "no CUDA device".to_owned(),
+        Err(why) => why,
+    };
+    assert!(
+        std::env::var("PRISM_REQUIRE_GPU").as_deref() != Ok("1"),
+        "PRISM_REQUIRE_GPU=1, but no GPU can be used: {why}"
+    );
+    eprintln!("skipped: {why}");
+    false
 }
 
 /// ‖gpu − cpu‖ / ‖cpu‖; NaN anywhere fails.
@@ -55,6 +58,25 @@ fn every_op_model() -> Model {
     Model::new(std::path::Path::new("test:every-op"), layers, i).unwrap()
 }
 
+/// The default MLP without its softmax: raw logits, so a GEMM error is not squashed by
+/// a softmax into a small relative error.
+fn mlp_logits() -> Model {
+    let t = builtin::mlp_tensors();
+    let w = |i: usize| Weight::from_vec(t[i].1.clone(), t[i].2.clone());
+    let layers = vec![
+        Layer::Linear {
+            weight: w(0),
+            bias: Some(w(1)),
+        },
+        Layer::Relu,
+        Layer::Linear {
+            weight: w(2),
+            bias: Some(w(3)),
+        },
+    ];
+    Model::new(std::path::Path::new("test:mlp-logits"), layers, 784).unwrap()
+}
+
 #[test]
 fn gpu_models_match_the_cpu_path() {
     if !gpu_available() {
@@ -70,6 +92,7 @@ fn gpu_models_match_the_cpu_path() {
     ] {
         for (name, model) in [
             ("mlp", builtin::mlp()),
+            ("mlp-logits", mlp_logits()),
             ("celsius", builtin::celsius()),
             ("every-op", every_op_model()),
         ] {

@@ -223,13 +223,21 @@ mod tests {
     }
 
     #[test]
-    fn a_machine_without_nvml_has_no_gpus_and_says_why() {
-        // On machines with a driver this still must not panic; without one, it says why.
+    fn probing_never_panics_and_a_missing_nvml_is_explained() {
+        // What matters here is that probing a machine without the NVIDIA library (CI)
+        // returns instead of panicking; what it reports is checked through the server
+        // in tests/tests/placement.rs with an inventory of its own.
         let inv = SystemInventory::probe();
         let machine = inv.machine();
-        assert!(machine.cpus >= 1);
-        if machine.gpus.is_empty() && inv.nvml.is_none() {
-            assert!(inv.no_gpu_reason.as_deref().unwrap_or("").contains("NVML"));
+        assert_eq!(inv.nvml.is_none(), inv.no_gpu_reason.is_some());
+        if inv.nvml.is_none() {
+            assert!(machine.gpus.is_empty());
+            assert!(
+                inv.no_gpu_reason
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("NVML is not available (")
+            );
         }
     }
 }

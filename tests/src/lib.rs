@@ -87,6 +87,15 @@ impl TestServer {
     }
 }
 
+/// The value of one series in Prometheus text, by its exact key (`name` or
+/// `name{label="value",...}` as the server writes it); `None` when absent.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        (key == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
 /// One row for a one-feature model (`celsius`): `INPUT0` FP32 `[1, 1]` holding `value`.
 pub fn one_row(value: f32) -> prism_client::v2::InferRequest {
     prism_client::v2::InferRequest {

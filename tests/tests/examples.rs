@@ -15,25 +15,29 @@ const EXAMPLES: [&str; 6] = [
     "linear_model",
 ];
 
-/// `target/<profile>/examples`, next to this test's own `deps` folder. `cargo test`
-/// builds the examples; a test run without them builds them here.
-fn examples_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    if EXAMPLES.iter().any(|e| !dir.join(e).exists()) {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "prism-client", "--examples"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the examples failed");
-    }
-    dir
+/// `target/<profile>`, next to this test's own `deps` folder, with the `prism` CLI and the
+/// client examples built there. `cargo test --workspace` builds them already; a run of
+/// this package alone would otherwise find stale or missing binaries, so they are built
+/// here (a no-op when fresh).
+fn built() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "prism-client", "--bin", "prism", "--examples"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "building the CLI and the examples failed");
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().to_owned()
+        })
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tutorial_pattern_runs_as_an_example() {
-    let dir = examples_dir();
+    let dir = built().join("examples");
     let server = TestServer::start(prism_config::Config::embedded_default()).await;
     for name in EXAMPLES {
         let url = server.url.clone();
@@ -53,24 +57,9 @@ async fn every_tutorial_pattern_runs_as_an_example() {
     server.stop().await.unwrap();
 }
 
-/// `target/<profile>/prism`, built here if this test run did not build it.
-fn cli() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("prism");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "prism-client", "--bin", "prism"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the CLI failed");
-    }
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_puts_runs_tasks_waits_and_gets() {
-    let bin = cli();
+    let bin = built().join("prism");
     let server = TestServer::start(prism_config::Config::embedded_default()).await;
     let url = server.url.clone();
     let run = move |args: &[&str]| -> Result<String, String> {

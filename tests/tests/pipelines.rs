@@ -118,11 +118,7 @@ fn rows(values: &[f32]) -> InferRequest {
 }
 
 fn objects_in_store(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("prism_object_store_objects "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .expect("the object gauge")
+    prism_tests::metric(metrics, "prism_object_store_objects").expect("the object gauge")
 }
 
 #[tokio::test]
@@ -152,6 +148,7 @@ async fn a_pipeline_runs_its_dag_concurrently_and_frees_its_intermediates() {
     assert_eq!(answer.outputs[0].name, "OUTPUT0");
     assert_eq!(answer.outputs[0].shape, vec![3, 1]);
     let got = answer.outputs[0].data.as_ref().unwrap().to_f32().unwrap();
+    assert_eq!(got.len(), x.len());
     for (g, x) in got.iter().zip(x) {
         let want = x * 1.8 + 32.0 + x * x;
         assert!((g - want).abs() < 1e-3, "{g} vs {want}");
@@ -231,13 +228,12 @@ async fn a_failed_step_fails_the_pipeline_with_its_cause() {
     );
     // Async: the failure lands on the output object.
     let pending = c.infer_async("failing", &request).await.unwrap();
-    let meta = loop {
-        let m = c.object_meta(&pending[0].1).await.unwrap();
-        if m["state"] != "pending" {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let (ready, _) = c
+        .wait(&[pending[0].1.clone()], 1, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(ready.len(), 1, "the failure settles the output");
+    let meta = c.object_meta(&pending[0].1).await.unwrap();
     assert_eq!(meta["state"], "failed");
     assert_eq!(meta["error"]["kind"], "InjectedFault");
     c.delete(&pending[0].1).await.unwrap();

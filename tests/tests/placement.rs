@@ -153,18 +153,34 @@ resources = { licence = 1 }
 async fn without_gpus_every_replica_runs_on_the_cpu_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let text = DEPLOYMENTS.replace("fallback = \"none\"", "fallback = \"cpu\"");
-    let server = TestServer::start(config(&text, dir.path())).await;
-    let status: serde_json::Value = server.get_json("/v2/status").await;
-    if status["gpus"].as_array().unwrap().is_empty() {
-        for d in status["deployments"].as_array().unwrap() {
-            for r in d["replicas"].as_array().unwrap() {
-                assert_eq!(r["placement"], "cpu_fallback", "{r}");
-                assert!(r["reason"].as_str().unwrap().contains("no GPU"), "{r}");
+    // A machine with no GPU and a known reason, whatever this host has.
+    struct NoGpu;
+    impl prism_server::inventory::Inventory for NoGpu {
+        fn machine(&self) -> prism_server::inventory::Machine {
+            prism_server::inventory::Machine {
+                cpus: 4,
+                memory: 8 << 30,
+                gpus: Vec::new(),
             }
         }
-        let resources: serde_json::Value = server.get_json("/v2/resources").await;
-        assert_eq!(resources["total"]["GPU"], 0.0);
+        fn no_gpu_reason(&self) -> Option<String> {
+            Some("NVML is not available (no driver)".into())
+        }
     }
+    let server = TestServer::start_with(config(&text, dir.path()), std::sync::Arc::new(NoGpu))
+        .await
+        .unwrap();
+    let status: serde_json::Value = server.get_json("/v2/status").await;
+    assert_eq!(status["no_gpu_reason"], "NVML is not available (no driver)");
+    for d in status["deployments"].as_array().unwrap() {
+        for r in d["replicas"].as_array().unwrap() {
+            assert_eq!(r["placement"], "cpu_fallback", "{r}");
+            let reason = r["reason"].as_str().unwrap();
+            assert!(reason.contains("no GPU: NVML is not available"), "{r}");
+        }
+    }
+    let resources: serde_json::Value = server.get_json("/v2/resources").await;
+    assert_eq!(resources["total"]["GPU"], 0.0);
     assert!(server.client.server_ready().await.unwrap());
     server.stop().await.unwrap();
 }

@@ -21,12 +21,13 @@ error_rate = 0.8
     )
 }
 
+/// Retries of the flaky deployment; the series exists once a retry happened.
 fn retries(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("prism_inference_retries_total{model=\"flaky\",reason=\"InjectedFault\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    prism_tests::metric(
+        metrics,
+        "prism_inference_retries_total{model=\"flaky\",reason=\"InjectedFault\"}",
+    )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test]
