@@ -19,17 +19,21 @@ server=$!
 target/release/noop-v2 127.0.0.1:18010 > "$out/noop.log" 2>&1 &
 noop=$!
 trap 'kill $server $noop 2>/dev/null || true' EXIT
+ready=0
 for _ in $(seq 50); do
-  curl -sf localhost:18000/v2/health/ready >/dev/null && curl -sf localhost:18010/v2/health/ready >/dev/null && break
+  curl -sf localhost:18000/v2/health/ready >/dev/null && curl -sf localhost:18010/v2/health/ready >/dev/null && ready=1 && break
   sleep 0.2
 done
+[ $ready = 1 ] || { echo "the servers did not become ready; see $out/prism-server.log and $out/noop.log" >&2; exit 1; }
 
 for round in 1 2; do
   for format in json binary; do
     for target in prism noop; do
       port=$([ $target = prism ] && echo 18000 || echo 18010)
       $prism --url http://127.0.0.1:$port bench -m mlp --format $format -c 1,8,32,64 \
-        --duration "$duration" --warmup "$warmup" --quiet --out "$out/${target}_${format}_r${round}.json" > /dev/null 2>&1
+        --duration "$duration" --warmup "$warmup" --quiet --out "$out/${target}_${format}_r${round}.json" \
+        > /dev/null 2> "$out/${target}_${format}_r${round}.err" \
+        || { echo "prism bench failed against $target ($format): see $out/${target}_${format}_r${round}.err" >&2; exit 1; }
       echo "round $round: $target $format done" >&2
     done
   done

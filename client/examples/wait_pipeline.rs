@@ -7,7 +7,7 @@
 use prism_client::{Client, FaultInjection, ObjectRef, TaskOptions, Tensor};
 
 async fn expensive_squares(c: &Client, n: usize) -> Result<Vec<ObjectRef>, prism_client::ClientError> {
-    // Each takes a random 0-300 ms (a delay on 70% of executions), so they finish out of order.
+    // 70% of them sleep 300 ms and the rest none, so they finish out of order.
     let opts = TaskOptions {
         num_cpus: Some(0.1),
         fault_injection: Some(FaultInjection {

@@ -349,7 +349,8 @@ fn parse_request(text: &str) -> Result<InferRequest> {
         t if t.starts_with('@') => std::fs::read_to_string(&t[1..]).with_context(|| format!("reading {}", &t[1..]))?,
         t => t.to_owned(),
     };
-    serde_json::from_str(&body).context("the request is not a valid V2 inference request")
+    // As the server reads it: NaN and Infinity tokens included.
+    prism_client::v2::from_slice(body.as_bytes()).context("the request is not a valid V2 inference request")
 }
 
 async fn request_from_inputs(client: &Client, model: &str, inputs: &[String]) -> Result<InferRequest> {

@@ -106,6 +106,9 @@ pub struct TaskOptions {
     pub num_cpus: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub num_gpus: Option<f64>,
+    /// Custom logical resources, as declared in `[server.resources]`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub resources: std::collections::BTreeMap<String, f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
     /// Error kinds retried as well, e.g. `InjectedFault`.

@@ -149,5 +149,24 @@ async fn the_plain_format_posts_a_fixed_body_anywhere() {
     )
     .await;
     assert!(p.requests > 10 && p.error_count == 0, "{p:?}");
+
+    // Any body, to any path, byte for byte: here not an inference request at all.
+    let other = dir.path().join("index.json");
+    std::fs::write(&other, br#"{"ready" : true}"#).unwrap();
+    let mut s = spec("celsius", Format::Plain);
+    s.input_file = Some(other);
+    s.path = Some("/v2/repository/index".into());
+    let workload = Workload::prepare(&server.client, &s).await.unwrap();
+    assert_eq!(&workload.bodies[0].0[..], br#"{"ready" : true}"#);
+    let p = bench::run_point(
+        &http,
+        &server.url,
+        &workload,
+        Load::Closed { concurrency: 2 },
+        WINDOW,
+        None,
+    )
+    .await;
+    assert!(p.requests > 10 && p.error_count == 0, "{p:?}");
     server.stop().await.unwrap();
 }

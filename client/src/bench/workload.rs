@@ -68,6 +68,25 @@ impl Workload {
             .path
             .clone()
             .unwrap_or_else(|| format!("/v2/models/{}/infer", spec.model));
+        // `plain`: the file's bytes are the body, sent as they are (any JSON a server takes).
+        if let (Format::Plain, Some(file)) = (spec.format, &spec.input_file) {
+            let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let rows = v2::from_slice::<InferRequest>(&body)
+                .ok()
+                .and_then(|r| {
+                    r.inputs
+                        .first()
+                        .and_then(|i| i.shape.first())
+                        .map(|&r| r.max(1) as usize)
+                })
+                .unwrap_or(1);
+            return Ok(Workload {
+                path,
+                body_bytes: body.len(),
+                bodies: vec![(Bytes::from(body), None)],
+                rows,
+            });
+        }
         let requests = match &spec.input_file {
             Some(file) => {
                 let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
@@ -98,7 +117,8 @@ impl Workload {
             .iter()
             .map(|r| -> Result<(Bytes, Option<usize>)> {
                 Ok(match spec.format {
-                    Format::Json | Format::Plain => (Bytes::from(v2::to_vec(r)?), None),
+                    Format::Json => (Bytes::from(v2::to_vec(r)?), None),
+                    Format::Plain => unreachable!("plain bodies are sent as read"),
                     Format::Binary => {
                         let (body, header_len) = binary::encode_request(r, true)?;
                         (Bytes::from(body), Some(header_len))
