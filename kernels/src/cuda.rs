@@ -388,6 +388,23 @@ pub struct GpuModel {
 }
 
 impl GpuModel {
+    /// Bytes of card memory one replica of `model` needs for batches of up to `max_rows`
+    /// rows, as [`GpuModel::upload`] and the staging buckets allocate it: the weights (GEMM
+    /// weights in 2 bytes for bf16 / fp16), and per bucket two fp32 activation buffers of
+    /// the widest row (plus a half-precision one for bf16 / fp16). Buckets are powers of
+    /// two, so all the smaller ones together take at most as much as the largest.
+    pub fn memory_needed(model: &Model, precision: Precision, max_rows: usize) -> u64 {
+        let bucket = max_rows.next_power_of_two();
+        let widest = model.widest();
+        let (mut weights, mut per_bucket) = (model.gpu_weight_bytes(), 2 * bucket * widest * 4);
+        if matches!(precision, Precision::Bf16 | Precision::Fp16) {
+            // Biases stay fp32: halving all of it is a slight underestimate of those.
+            weights /= 2;
+            per_bucket += bucket * widest * 2;
+        }
+        (weights + 2 * per_bucket) as u64
+    }
+
     /// Uploads `model`'s weights (the `[in, out]` layout the CPU path also uses) to
     /// `device`, converted once to `precision` for the GEMMs (biases, element-wise ops
     /// and softmax stay in fp32).
@@ -421,13 +438,11 @@ impl GpuModel {
                 return Err(GpuError(format!("cuBLAS: cannot enable TF32: {status:?}")));
             }
         }
-        let mut widest = model.in_features();
         let mut steps = Vec::new();
         for step in model.steps() {
             steps.push(match step {
                 Step::Gemm { weight, bias, .. } => {
                     let (k, n) = (weight.shape()[0], weight.shape()[1]);
-                    widest = widest.max(n);
                     GpuStep::Gemm {
                         weight: up_gemm(weight)?,
                         k,
@@ -451,7 +466,7 @@ impl GpuModel {
             precision,
             in_features: model.in_features(),
             out_features: model.out_features(),
-            widest,
+            widest: model.widest(),
             steps,
             device,
             staging: HashMap::new(),
@@ -468,7 +483,7 @@ impl GpuModel {
     ) -> Result<&'a mut Staging, GpuError> {
         let bucket = rows.next_power_of_two();
         // The kernels count elements in 32-bit ints.
-        if bucket.saturating_mul(widest.max(in_features).max(out_features)) > i32::MAX as usize {
+        if bucket.saturating_mul(widest) > i32::MAX as usize {
             return Err(GpuError(format!(
                 "a batch of {rows} rows of up to {widest} values exceeds 2^31 elements per buffer"
             )));

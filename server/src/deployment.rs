@@ -99,22 +99,9 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Bytes one replica needs on a card, as the CUDA backend allocates them: the uploaded
-    /// weights, and two activation buffers of the widest row for the largest batch
-    /// bucket (rows rounded up to a power of two). Smaller buckets add at most as much
-    /// again, which the doubled bucket term covers.
+    /// Bytes one replica needs on a card, as the CUDA backend allocates them.
     pub fn replica_memory(&self, spec: &Spec) -> u64 {
-        use prism_config::Precision;
-        let bucket = spec.batching.max_batch_size.next_power_of_two();
-        let mut activations = 2 * bucket * self.model.widest() * 4;
-        let mut weights = self.model.gpu_weight_bytes();
-        if matches!(spec.precision, Precision::Bf16 | Precision::Fp16) {
-            // GEMM weights in 2 bytes (biases stay fp32: a rounding error), plus the
-            // half copy of a layer's input.
-            weights /= 2;
-            activations += bucket * self.model.widest() * 2;
-        }
-        (weights + 2 * activations) as u64
+        prism_kernels::cuda::GpuModel::memory_needed(&self.model, spec.precision, spec.batching.max_batch_size)
     }
 }
 
