@@ -48,6 +48,43 @@ pub fn probe() -> Result<usize, String> {
     }
 }
 
+/// The UUID of each CUDA device, by ordinal, spelt as NVML spells it
+/// (`GPU-8f6a5d0e-...`), or why CUDA cannot be used. Never panics.
+///
+/// CUDA numbers only the devices it may use (`CUDA_VISIBLE_DEVICES`), and by default
+/// fastest first, while NVML numbers every card in PCI order: a card found through NVML
+/// is matched to its CUDA ordinal by UUID, never by index.
+pub fn device_uuids() -> Result<Vec<String>, String> {
+    let count = probe()?;
+    let read = || {
+        (0..count)
+            .map(|ordinal| {
+                let device = cudarc::driver::result::device::get(ordinal as std::ffi::c_int)?;
+                let uuid = cudarc::driver::result::device::get_uuid(device)?;
+                Ok(format_uuid(uuid.bytes.map(|b| b as u8)))
+            })
+            .collect::<Result<Vec<_>, cudarc::driver::DriverError>>()
+    };
+    match catch_unwind(read) {
+        Ok(Ok(uuids)) => Ok(uuids),
+        Ok(Err(e)) => Err(format!("the CUDA driver could not name its devices: {e:?}")),
+        Err(_) => Err("the CUDA driver library could not be used (a symbol is missing)".into()),
+    }
+}
+
+/// A device UUID's 16 bytes as NVML writes them: `GPU-` and 8-4-4-4-12 lowercase hex digits.
+pub fn format_uuid(bytes: [u8; 16]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// Allocates page-locked host memory on one card's context: what the object store keeps
 /// its objects in when a GPU is present, so that copies from objects to a card can be
 /// direct DMA. (A GPU replica still stages a batch through its own page-locked buffer
@@ -631,5 +668,34 @@ impl GpuModel {
         d.stream.synchronize().map_err(gpu("synchronize"))?;
         let host = staging.output.as_slice().map_err(gpu("map pinned output"))?;
         Ok(host[..rows * out_features].to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_spelt_as_nvml_spells_them() {
+        let bytes = [
+            0x8f, 0x6a, 0x5d, 0x0e, 0x12, 0x34, 0xab, 0xcd, 0x00, 0x01, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54,
+        ];
+        assert_eq!(format_uuid(bytes), "GPU-8f6a5d0e-1234-abcd-0001-fedcba987654");
+    }
+
+    #[test]
+    fn naming_the_devices_never_panics() {
+        // Without a driver this is the probe's reason; with one, one UUID per device.
+        match (device_uuids(), probe()) {
+            (Ok(uuids), Ok(count)) => {
+                assert_eq!(uuids.len(), count);
+                assert!(
+                    uuids.iter().all(|u| u.starts_with("GPU-") && u.len() == 40),
+                    "{uuids:?}"
+                );
+            }
+            (Err(why), Err(probe_why)) => assert_eq!(why, probe_why),
+            (uuids, count) => panic!("the probe says {count:?} but the UUIDs {uuids:?}"),
+        }
     }
 }

@@ -37,14 +37,26 @@ impl Cluster {
 }
 
 /// Places every replica of `config` (one entry per replica, per deployment). `cuda` is
-/// the CUDA probe: the device count, or why CUDA cannot be used.
+/// the CUDA probe: the UUID of each device CUDA may use, by ordinal, or why CUDA cannot be
+/// used. Cards that NVML lists and CUDA does not (`CUDA_VISIBLE_DEVICES`) are left out of
+/// the machine: nothing is placed on them and tasks cannot reserve them.
 pub fn plan(
     config: &Config,
     loaded: &[Loaded],
-    machine: Machine,
+    mut machine: Machine,
     no_gpu_reason: Option<String>,
-    cuda: &Result<usize, String>,
+    cuda: &Result<Vec<String>, String>,
 ) -> (Vec<Vec<ReplicaPlacement>>, Cluster) {
+    if let Ok(uuids) = cuda {
+        machine.gpus.retain(|g| {
+            let visible = g.simulated || uuids.contains(&g.uuid);
+            if !visible {
+                tracing::warn!(gpu = g.index, uuid = %g.uuid,
+                    "CUDA cannot see this GPU (CUDA_VISIBLE_DEVICES?): nothing is placed on it");
+            }
+            visible
+        });
+    }
     let mut placements: Vec<Vec<ReplicaPlacement>> = config
         .deployments
         .iter()
@@ -78,16 +90,12 @@ pub fn plan(
                 let (cuda, note) = if gpus.iter().all(|&g| machine.gpus[g].simulated) {
                     (None, "simulated GPU: placement only, runs on the CPU".to_owned())
                 } else {
-                    // NVML's index; CUDA_VISIBLE_DEVICES or a different device order
-                    // could still make CUDA's numbering differ (matching by UUID is
-                    // the sturdier way, not done yet).
-                    let ordinal = machine.gpus[gpus[0]].index;
-                    match &cuda {
-                        Ok(count) if ordinal < *count => (Some(ordinal), format!("runs on cuda:{ordinal}")),
-                        Ok(count) => (
-                            None,
-                            format!("CUDA sees {count} devices, not GPU {ordinal}: runs on the CPU"),
-                        ),
+                    let card = &machine.gpus[gpus[0]];
+                    match cuda {
+                        Ok(uuids) => match uuids.iter().position(|u| *u == card.uuid) {
+                            Some(ordinal) => (Some(ordinal), format!("runs on cuda:{ordinal}")),
+                            None => unreachable!("cards CUDA cannot see were left out above. This is a bug."),
+                        },
                         Err(why) => (None, format!("CUDA unavailable ({why}): runs on the CPU")),
                     }
                 };
@@ -147,6 +155,15 @@ pub fn plan(
         }
     }
 
+    // Placement numbered the cards by their place in `machine.gpus`; users know them by
+    // NVML's index, which differs once a card is left out.
+    for slot in placements.iter_mut().flatten() {
+        if let ReplicaPlacement::Gpu { gpus, .. } = slot {
+            for g in gpus.iter_mut() {
+                *g = machine.gpus[*g].index;
+            }
+        }
+    }
     let cluster = Cluster {
         machine,
         no_gpu_reason,
@@ -322,6 +339,92 @@ impl Pool {
                 }
             }
             changed.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::inventory::GpuInfo;
+
+    fn card(index: usize, uuid: &str) -> GpuInfo {
+        GpuInfo {
+            index,
+            name: "test card".into(),
+            uuid: uuid.into(),
+            memory_total: 80 << 30,
+            memory_free: 80 << 30,
+            utilization: None,
+            simulated: false,
+        }
+    }
+
+    fn plan_for(cuda: Result<Vec<String>, String>) -> (Vec<Vec<ReplicaPlacement>>, Cluster) {
+        let config = Config::parse(
+            "[[deployments]]\nname = \"mlp\"\nnum_replicas = 2\nfallback = \"none\"\n\
+             [deployments.model]\nbuiltin = \"mlp\"\n[deployments.actor]\nnum_gpus = 0.5\n",
+            "test.toml",
+            None,
+        )
+        .unwrap();
+        let loaded: Vec<Loaded> = config
+            .deployments
+            .iter()
+            .map(|d| crate::deployment::load(d).unwrap())
+            .collect();
+        let machine = Machine {
+            cpus: 4,
+            memory: 64 << 30,
+            gpus: vec![card(0, "GPU-aaaa"), card(1, "GPU-bbbb")],
+        };
+        plan(&config, &loaded, machine, None, &cuda)
+    }
+
+    #[test]
+    fn cards_are_matched_to_cuda_by_uuid_not_by_index() {
+        // As with CUDA_VISIBLE_DEVICES=1: CUDA sees only NVML's card 1, as its ordinal 0.
+        let (placements, cluster) = plan_for(Ok(vec!["GPU-bbbb".into()]));
+        assert_eq!(cluster.machine.gpus.len(), 1, "the card CUDA cannot use is left out");
+        assert_eq!(cluster.machine.gpus[0].index, 1);
+        assert_eq!(cluster.gpu_used, vec![1.0]);
+        for p in &placements[0] {
+            match p {
+                ReplicaPlacement::Gpu { gpus, cuda, .. } => {
+                    assert_eq!(gpus, &vec![1], "NVML's index, as the status page shows it");
+                    assert_eq!(*cuda, Some(0), "CUDA's ordinal for that card");
+                }
+                other => panic!("expected a GPU placement, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cuda_ordinals_follow_cuda_order() {
+        // CUDA may order cards differently from NVML (fastest first).
+        let (placements, cluster) = plan_for(Ok(vec!["GPU-bbbb".into(), "GPU-aaaa".into()]));
+        assert_eq!(cluster.machine.gpus.len(), 2);
+        let pairs: Vec<(usize, Option<usize>)> = placements[0]
+            .iter()
+            .map(|p| match p {
+                ReplicaPlacement::Gpu { gpus, cuda, .. } => (gpus[0], *cuda),
+                other => panic!("expected a GPU placement, got {other:?}"),
+            })
+            .collect();
+        for (nvml, cuda) in pairs {
+            assert_eq!(cuda, Some(1 - nvml), "NVML card {nvml} is CUDA device {}", 1 - nvml);
+        }
+    }
+
+    #[test]
+    fn without_cuda_every_card_is_kept_and_the_replicas_say_why_they_use_the_cpu() {
+        let (placements, cluster) = plan_for(Err("no libcuda".into()));
+        assert_eq!(cluster.machine.gpus.len(), 2);
+        for p in &placements[0] {
+            match p {
+                ReplicaPlacement::Gpu { cuda: None, note, .. } => assert!(note.contains("no libcuda"), "{note}"),
+                other => panic!("expected a GPU placement without CUDA, got {other:?}"),
+            }
         }
     }
 }

@@ -61,7 +61,7 @@ pub struct Deployment {
 pub enum ReplicaPlacement {
     /// It asked for no GPU.
     Cpu,
-    /// On these cards, each at `share` of a card.
+    /// On these cards (NVML's indices), each at `share` of a card.
     Gpu {
         gpus: Vec<usize>,
         share: f64,

@@ -78,7 +78,7 @@ impl Server {
         // CUDA is probed once, and only where NVML saw a real card.
         let real_gpus = machine.gpus.iter().any(|g| !g.simulated);
         let cuda = if real_gpus {
-            prism_kernels::cuda::probe()
+            prism_kernels::cuda::device_uuids()
         } else {
             Err("no real GPU".into())
         };
@@ -103,7 +103,7 @@ impl Server {
         }
         cluster.open_pool();
         let mut store = open_store(config, &cluster, &metrics);
-        if matches!(cuda, Ok(n) if n > 0) {
+        if matches!(&cuda, Ok(uuids) if !uuids.is_empty()) {
             match prism_kernels::cuda::PinnedAllocator::new(0) {
                 Ok(pinned) => {
                     tracing::info!("object store: page-locked host memory (cuda:0's context)");
