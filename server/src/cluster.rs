@@ -110,11 +110,30 @@ pub fn plan(
                 let reason = match (&no_gpu_reason, machine.gpus.is_empty()) {
                     (Some(why), true) => format!("no GPU: {why}"),
                     (None, true) => "the machine has no GPU".into(),
-                    _ => format!(
-                        "no GPU has num_gpus = {} of a card and {:.1} MiB of memory free (the replica's weights and batch buffers)",
-                        ask.num_gpus,
-                        ask.memory as f64 / (1 << 20) as f64
-                    ),
+                    _ => {
+                        let mib = ask.memory as f64 / (1 << 20) as f64;
+                        let cards = machine.gpus.len();
+                        if ask.num_gpus > cards as f64 {
+                            format!(
+                                "num_gpus = {} asks for more GPUs than the machine has ({cards})",
+                                ask.num_gpus
+                            )
+                        } else if ask.num_gpus > 1.0 {
+                            format!(
+                                "no {} GPUs are wholly free with {mib:.1} MiB of memory each (the replica's weights and batch buffers)",
+                                ask.num_gpus
+                            )
+                        } else if ask.num_gpus == 1.0 {
+                            format!(
+                                "no GPU is wholly free with {mib:.1} MiB of memory (the replica's weights and batch buffers)"
+                            )
+                        } else {
+                            format!(
+                                "no GPU has {} of a card and {mib:.1} MiB of memory free (the replica's weights and batch buffers)",
+                                ask.num_gpus
+                            )
+                        }
+                    }
                 };
                 match spec.fallback {
                     prism_config::Fallback::Cpu => ReplicaPlacement::CpuFallback { reason },
@@ -361,9 +380,16 @@ mod plan_tests {
     }
 
     fn plan_for(cuda: Result<Vec<String>, String>) -> (Vec<Vec<ReplicaPlacement>>, Cluster) {
+        plan_asking(0.5, cuda)
+    }
+
+    /// Two replicas of the MLP asking for `num_gpus` each, on two 80 GiB cards.
+    fn plan_asking(num_gpus: f64, cuda: Result<Vec<String>, String>) -> (Vec<Vec<ReplicaPlacement>>, Cluster) {
         let config = Config::parse(
-            "[[deployments]]\nname = \"mlp\"\nnum_replicas = 2\nfallback = \"none\"\n\
-             [deployments.model]\nbuiltin = \"mlp\"\n[deployments.actor]\nnum_gpus = 0.5\n",
+            &format!(
+                "[[deployments]]\nname = \"mlp\"\nnum_replicas = 2\nfallback = \"none\"\n\
+                 [deployments.model]\nbuiltin = \"mlp\"\n[deployments.actor]\nnum_gpus = {num_gpus:?}\n"
+            ),
             "test.toml",
             None,
         )
@@ -414,6 +440,29 @@ mod plan_tests {
         for (nvml, cuda) in pairs {
             assert_eq!(cuda, Some(1 - nvml), "NVML card {nvml} is CUDA device {}", 1 - nvml);
         }
+    }
+
+    #[test]
+    fn a_pending_replica_says_what_it_could_not_get() {
+        let reasons = |num_gpus| {
+            let (placements, _) = plan_asking(num_gpus, Err("no libcuda".into()));
+            placements[0]
+                .iter()
+                .filter_map(|p| match p {
+                    ReplicaPlacement::Pending { reason } => Some(reason.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            reasons(3.0),
+            vec!["num_gpus = 3 asks for more GPUs than the machine has (2)"; 2]
+        );
+        let two = reasons(2.0);
+        assert_eq!(two.len(), 1, "the first takes both cards: {two:?}");
+        assert!(two[0].starts_with("no 2 GPUs are wholly free with "), "{}", two[0]);
+        assert!(reasons(1.0).is_empty(), "one card each");
+        assert!(reasons(0.5).is_empty(), "half a card each");
     }
 
     #[test]

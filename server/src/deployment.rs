@@ -218,7 +218,8 @@ impl Deployment {
             senders.push(tx);
             threads.push(thread);
         }
-        let senders_empty = senders.is_empty();
+        let senders_len = senders.len();
+        let senders_empty = senders_len == 0;
         if senders_empty {
             tracing::warn!(model = %name, "no replica could be placed: the model is not ready (see GET /v2/status)");
         }
@@ -242,7 +243,8 @@ impl Deployment {
         let batcher = tokio::spawn(batcher.run());
         tracing::info!(
             model = %name,
-            replicas = spec.num_replicas,
+            replicas = senders_len,
+            pending = spec.num_replicas - senders_len,
             threads = spec.actor.threads,
             weight_bytes = model.weight_bytes(),
             max_batch_size = b.max_batch_size,
