@@ -47,15 +47,24 @@ pub fn plan(
     no_gpu_reason: Option<String>,
     cuda: &Result<Vec<String>, String>,
 ) -> (Vec<Vec<ReplicaPlacement>>, Cluster) {
+    let mut no_gpu_reason = no_gpu_reason;
     if let Ok(uuids) = cuda {
+        let mut hidden = Vec::new();
         machine.gpus.retain(|g| {
             let visible = g.simulated || uuids.contains(&g.uuid);
             if !visible {
                 tracing::warn!(gpu = g.index, uuid = %g.uuid,
-                    "CUDA cannot see this GPU (CUDA_VISIBLE_DEVICES?): nothing is placed on it");
+                    "CUDA cannot see this GPU (CUDA_VISIBLE_DEVICES? MIG?): nothing is placed on it");
+                hidden.push(format!("{} ({})", g.index, g.uuid));
             }
             visible
         });
+        if machine.gpus.is_empty() && !hidden.is_empty() {
+            no_gpu_reason = Some(format!(
+                "CUDA cannot see GPU {} that NVML lists (CUDA_VISIBLE_DEVICES? MIG?)",
+                hidden.join(", ")
+            ));
+        }
     }
     let mut placements: Vec<Vec<ReplicaPlacement>> = config
         .deployments
@@ -94,7 +103,9 @@ pub fn plan(
                     match cuda {
                         Ok(uuids) => match uuids.iter().position(|u| *u == card.uuid) {
                             Some(ordinal) => (Some(ordinal), format!("runs on cuda:{ordinal}")),
-                            None => unreachable!("cards CUDA cannot see were left out above. This is a bug."),
+                            // Cards CUDA cannot see were left out above; this is only a
+                            // guard.
+                            None => (None, format!("CUDA cannot see GPU {}: runs on the CPU", card.index)),
                         },
                         Err(why) => (None, format!("CUDA unavailable ({why}): runs on the CPU")),
                     }
@@ -110,30 +121,7 @@ pub fn plan(
                 let reason = match (&no_gpu_reason, machine.gpus.is_empty()) {
                     (Some(why), true) => format!("no GPU: {why}"),
                     (None, true) => "the machine has no GPU".into(),
-                    _ => {
-                        let mib = ask.memory as f64 / (1 << 20) as f64;
-                        let cards = machine.gpus.len();
-                        if ask.num_gpus > cards as f64 {
-                            format!(
-                                "num_gpus = {} asks for more GPUs than the machine has ({cards})",
-                                ask.num_gpus
-                            )
-                        } else if ask.num_gpus > 1.0 {
-                            format!(
-                                "no {} GPUs are wholly free with {mib:.1} MiB of memory each (the replica's weights and batch buffers)",
-                                ask.num_gpus
-                            )
-                        } else if ask.num_gpus == 1.0 {
-                            format!(
-                                "no GPU is wholly free with {mib:.1} MiB of memory (the replica's weights and batch buffers)"
-                            )
-                        } else {
-                            format!(
-                                "no GPU has {} of a card and {mib:.1} MiB of memory free (the replica's weights and batch buffers)",
-                                ask.num_gpus
-                            )
-                        }
-                    }
+                    _ => unplaced_reason(ask, machine.gpus.len()),
                 };
                 match spec.fallback {
                     prism_config::Fallback::Cpu => ReplicaPlacement::CpuFallback { reason },
@@ -197,6 +185,26 @@ pub fn plan(
         })),
     };
     (placements, cluster)
+}
+
+/// Why a replica asking for `ask` found no place on a machine with `cards` GPUs.
+fn unplaced_reason(ask: &placement::Ask, cards: usize) -> String {
+    let n = ask.num_gpus;
+    let memory = if ask.memory < 1 << 20 {
+        format!("{:.1} KiB", ask.memory as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", ask.memory as f64 / (1 << 20) as f64)
+    };
+    let what = "the replica's weights and batch buffers";
+    if n > cards as f64 {
+        format!("num_gpus = {n}: more GPUs than the machine has ({cards})")
+    } else if n > 1.0 {
+        format!("num_gpus = {n}: no {n} GPUs are wholly free with {memory} of memory each ({what})")
+    } else if n == 1.0 {
+        format!("num_gpus = 1: no GPU is wholly free with {memory} of memory ({what})")
+    } else {
+        format!("num_gpus = {n}: no GPU has {n} of a card and {memory} of memory free ({what})")
+    }
 }
 
 /// What a task asks of the machine's logical resources.
@@ -456,13 +464,32 @@ mod plan_tests {
         };
         assert_eq!(
             reasons(3.0),
-            vec!["num_gpus = 3 asks for more GPUs than the machine has (2)"; 2]
+            vec!["num_gpus = 3: more GPUs than the machine has (2)"; 2]
         );
         let two = reasons(2.0);
         assert_eq!(two.len(), 1, "the first takes both cards: {two:?}");
-        assert!(two[0].starts_with("no 2 GPUs are wholly free with "), "{}", two[0]);
+        assert!(
+            two[0].starts_with("num_gpus = 2: no 2 GPUs are wholly free with "),
+            "{}",
+            two[0]
+        );
         assert!(reasons(1.0).is_empty(), "one card each");
         assert!(reasons(0.5).is_empty(), "half a card each");
+    }
+
+    #[test]
+    fn when_cuda_sees_none_of_the_cards_the_replicas_say_so() {
+        let (placements, cluster) = plan_for(Ok(Vec::new()));
+        assert!(cluster.machine.gpus.is_empty());
+        for p in &placements[0] {
+            match p {
+                ReplicaPlacement::Pending { reason } => assert_eq!(
+                    reason,
+                    "no GPU: CUDA cannot see GPU 0 (GPU-aaaa), 1 (GPU-bbbb) that NVML lists (CUDA_VISIBLE_DEVICES? MIG?)"
+                ),
+                other => panic!("expected a pending replica, got {other:?}"),
+            }
+        }
     }
 
     #[test]

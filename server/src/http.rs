@@ -337,7 +337,8 @@ async fn model_config(State(app): App, path: ModelParam) -> Result<axum::Json<Va
 }
 
 /// Triton's instance groups from where the replicas run: one `KIND_GPU` group per card
-/// computing replicas, one `KIND_CPU` group for the rest.
+/// computing replicas, one `KIND_CPU` group for the rest. Cards are numbered by CUDA
+/// ordinal, as Triton numbers them (`GET /v2/status` shows NVML's indices).
 fn instance_groups(d: &Deployment) -> Value {
     let mut per_card: std::collections::BTreeMap<usize, usize> = Default::default();
     let mut cpu = 0;
