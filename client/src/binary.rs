@@ -51,17 +51,27 @@ pub fn encode_tensor(name: &str, dtype: DType, data: &TensorData, out: &mut Vec<
             }
         }
         // JSON numbers into an integer type: whole and in range, or refused (never
-        // rounded or saturated). JSON integers beyond 2^53 have lost digits already.
+        // rounded or saturated). Integer literals arrive as `Integers`, exact; a number
+        // written with a fraction or an exponent beyond 2^53 may have lost digits in
+        // parsing, so it is refused rather than stored as something else.
         (
             DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::U32 | DType::I32 | DType::U64 | DType::I64,
             TensorData::Numbers(numbers),
         ) => {
+            const EXACT: f64 = (1u64 << 53) as f64;
             let whole = numbers
                 .iter()
                 .map(|&v| {
-                    (v.fract() == 0.0 && v.is_finite())
-                        .then_some(v as i128)
-                        .ok_or_else(|| fail(format!("{v} is not a whole number, as {dtype} needs")))
+                    if !(v.fract() == 0.0 && v.is_finite()) {
+                        Err(fail(format!("{v} is not a whole number, as {dtype} needs")))
+                    } else if v.abs() > EXACT {
+                        Err(fail(format!(
+                            "{v} is beyond 2^53 and written with a fraction or an exponent, so it may have \
+                             lost digits; write it as a plain integer for {dtype}"
+                        )))
+                    } else {
+                        Ok(v as i128)
+                    }
                 })
                 .collect::<Result<Vec<i128>, _>>()?;
             return encode_tensor(name, dtype, &TensorData::Integers(whole), out);

@@ -159,14 +159,16 @@ pub struct RepositoryModel {
 /// The `data` of a tensor, flattened (row-major).
 ///
 /// The protocol allows nested (`[[1, 2], [3, 4]]`) or flat (`[1, 2, 3, 4]`) arrays; both
-/// parse into the same flat vector. Parsing yields [`TensorData::Numbers`] (exact for
-/// every integer up to 2^53), [`TensorData::Bools`] or [`TensorData::Strings`];
-/// [`TensorData::F32`] is for building requests and responses without a conversion.
+/// parse into the same flat vector. Parsing yields [`TensorData::Integers`] when every
+/// element is an integer literal (exact at any size an INT64 or UINT64 holds),
+/// [`TensorData::Numbers`] once one has a fraction or an exponent, [`TensorData::Bools`]
+/// or [`TensorData::Strings`]; [`TensorData::F32`] is for building requests and responses
+/// without a conversion.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
     F32(Vec<f32>),
     Numbers(Vec<f64>),
-    /// Integers, written without a fraction (for integer datatypes in answers).
+    /// Integers, written without a fraction.
     Integers(Vec<i128>),
     Bools(Vec<bool>),
     Strings(Vec<String>),
@@ -249,6 +251,8 @@ impl Serialize for TensorData {
 enum Flat {
     Empty,
     Numbers(Vec<f64>),
+    /// Integer literals only, so far: kept exact until a fraction turns them into numbers.
+    Integers(Vec<i128>),
     Bools(Vec<bool>),
     Strings(Vec<String>),
 }
@@ -257,7 +261,7 @@ impl Flat {
     fn kind(&self) -> &'static str {
         match self {
             Flat::Empty => "nothing",
-            Flat::Numbers(_) => "numbers",
+            Flat::Numbers(_) | Flat::Integers(_) => "numbers",
             Flat::Bools(_) => "booleans",
             Flat::Strings(_) => "strings",
         }
@@ -274,6 +278,28 @@ impl Flat {
         match self {
             Flat::Empty => *self = Flat::Numbers(vec![v]),
             Flat::Numbers(n) => n.push(v),
+            Flat::Integers(i) => {
+                let mut n: Vec<f64> = Vec::with_capacity(i.capacity().max(i.len() + 1));
+                n.extend(i.iter().map(|&x| x as f64));
+                n.push(v);
+                *self = Flat::Numbers(n);
+            }
+            _ => return Err(self.mixed("numbers")),
+        }
+        Ok(())
+    }
+
+    fn integer<E: de::Error>(&mut self, v: i128) -> Result<(), E> {
+        match self {
+            Flat::Empty => *self = Flat::Integers(vec![v]),
+            // An empty numbers vector is only a capacity guess made by `visit_seq`.
+            Flat::Numbers(n) if n.is_empty() => {
+                let mut i = Vec::with_capacity(n.capacity());
+                i.push(v);
+                *self = Flat::Integers(i);
+            }
+            Flat::Numbers(n) => n.push(v as f64),
+            Flat::Integers(i) => i.push(v),
             _ => return Err(self.mixed("numbers")),
         }
         Ok(())
@@ -310,11 +336,11 @@ impl<'de> Visitor<'de> for FlattenInto<'_> {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.0.number(v as f64)
+        self.0.integer(v.into())
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.0.number(v as f64)
+        self.0.integer(v.into())
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
@@ -355,6 +381,7 @@ impl<'de> Deserialize<'de> for TensorData {
         Ok(match flat {
             Flat::Empty => TensorData::Numbers(Vec::new()),
             Flat::Numbers(v) => TensorData::Numbers(v),
+            Flat::Integers(v) => TensorData::Integers(v),
             Flat::Bools(v) => TensorData::Bools(v),
             Flat::Strings(v) => TensorData::Strings(v),
         })
@@ -525,6 +552,17 @@ mod tests {
             serde_json::from_str::<TensorData>("[[], []]").unwrap(),
             TensorData::Numbers(vec![])
         );
+    }
+
+    #[test]
+    fn integer_literals_stay_exact_until_a_fraction_appears() {
+        let ints: TensorData = serde_json::from_str("[[9007199254740993], [-9223372036854775808]]").unwrap();
+        assert_eq!(ints, TensorData::Integers(vec![9_007_199_254_740_993, i64::MIN.into()]));
+        let top: TensorData = serde_json::from_str("[18446744073709551615]").unwrap();
+        assert_eq!(top, TensorData::Integers(vec![u64::MAX.into()]));
+        let mixed: TensorData = serde_json::from_str("[1, 2, 0.5, 3]").unwrap();
+        assert_eq!(mixed, TensorData::Numbers(vec![1.0, 2.0, 0.5, 3.0]));
+        assert_eq!(ints.to_f32().unwrap()[1], i64::MIN as f32);
     }
 
     #[test]

@@ -109,7 +109,7 @@ async fn put_get_meta_delete_round_trip_every_dtype() {
         .unwrap();
     assert_eq!(got.to_f32(), vec![1.0, 2.0]);
     // JSON integers into integer types: exact, or refused, never rounded or saturated.
-    let big = put(json!({"datatype": "INT64", "shape": [2], "data": [16777217, -3]}))
+    let big = put(json!({"datatype": "INT64", "shape": [3], "data": [16777217, -3, 9_007_199_254_740_993u64]}))
         .await
         .unwrap();
     assert_eq!(big.status(), 201);
@@ -118,7 +118,20 @@ async fn put_get_meta_delete_round_trip_every_dtype() {
         .get(&ObjectRef(big["object_ref"].as_str().unwrap().into()), None)
         .await
         .unwrap();
-    assert_eq!(got.data, TensorData::Integers(vec![16_777_217, -3]));
+    assert_eq!(
+        got.data,
+        TensorData::Integers(vec![16_777_217, -3, 9_007_199_254_740_993])
+    );
+    let top = put(json!({"datatype": "UINT64", "shape": [1], "data": [u64::MAX]}))
+        .await
+        .unwrap();
+    assert_eq!(top.status(), 201);
+    let top: serde_json::Value = top.json().await.unwrap();
+    let got = c
+        .get(&ObjectRef(top["object_ref"].as_str().unwrap().into()), None)
+        .await
+        .unwrap();
+    assert_eq!(got.data, TensorData::Integers(vec![u64::MAX.into()]));
     for (body, says) in [
         (
             json!({"datatype": "UINT8", "shape": [1], "data": [300]}),
@@ -127,6 +140,10 @@ async fn put_get_meta_delete_round_trip_every_dtype() {
         (
             json!({"datatype": "INT32", "shape": [1], "data": [1.5]}),
             "1.5 is not a whole number",
+        ),
+        (
+            json!({"datatype": "INT64", "shape": [1], "data": [1e17]}),
+            "is beyond 2^53 and written with a fraction or an exponent",
         ),
         (
             json!({"datatype": "FP32", "shape": [3], "data": [1, 2]}),

@@ -48,8 +48,8 @@ async fn infer(headers: HeaderMap, body: Bytes) -> Response {
     let mut values = 0usize;
     for input in &request.inputs {
         match &input.data {
-            Some(TensorData::Numbers(v)) => {
-                let tensor: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            Some(data @ (TensorData::Numbers(_) | TensorData::Integers(_))) => {
+                let tensor = data.to_f32().expect("numbers convert to f32");
                 values += std::hint::black_box(tensor).len();
             }
             Some(other) => values += other.len(),
