@@ -427,25 +427,35 @@ pub struct GpuModel {
 impl GpuModel {
     /// Bytes of card memory one replica of `model` needs for batches of up to `max_rows`
     /// rows, as [`GpuModel::upload`] and the staging buckets allocate it: the weights (GEMM
-    /// weights in 2 bytes for bf16 / fp16), and per bucket two fp32 activation buffers of
-    /// the widest row (plus a half-precision one for bf16 / fp16). Buckets are powers of
-    /// two, so all the smaller ones together take at most as much as the largest.
+    /// weights in 2 bytes for bf16 / fp16, the rest fp32), per bucket two fp32 activation
+    /// buffers of the widest row (plus a half-precision one for bf16 / fp16), and its
+    /// cuBLAS handle's workspace. Buckets are powers of two, so all the smaller ones
+    /// together take at most as much as the largest. The CUDA context is not counted: the
+    /// replicas of a process share each card's primary context.
     pub fn memory_needed(model: &Model, precision: Precision, max_rows: usize) -> u64 {
-        let bucket = max_rows.next_power_of_two();
+        /// cuBLAS's default workspace per handle: 32 MiB on Hopper, 4 MiB before it.
+        const CUBLAS_WORKSPACE: usize = 32 << 20;
+        let bucket = max_rows.max(1).next_power_of_two();
         let widest = model.widest();
-        let (mut weights, mut per_bucket) = (model.gpu_weight_bytes(), 2 * bucket * widest * 4);
-        if matches!(precision, Precision::Bf16 | Precision::Fp16) {
-            // Biases stay fp32: halving all of it is a slight underestimate of those.
-            weights /= 2;
-            per_bucket += bucket * widest * 2;
-        }
-        (weights + 2 * per_bucket) as u64
+        let half = matches!(precision, Precision::Bf16 | Precision::Fp16);
+        let weights = model.gpu_weight_bytes(if half { 2 } else { 4 });
+        let per_bucket = 2 * bucket * widest * 4 + if half { bucket * widest * 2 } else { 0 };
+        (weights + 2 * per_bucket + CUBLAS_WORKSPACE) as u64
     }
 
     /// Uploads `model`'s weights (the `[in, out]` layout the CPU path also uses) to
     /// `device`, converted once to `precision` for the GEMMs (biases, element-wise ops
     /// and softmax stay in fp32).
     pub fn upload(model: &Model, device: CudaDevice, precision: Precision) -> Result<Self, GpuError> {
+        // cudarc panics on a missing library symbol and on some failed frees: a panic here
+        // is a failure to upload, never the end of the replica's thread.
+        catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::upload_inner(model, device, precision)
+        }))
+        .unwrap_or_else(|_| Err(GpuError("cudarc panicked uploading the model".into())))
+    }
+
+    fn upload_inner(model: &Model, device: CudaDevice, precision: Precision) -> Result<Self, GpuError> {
         let up = |w: &crate::Weight| device.stream.clone_htod(w.as_slice()).map_err(gpu("upload weights"));
         let up_gemm = |w: &crate::Weight| -> Result<GemmWeight, GpuError> {
             let bits: Vec<u16> = match precision {
@@ -681,6 +691,30 @@ mod tests {
             0x8f, 0x6a, 0x5d, 0x0e, 0x12, 0x34, 0xab, 0xcd, 0x00, 0x01, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54,
         ];
         assert_eq!(format_uuid(bytes), "GPU-8f6a5d0e-1234-abcd-0001-fedcba987654");
+    }
+
+    #[test]
+    fn the_memory_ask_counts_what_upload_and_staging_allocate() {
+        // The default MLP: 784 -> 256 -> 10, batches of up to 32 rows (one bucket of 32).
+        let mlp = crate::builtin::mlp();
+        let gemm = 784 * 256 + 256 * 10;
+        let biases = (256 + 10) * 4;
+        let activations = 2 * 32 * 784 * 4;
+        let workspace = 32 << 20;
+        assert_eq!(
+            GpuModel::memory_needed(&mlp, Precision::Fp32, 32),
+            (gemm * 4 + biases + 2 * activations + workspace) as u64
+        );
+        // bf16 halves the GEMM weights only, and adds a half-precision input buffer.
+        assert_eq!(
+            GpuModel::memory_needed(&mlp, Precision::Bf16, 32),
+            (gemm * 2 + biases + 2 * (activations + 32 * 784 * 2) + workspace) as u64
+        );
+        assert_eq!(
+            GpuModel::memory_needed(&mlp, Precision::Fp32, 20),
+            GpuModel::memory_needed(&mlp, Precision::Fp32, 32),
+            "rows round up to their power-of-two bucket"
+        );
     }
 
     #[test]

@@ -229,13 +229,16 @@ impl Model {
             .fold(self.in_features, usize::max)
     }
 
-    /// Bytes the GPU backend uploads: the `[in, out]` weights, biases and added tensors
-    /// (not the `[out, in]` copies the CPU keeps for single rows).
-    pub fn gpu_weight_bytes(&self) -> usize {
+    /// Bytes the GPU backend uploads: the `[in, out]` GEMM weights at `gemm_element_bytes`
+    /// each (4 for fp32, 2 for bf16 / fp16), biases and added tensors in fp32 (not the
+    /// `[out, in]` copies the CPU keeps for single rows).
+    pub fn gpu_weight_bytes(&self, gemm_element_bytes: usize) -> usize {
         self.steps
             .iter()
             .map(|s| match s {
-                Step::Gemm { weight, bias, .. } => weight.byte_len() + bias.as_ref().map_or(0, Weight::byte_len),
+                Step::Gemm { weight, bias, .. } => {
+                    weight.as_slice().len() * gemm_element_bytes + bias.as_ref().map_or(0, Weight::byte_len)
+                }
                 Step::Layer(l) => l.weight_bytes(),
             })
             .sum()

@@ -195,7 +195,7 @@ fn unplaced_reason(ask: &placement::Ask, cards: usize) -> String {
     } else {
         format!("{:.1} MiB", ask.memory as f64 / (1 << 20) as f64)
     };
-    let what = "the replica's weights and batch buffers";
+    let what = "the replica's weights, batch buffers and cuBLAS workspace";
     if n > cards as f64 {
         format!("num_gpus = {n}: more GPUs than the machine has ({cards})")
     } else if n > 1.0 {

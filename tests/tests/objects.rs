@@ -98,39 +98,28 @@ async fn put_get_meta_delete_round_trip_every_dtype() {
     // A JSON put, and refusals that name the field.
     let http = reqwest::Client::new();
     let put = |body: serde_json::Value| http.post(format!("{}/v2/objects", s.url)).json(&body).send();
-    let ok = put(json!({"datatype": "FP32", "shape": [2], "data": [1, 2]}))
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 201);
-    let r: serde_json::Value = ok.json().await.unwrap();
-    let got = c
-        .get(&ObjectRef(r["object_ref"].as_str().unwrap().into()), None)
-        .await
-        .unwrap();
+    // A JSON put that must be stored, read back through the client.
+    let stored = |body: serde_json::Value| {
+        let put = put(body);
+        async move {
+            let ok = put.await.unwrap();
+            assert_eq!(ok.status(), 201);
+            let r: serde_json::Value = ok.json().await.unwrap();
+            c.get(&ObjectRef(r["object_ref"].as_str().unwrap().into()), None)
+                .await
+                .unwrap()
+        }
+    };
+    let got = stored(json!({"datatype": "FP32", "shape": [2], "data": [1, 2]})).await;
     assert_eq!(got.to_f32(), vec![1.0, 2.0]);
     // JSON integers into integer types: exact, or refused, never rounded or saturated.
-    let big = put(json!({"datatype": "INT64", "shape": [3], "data": [16777217, -3, 9_007_199_254_740_993u64]}))
-        .await
-        .unwrap();
-    assert_eq!(big.status(), 201);
-    let big: serde_json::Value = big.json().await.unwrap();
-    let got = c
-        .get(&ObjectRef(big["object_ref"].as_str().unwrap().into()), None)
-        .await
-        .unwrap();
+    let got =
+        stored(json!({"datatype": "INT64", "shape": [3], "data": [16777217, -3, 9_007_199_254_740_993u64]})).await;
     assert_eq!(
         got.data,
         TensorData::Integers(vec![16_777_217, -3, 9_007_199_254_740_993])
     );
-    let top = put(json!({"datatype": "UINT64", "shape": [1], "data": [u64::MAX]}))
-        .await
-        .unwrap();
-    assert_eq!(top.status(), 201);
-    let top: serde_json::Value = top.json().await.unwrap();
-    let got = c
-        .get(&ObjectRef(top["object_ref"].as_str().unwrap().into()), None)
-        .await
-        .unwrap();
+    let got = stored(json!({"datatype": "UINT64", "shape": [1], "data": [u64::MAX]})).await;
     assert_eq!(got.data, TensorData::Integers(vec![u64::MAX.into()]));
     for (body, says) in [
         (
