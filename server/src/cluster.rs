@@ -272,43 +272,85 @@ impl Free {
 
 /// The logical resources replicas left, shared by tasks: a task waits until its ask
 /// fits, holds it while it runs, and gives it back.
+///
+/// Waiting tasks are served in the order they asked: when resources come back, each
+/// waiter in turn takes them if its ask fits (one that does not fit lets the ones behind
+/// it go first, as Ray's scheduler does, so a large ask can wait behind a stream of small
+/// ones).
 pub struct Pool {
     /// What tasks may use at most (the machine minus the replicas).
     pub capacity: Free,
-    free: std::sync::Mutex<Free>,
-    changed: tokio::sync::Notify,
+    inner: std::sync::Mutex<Inner>,
+}
+
+struct Inner {
+    free: Free,
+    /// Tasks waiting for their ask, oldest first; each is sent its grant.
+    waiters: std::collections::VecDeque<(TaskAsk, tokio::sync::oneshot::Sender<Grant>)>,
 }
 
 /// Resources held by a running task; given back on drop.
 pub struct Grant {
-    pool: std::sync::Arc<Pool>,
+    /// `None` once given back by [`Inner::serve`] (its waiter had gone).
+    pool: Option<std::sync::Arc<Pool>>,
     ask: TaskAsk,
     cards: Vec<usize>,
 }
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        self.pool.lock().take(&self.ask, &self.cards, 1.0);
-        self.pool.changed.notify_waiters();
+        if let Some(pool) = self.pool.take() {
+            let mut inner = pool.lock();
+            inner.free.take(&self.ask, &self.cards, 1.0);
+            inner.serve(&pool);
+        }
+    }
+}
+
+impl Inner {
+    /// Hands what is free to the waiters whose ask fits, oldest first.
+    fn serve(&mut self, pool: &std::sync::Arc<Pool>) {
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let Some(cards) = self.free.fit(&self.waiters[i].0) else {
+                i += 1;
+                continue;
+            };
+            let (ask, tx) = self.waiters.remove(i).expect("index checked");
+            self.free.take(&ask, &cards, -1.0);
+            let grant = Grant {
+                pool: Some(std::sync::Arc::clone(pool)),
+                ask,
+                cards,
+            };
+            if let Err(mut unclaimed) = tx.send(grant) {
+                // The task was dropped while it waited: give its share back here (the
+                // lock is held, so not through `Drop`) and serve the next one.
+                unclaimed.pool = None;
+                self.free.take(&unclaimed.ask, &unclaimed.cards, 1.0);
+            }
+        }
     }
 }
 
 impl Pool {
     pub fn new(capacity: Free) -> Self {
         Pool {
-            free: std::sync::Mutex::new(capacity.clone()),
+            inner: std::sync::Mutex::new(Inner {
+                free: capacity.clone(),
+                waiters: Default::default(),
+            }),
             capacity,
-            changed: tokio::sync::Notify::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Free> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What is free now.
     pub fn free(&self) -> Free {
-        self.lock().clone()
+        self.lock().free.clone()
     }
 
     /// Whether `ask` could ever run: it fits in what the replicas left. The reason names
@@ -346,27 +388,27 @@ impl Pool {
         Ok(())
     }
 
-    /// Waits until `ask` fits, then takes it. `ask` must be [`Pool::feasible`].
+    /// Waits until `ask` fits, then takes it. `ask` must be [`Pool::feasible`]. Dropping
+    /// the future while it waits gives up its place (and anything granted meanwhile).
     pub async fn acquire(self: &std::sync::Arc<Self>, ask: TaskAsk) -> Grant {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the check, so a release between the check and the
-            // await still wakes this task.
-            changed.as_mut().enable();
-            {
-                let mut free = self.lock();
-                if let Some(cards) = free.fit(&ask) {
-                    free.take(&ask, &cards, -1.0);
-                    return Grant {
-                        pool: std::sync::Arc::clone(self),
-                        ask,
-                        cards,
-                    };
-                }
+        let rx = {
+            let mut inner = self.lock();
+            // Waiters that fit were served when resources came back, so an ask that fits
+            // now passes nobody who could have run.
+            if let Some(cards) = inner.free.fit(&ask) {
+                inner.free.take(&ask, &cards, -1.0);
+                return Grant {
+                    pool: Some(std::sync::Arc::clone(self)),
+                    ask,
+                    cards,
+                };
             }
-            changed.await;
-        }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            inner.waiters.push_back((ask, tx));
+            rx
+        };
+        rx.await
+            .expect("a waiter's sender is only dropped after sending. This is a bug.")
     }
 }
 
@@ -526,6 +568,27 @@ mod pool_tests {
         }
     }
 
+    /// Starts a task asking for `ask` and returns once it waits in the pool's queue.
+    async fn queued(p: &Arc<Pool>, ask: TaskAsk) -> tokio::task::JoinHandle<Grant> {
+        let before = p.lock().waiters.len();
+        let task = tokio::spawn({
+            let p = Arc::clone(p);
+            async move { p.acquire(ask).await }
+        });
+        while p.lock().waiters.len() <= before {
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
+    /// What a queued task was granted, within 5 s.
+    async fn granted(task: tokio::task::JoinHandle<Grant>) -> Grant {
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     #[test]
     fn feasibility_names_the_resource() {
         let p = pool();
@@ -566,6 +629,75 @@ mod pool_tests {
             .unwrap();
         drop(c);
         assert_eq!(p.free(), p.capacity);
+    }
+
+    // Two worker threads: the order must come from the pool, not from how one thread
+    // happens to poll the waiters.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_tasks_are_served_in_the_order_they_asked() {
+        let p = pool();
+        let first = p.acquire(cpus(1.0)).await;
+        let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiting = Vec::new();
+        for i in 0..5 {
+            let order_tx = order_tx.clone();
+            let before = p.lock().waiters.len();
+            let pool = Arc::clone(&p);
+            waiting.push(tokio::spawn(async move {
+                let grant = pool.acquire(cpus(1.0)).await;
+                order_tx.send(i).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop(grant);
+            }));
+            // Each one queued before the next asks.
+            while p.lock().waiters.len() <= before {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(first);
+        for w in waiting {
+            tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
+        }
+        let mut got = Vec::new();
+        while let Ok(i) = order.try_recv() {
+            got.push(i);
+        }
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        assert_eq!(p.free(), p.capacity);
+    }
+
+    #[tokio::test]
+    async fn an_ask_that_does_not_fit_lets_later_ones_go_first() {
+        let p = pool();
+        let half = p.acquire(cpus(0.5)).await;
+        let big = queued(&p, cpus(1.0)).await;
+        // Half a CPU is still free: a later half-CPU ask does not wait behind the whole one.
+        let small = tokio::time::timeout(Duration::from_secs(5), p.acquire(cpus(0.5)))
+            .await
+            .expect("the small ask fits now");
+        drop((half, small));
+        drop(granted(big).await);
+        assert_eq!(p.free(), p.capacity);
+    }
+
+    #[tokio::test]
+    async fn a_task_dropped_while_waiting_leaks_nothing() {
+        let p = pool();
+        let first = p.acquire(cpus(1.0)).await;
+        let gone = queued(&p, cpus(1.0)).await;
+        gone.abort();
+        let _ = gone.await;
+        let next = queued(&p, cpus(1.0)).await;
+        assert_eq!(
+            p.lock().waiters.len(),
+            2,
+            "the aborted waiter keeps its place until served"
+        );
+        // It is first in line: its grant is given back and the next is served.
+        drop(first);
+        drop(granted(next).await);
+        assert_eq!(p.free(), p.capacity);
+        assert!(p.lock().waiters.is_empty());
     }
 
     #[tokio::test]
