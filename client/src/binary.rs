@@ -51,23 +51,25 @@ pub fn encode_tensor(name: &str, dtype: DType, data: &TensorData, out: &mut Vec<
             }
         }
         // JSON numbers into an integer type: whole and in range, or refused (never
-        // rounded or saturated). Integer literals arrive as `Integers`, exact; a number
-        // written with a fraction or an exponent beyond 2^53 may have lost digits in
-        // parsing, so it is refused rather than stored as something else.
+        // rounded or saturated). Integer literals arrive as `Integers`, exact. Data holding
+        // any number with a fraction or an exponent is read as f64, which keeps whole
+        // numbers exact only below 2^52 (above, a written fraction vanishes or a digit
+        // rounds away), so larger values are refused rather than stored as something else.
         (
             DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::U32 | DType::I32 | DType::U64 | DType::I64,
             TensorData::Numbers(numbers),
         ) => {
-            const EXACT: f64 = (1u64 << 53) as f64;
+            const EXACT: f64 = (1u64 << 52) as f64;
             let whole = numbers
                 .iter()
                 .map(|&v| {
                     if !(v.fract() == 0.0 && v.is_finite()) {
                         Err(fail(format!("{v} is not a whole number, as {dtype} needs")))
-                    } else if v.abs() > EXACT {
+                    } else if v.abs() >= EXACT {
                         Err(fail(format!(
-                            "{v} is beyond 2^53 and written with a fraction or an exponent, so it may have \
-                             lost digits; write it as a plain integer for {dtype}"
+                            "{v} may not be the number written: the data holds numbers with a fraction or an \
+                             exponent, so it is read as floating point, exact only below 2^52; write every \
+                             element as a plain integer for {dtype}"
                         )))
                     } else {
                         Ok(v as i128)
