@@ -35,7 +35,7 @@ fn batcher(c: &mut Criterion) {
         .into_iter()
         .find(|d| d.name == "celsius")
         .expect("celsius");
-    let metrics = Metrics::new();
+    let metrics = Arc::new(Metrics::new());
     let deployment: Arc<Deployment> = rt.block_on(async { Deployment::start(spec, &metrics).expect("starts") });
     let mut group = c.benchmark_group("batcher");
     for in_flight in [1usize, 32] {

@@ -57,6 +57,16 @@ impl Rows {
     }
 }
 
+impl std::fmt::Debug for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Rows::Owned(_) => "Owned",
+            Rows::Object { .. } => "Object",
+        };
+        write!(f, "Rows::{kind}({} rows)", self.nrows())
+    }
+}
+
 impl From<Array2<f32>> for Rows {
     fn from(a: Array2<f32>) -> Self {
         Rows::Owned(a)
@@ -173,23 +183,27 @@ pub struct BatcherHandle {
 
 impl BatcherHandle {
     /// Queues `input`; the receiver yields its answer. Refuses at once when
-    /// `max_queue_size` requests are already waiting.
-    pub fn submit(&self, input: impl Into<Rows>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+    /// `max_queue_size` requests are already waiting, and gives the input back.
+    pub fn submit(&self, input: impl Into<Rows>) -> Result<oneshot::Receiver<Reply>, (SubmitError, Rows)> {
         let input = input.into();
-        self.queued
+        if self
+            .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 (q < self.max_queue_size).then_some(q + 1)
             })
-            .map_err(|_| SubmitError::QueueFull)?;
+            .is_err()
+        {
+            return Err((SubmitError::QueueFull, input));
+        }
         let (reply, rx) = oneshot::channel();
         let entry = Entry {
             input,
             reply,
             enqueued: Instant::now(),
         };
-        if self.tx.send(entry).is_err() {
+        if let Err(mpsc::error::SendError(entry)) = self.tx.send(entry) {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(SubmitError::Closed);
+            return Err((SubmitError::Closed, entry.input));
         }
         Ok(rx)
     }
@@ -545,7 +559,7 @@ mod tests {
         // Two batches went to the replica (running + prefetched), two wait in the queue.
         assert_eq!(h.handle.queued(), 2);
         assert_eq!(
-            h.handle.submit(Array2::zeros((1, 1))).unwrap_err(),
+            h.handle.submit(Array2::zeros((1, 1))).unwrap_err().0,
             SubmitError::QueueFull
         );
         let _ = h.replicas[0].try_recv().unwrap();

@@ -39,18 +39,34 @@ pub enum StartError {
     Replica { name: String, index: usize, reason: String },
 }
 
-/// A running deployment.
+/// A deployment: its spec, its counters, and (while loaded) its running replicas and
+/// batcher. `POST /v2/repository/models/{m}/unload` stops the replicas; `load` starts
+/// them again on the same slots, reading the weights anew, and swaps them in while the
+/// old ones finish what they hold.
 pub struct Deployment {
     pub spec: Spec,
     /// `prism_builtin` or `prism_safetensors`, for the metadata's `platform`.
     pub platform: &'static str,
-    handle: BatcherHandle,
     pub stats: Arc<ModelStats>,
     /// This model's request counters and latency histogram, bound once.
     pub request_metrics: RequestMetrics,
+    metrics: Arc<Metrics>,
+    /// Where each replica was placed at start-up; its slots stay reserved while unloaded.
+    placements: Vec<ReplicaPlacement>,
+    /// `None` while unloaded.
+    engine: std::sync::RwLock<Option<Arc<Engine>>>,
+    /// One load or unload at a time.
+    control: tokio::sync::Mutex<()>,
+}
+
+/// The running part of a deployment: replica threads and the batcher in front of them.
+struct Engine {
+    handle: BatcherHandle,
     ready: AtomicBool,
     close: watch::Sender<bool>,
-    pub replicas: Vec<ReplicaStatus>,
+    replicas: Vec<ReplicaStatus>,
+    /// `prism_replicas` children this engine counts in, given back when it stops.
+    replica_gauges: Vec<prometheus::IntGauge>,
     threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
     batcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -138,27 +154,18 @@ fn load_model(spec: &Spec) -> Result<(Model, &'static str), StartError> {
     Ok((model, platform))
 }
 
-impl Deployment {
-    /// Loads the model and starts every replica on the CPU (no placement). Must run
-    /// inside the tokio runtime (the batcher is a task).
-    pub fn start(spec: Spec, metrics: &Metrics) -> Result<Arc<Self>, StartError> {
-        let loaded = load(&spec)?;
-        let placements = vec![ReplicaPlacement::Cpu; spec.num_replicas];
-        Self::start_placed(spec, loaded, placements, metrics)
-    }
-
-    /// Starts the replicas that `placements` lets run (one entry per replica) and the
-    /// batcher. Must run inside the tokio runtime.
-    pub fn start_placed(
-        spec: Spec,
-        loaded: Loaded,
+impl Engine {
+    /// Starts the replicas that `placements` lets run and the batcher. Must run inside the
+    /// tokio runtime.
+    fn start(
+        spec: &Spec,
+        model: Model,
         placements: Vec<ReplicaPlacement>,
+        stats: &Arc<ModelStats>,
+        request_metrics: &RequestMetrics,
         metrics: &Metrics,
-    ) -> Result<Arc<Self>, StartError> {
-        let Loaded { model, platform } = loaded;
+    ) -> Result<Engine, StartError> {
         let name = spec.name.clone();
-        let stats = Arc::new(ModelStats::default());
-        let request_metrics = RequestMetrics::new(metrics, &name);
         let replica_metrics = ReplicaMetrics {
             queue_duration: metrics.queue_duration.with_label_values(&[&name]),
             compute_duration: metrics.compute_duration.with_label_values(&[&name]),
@@ -170,6 +177,7 @@ impl Deployment {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         let mut replicas = Vec::new();
+        let mut replica_gauges = Vec::new();
         for (index, placement) in placements.into_iter().enumerate() {
             if !placement.runs() {
                 replicas.push(ReplicaStatus {
@@ -190,15 +198,12 @@ impl Deployment {
                 } => Device::Cuda { ordinal: *ordinal },
                 _ => Device::cpu(spec.actor.threads).map_err(|e| fail(e.to_string()))?,
             };
+            let location = device.location().to_string();
             replicas.push(ReplicaStatus {
                 index,
                 placement,
-                device: Some(device.location().to_string()),
+                device: Some(location.clone()),
             });
-            metrics
-                .replicas
-                .with_label_values(&[name.as_str(), &device.location().to_string()])
-                .inc();
             let (tx, thread) = replica::spawn(ReplicaSpec {
                 model_name: name.clone(),
                 // The batcher knows running replicas by their position among its
@@ -211,12 +216,15 @@ impl Deployment {
                 retries: spec.retries.clone(),
                 precision: spec.precision,
                 metrics: replica_metrics.clone(),
-                stats: Arc::clone(&stats),
+                stats: Arc::clone(stats),
                 done: done_tx.clone(),
             })
             .map_err(|e| fail(e.to_string()))?;
             senders.push(tx);
             threads.push(thread);
+            let gauge = metrics.replicas.with_label_values(&[name.as_str(), &location]);
+            gauge.inc();
+            replica_gauges.push(gauge);
         }
         let senders_len = senders.len();
         let senders_empty = senders_len == 0;
@@ -251,30 +259,141 @@ impl Deployment {
             batch_wait_timeout_ms = b.batch_wait_timeout.as_secs_f64() * 1e3,
             "deployment ready"
         );
-        Ok(Arc::new(Deployment {
-            spec,
-            platform,
+        Ok(Engine {
             handle,
-            stats,
-            request_metrics,
             ready: AtomicBool::new(!senders_empty),
             close,
             replicas,
+            replica_gauges,
             threads: std::sync::Mutex::new(threads),
             batcher: std::sync::Mutex::new(Some(batcher)),
+        })
+    }
+
+    /// Closes the queue, waits for what it holds to run and for the replicas to finish.
+    async fn stop(&self) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.close.send(true);
+        let batcher = self.batcher.lock().expect("not poisoned").take();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("not poisoned"));
+        if let Some(b) = batcher {
+            let _ = b.await;
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        for g in &self.replica_gauges {
+            g.dec();
+        }
+    }
+}
+
+impl Deployment {
+    /// Loads the model and starts every replica on the CPU (no placement). Must run
+    /// inside the tokio runtime (the batcher is a task).
+    pub fn start(spec: Spec, metrics: &Arc<Metrics>) -> Result<Arc<Self>, StartError> {
+        let loaded = load(&spec)?;
+        let placements = vec![ReplicaPlacement::Cpu; spec.num_replicas];
+        Self::start_placed(spec, loaded, placements, metrics)
+    }
+
+    /// Starts the replicas that `placements` lets run (one entry per replica) and the
+    /// batcher. Must run inside the tokio runtime.
+    pub fn start_placed(
+        spec: Spec,
+        loaded: Loaded,
+        placements: Vec<ReplicaPlacement>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Arc<Self>, StartError> {
+        let stats = Arc::new(ModelStats::default());
+        let request_metrics = RequestMetrics::new(metrics, &spec.name);
+        let engine = Engine::start(
+            &spec,
+            loaded.model,
+            placements.clone(),
+            &stats,
+            &request_metrics,
+            metrics,
+        )?;
+        Ok(Arc::new(Deployment {
+            platform: loaded.platform,
+            spec,
+            stats,
+            request_metrics,
+            metrics: Arc::clone(metrics),
+            placements,
+            engine: std::sync::RwLock::new(Some(Arc::new(engine))),
+            control: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn swap_engine(&self, new: Option<Arc<Engine>>) -> Option<Arc<Engine>> {
+        std::mem::replace(&mut *self.engine.write().unwrap_or_else(|p| p.into_inner()), new)
+    }
+
+    /// Whether replicas are running (not unloaded).
+    pub fn is_loaded(&self) -> bool {
+        self.engine().is_some()
+    }
+
+    /// The replicas and where they run; none while unloaded.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        self.engine().map(|e| e.replicas.clone()).unwrap_or_default()
+    }
+
+    /// Loads the model again from its spec (re-reading a weights file) and starts new
+    /// replicas on the deployment's slots. If it was loaded, the new replicas take the
+    /// requests that arrive from then on while the old ones finish theirs. On failure the
+    /// deployment stays as it was.
+    pub async fn load(&self) -> Result<(), StartError> {
+        let _one_at_a_time = self.control.lock().await;
+        let spec = self.spec.clone();
+        let loaded = tokio::task::spawn_blocking(move || load(&spec))
+            .await
+            .expect("loading a model does not panic")?;
+        let engine = Engine::start(
+            &self.spec,
+            loaded.model,
+            self.placements.clone(),
+            &self.stats,
+            &self.request_metrics,
+            &self.metrics,
+        )?;
+        if let Some(old) = self.swap_engine(Some(Arc::new(engine))) {
+            old.stop().await;
+        }
+        tracing::info!(model = %self.spec.name, "loaded");
+        Ok(())
+    }
+
+    /// Stops taking requests, runs what is queued and stops the replicas. Their slots stay
+    /// reserved for a later load. Unloading an unloaded deployment does nothing.
+    pub async fn unload(&self) {
+        let _one_at_a_time = self.control.lock().await;
+        if let Some(old) = self.swap_engine(None) {
+            old.stop().await;
+            tracing::info!(model = %self.spec.name, "unloaded");
+        }
     }
 
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
+    /// Loaded, with at least one replica running, and taking requests.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.engine().is_some_and(|e| e.ready.load(Ordering::Acquire))
     }
 
     pub fn queued(&self) -> usize {
-        self.handle.queued()
+        self.engine().map_or(0, |e| e.handle.queued())
     }
 
     /// Runs `input` (`[rows, in_features]`, validated) through a batch and waits for its
@@ -287,16 +406,29 @@ impl Deployment {
     /// Queues `input`; refuses at once when the deployment is not ready or its queue is
     /// full. The receiver yields the answer (see [`Deployment::answer`]).
     pub fn submit(&self, input: impl Into<Rows>) -> Result<tokio::sync::oneshot::Receiver<Reply>, ApiError> {
-        if !self.is_ready() {
-            return Err(ApiError::NotReady(self.spec.name.clone()));
+        let not_ready = || ApiError::NotReady(self.spec.name.clone());
+        let mut input = input.into();
+        loop {
+            let engine = self.engine().ok_or_else(not_ready)?;
+            if !engine.ready.load(Ordering::Acquire) {
+                return Err(not_ready());
+            }
+            match engine.handle.submit(input) {
+                Ok(rx) => return Ok(rx),
+                Err((SubmitError::QueueFull, _)) => {
+                    return Err(ApiError::QueueFull {
+                        model: self.spec.name.clone(),
+                        max_queue_size: self.spec.batching.max_queue_size,
+                    });
+                }
+                // A load swapped the engine between the look-up and the submit: the new
+                // one takes it.
+                Err((SubmitError::Closed, back)) if !self.engine().is_some_and(|e| Arc::ptr_eq(&e, &engine)) => {
+                    input = back;
+                }
+                Err((SubmitError::Closed, _)) => return Err(not_ready()),
+            }
         }
-        self.handle.submit(input).map_err(|e| match e {
-            SubmitError::QueueFull => ApiError::QueueFull {
-                model: self.spec.name.clone(),
-                max_queue_size: self.spec.batching.max_queue_size,
-            },
-            SubmitError::Closed => ApiError::NotReady(self.spec.name.clone()),
-        })
     }
 
     /// Waits for the answer to a submitted request.
@@ -312,24 +444,17 @@ impl Deployment {
 
     /// Stops taking requests; what is queued still runs.
     pub fn stop_accepting(&self) {
-        self.ready.store(false, Ordering::Release);
+        if let Some(e) = self.engine() {
+            e.ready.store(false, Ordering::Release);
+        }
     }
 
     /// Closes the queue, waits for what it holds to run and for the replicas to finish.
     /// Requests that arrive meanwhile get 503.
     pub async fn join(&self) {
-        self.stop_accepting();
-        let _ = self.close.send(true);
-        let batcher = self.batcher.lock().expect("not poisoned").take();
-        let threads = std::mem::take(&mut *self.threads.lock().expect("not poisoned"));
-        if let Some(b) = batcher {
-            let _ = b.await;
+        let _one_at_a_time = self.control.lock().await;
+        if let Some(e) = self.engine() {
+            e.stop().await;
         }
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
     }
 }

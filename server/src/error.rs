@@ -79,7 +79,7 @@ pub enum ApiError {
     #[error("Content-Encoding `{0}` is not supported; send the request body uncompressed")]
     UnsupportedEncoding(String),
     #[error(
-        "`{0}` is a pipeline: it has metadata, readiness and inference, not this route (Triton's config and statistics are per deployment)"
+        "`{0}` is a pipeline: it has metadata, readiness and inference, not this route (config, statistics, load and unload are per deployment)"
     )]
     IsPipeline(String),
     #[error("no route for {method} {path}")]
@@ -88,6 +88,10 @@ pub enum ApiError {
     Infer(#[from] InferError),
     #[error(transparent)]
     Object(#[from] StoreError),
+    /// `POST /v2/repository/models/{m}/load` could not start the model; what served
+    /// before still serves.
+    #[error("failed to load model `{model}`: {reason}; it serves as before")]
+    LoadFailed { model: String, reason: String },
     /// A bug: something that cannot fail did.
     #[error("internal error: {0}")]
     Internal(String),
@@ -108,7 +112,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Infer(InferError::ShuttingDown { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Infer(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Infer(_) | ApiError::Internal(_) | ApiError::LoadFailed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ApiError::Object(e) => match e {
                 StoreError::NotFound(_) => StatusCode::NOT_FOUND,
                 StoreError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
@@ -146,7 +152,7 @@ impl ApiError {
             ApiError::QueueFull { .. } => "rejected",
             ApiError::DeadlineExceeded { .. } => "timeout",
             ApiError::NotReady(_) | ApiError::Infer(InferError::ShuttingDown { .. }) => "unavailable",
-            ApiError::Infer(_) | ApiError::Internal(_) => "failed",
+            ApiError::Infer(_) | ApiError::Internal(_) | ApiError::LoadFailed { .. } => "failed",
             ApiError::Object(e) => match e {
                 StoreError::NotFound(_) => "not_found",
                 StoreError::Full { .. } => "rejected",

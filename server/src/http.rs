@@ -146,6 +146,8 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v2", get(server_metadata))
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route("/v2/repository/models/{model}/unload", post(repository_unload))
         .route("/v2/resources", get(resources))
         .route("/v2/status", get(status))
         .route("/v2/objects", post(objects::put))
@@ -203,7 +205,8 @@ async fn live() -> StatusCode {
 }
 
 async fn ready(State(app): App) -> StatusCode {
-    let ready = app.accepting.load(Ordering::Acquire) && app.deployments.iter().all(|d| d.is_ready());
+    // A model unloaded through the repository API is not waited for, as in Triton.
+    let ready = app.accepting.load(Ordering::Acquire) && app.deployments.iter().all(|d| d.is_ready() || !d.is_loaded());
     if ready {
         StatusCode::OK
     } else {
@@ -222,6 +225,7 @@ async fn server_metadata() -> axum::Json<ServerMetadata> {
             "prism_objects".into(),
             "prism_tasks".into(),
             "prism_pipelines".into(),
+            "model_repository".into(),
         ],
     })
 }
@@ -342,7 +346,7 @@ async fn model_config(State(app): App, path: ModelParam) -> Result<axum::Json<Va
 fn instance_groups(d: &Deployment) -> Value {
     let mut per_card: std::collections::BTreeMap<usize, usize> = Default::default();
     let mut cpu = 0;
-    for r in d.replicas.iter().filter(|r| r.placement.runs()) {
+    for r in d.replicas().iter().filter(|r| r.placement.runs()) {
         match &r.placement {
             crate::deployment::ReplicaPlacement::Gpu { cuda: Some(card), .. } => {
                 *per_card.entry(*card).or_default() += 1
@@ -391,20 +395,73 @@ async fn repository_index(State(app): App, body: Bytes) -> Result<axum::Json<Vec
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid repository index request: {e}")))?
     };
-    let models = app
-        .deployments
-        .iter()
-        .map(|d| (d.name(), d.is_ready()))
-        .chain(app.pipelines.iter().map(|p| (p.name(), p.is_ready())))
-        .filter(|(_, ready)| !request.ready || *ready)
-        .map(|(name, ready)| RepositoryModel {
+    let deployments = app.deployments.iter().map(|d| {
+        let reason = if !d.is_loaded() {
+            "unloaded"
+        } else if d.is_ready() {
+            ""
+        } else {
+            "no replica is running (see GET /v2/status)"
+        };
+        (d.name(), d.is_ready(), reason)
+    });
+    let pipelines = app.pipelines.iter().map(|p| {
+        let ready = p.is_ready();
+        (p.name(), ready, if ready { "" } else { "a model it runs is not ready" })
+    });
+    let models = deployments
+        .chain(pipelines)
+        .filter(|(_, ready, _)| !request.ready || *ready)
+        .map(|(name, ready, reason)| RepositoryModel {
             name: name.to_owned(),
             version: Some(MODEL_VERSION.into()),
             state: Some(if ready { "READY" } else { "UNAVAILABLE" }.into()),
-            reason: Some(String::new()),
+            reason: Some(reason.into()),
         })
         .collect();
     Ok(axum::Json(models))
+}
+
+/// What Triton's load request may carry. A new `config` or model files are Triton's way of
+/// changing a model through the API; a Prism deployment is what its file declares.
+#[derive(serde::Deserialize, Default)]
+struct LoadRequest {
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+}
+
+/// `POST /v2/repository/models/{m}/load`: starts the model again as the deployment file
+/// declares it, re-reading its weights file; a loaded model is replaced without dropping a
+/// request (the old replicas finish what they hold).
+async fn repository_load(State(app): App, path: ModelParam, body: Bytes) -> Result<axum::Json<Value>, ApiError> {
+    let d = app.lookup(path)?;
+    let request: LoadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        LoadRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid load request: {e}")))?
+    };
+    if let Some(key) = request
+        .parameters
+        .keys()
+        .find(|k| *k == "config" || k.starts_with("file:"))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "load parameter `{key}` is not supported: a model loads as the deployment file declares it (its weights file is read again)"
+        )));
+    }
+    d.load().await.map_err(|e| ApiError::LoadFailed {
+        model: d.name().to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(axum::Json(json!({})))
+}
+
+/// `POST /v2/repository/models/{m}/unload`: stops taking requests for the model, answers
+/// those it holds, and stops its replicas (their slots stay reserved for a load).
+async fn repository_unload(State(app): App, path: ModelParam) -> Result<axum::Json<Value>, ApiError> {
+    let d = app.lookup(path)?;
+    d.unload().await;
+    Ok(axum::Json(json!({})))
 }
 
 /// Total and available logical resources, like `ray.cluster_resources()` and
@@ -445,9 +502,10 @@ async fn status(State(app): App) -> axum::Json<Value> {
             json!({
                 "name": d.name(),
                 "ready": d.is_ready(),
+                "loaded": d.is_loaded(),
                 "num_replicas": d.spec.num_replicas,
                 "queue_depth": d.queued(),
-                "replicas": d.replicas,
+                "replicas": d.replicas(),
             })
         })
         .collect();
