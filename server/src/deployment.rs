@@ -37,6 +37,9 @@ pub enum StartError {
     },
     #[error("deployment `{name}`: cannot start replica {index}: {reason}")]
     Replica { name: String, index: usize, reason: String },
+    /// A load through the repository API could not run.
+    #[error("deployment `{name}`: {reason}")]
+    Load { name: String, reason: String },
 }
 
 /// A deployment: its spec, its counters, and (while loaded) its running replicas and
@@ -56,7 +59,9 @@ pub struct Deployment {
     /// `None` while unloaded.
     engine: std::sync::RwLock<Option<Arc<Engine>>>,
     /// One load or unload at a time.
-    control: tokio::sync::Mutex<()>,
+    control: Arc<tokio::sync::Mutex<()>>,
+    /// Set when the server shuts down: no load starts replicas after that.
+    shut: AtomicBool,
 }
 
 /// The running part of a deployment: replica threads and the batcher in front of them.
@@ -66,7 +71,7 @@ struct Engine {
     close: watch::Sender<bool>,
     replicas: Vec<ReplicaStatus>,
     /// `prism_replicas` children this engine counts in, given back when it stops.
-    replica_gauges: Vec<prometheus::IntGauge>,
+    replica_gauges: std::sync::Mutex<Vec<prometheus::IntGauge>>,
     threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
     batcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -164,6 +169,7 @@ impl Engine {
         stats: &Arc<ModelStats>,
         request_metrics: &RequestMetrics,
         metrics: &Metrics,
+        gpu_required: bool,
     ) -> Result<Engine, StartError> {
         let name = spec.name.clone();
         let replica_metrics = ReplicaMetrics {
@@ -177,7 +183,7 @@ impl Engine {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         let mut replicas = Vec::new();
-        let mut replica_gauges = Vec::new();
+        let mut opened = Vec::new();
         for (index, placement) in placements.into_iter().enumerate() {
             if !placement.runs() {
                 replicas.push(ReplicaStatus {
@@ -204,7 +210,7 @@ impl Engine {
                 placement,
                 device: Some(location.clone()),
             });
-            let (tx, thread) = replica::spawn(ReplicaSpec {
+            let spawned = replica::spawn(ReplicaSpec {
                 model_name: name.clone(),
                 // The batcher knows running replicas by their position among its
                 // senders, which skips pending ones.
@@ -220,12 +226,41 @@ impl Engine {
                 done: done_tx.clone(),
             })
             .map_err(|e| fail(e.to_string()))?;
-            senders.push(tx);
-            threads.push(thread);
-            let gauge = metrics.replicas.with_label_values(&[name.as_str(), &location]);
-            gauge.inc();
-            replica_gauges.push(gauge);
+            senders.push(spawned.batches);
+            threads.push(spawned.thread);
+            opened.push((replicas.len() - 1, spawned.opened));
         }
+        // Each replica opens its device on its own thread (a CUDA context belongs to the
+        // thread that uses it): wait, so the status says where it really computes. On
+        // failure the senders drop here and the started threads end by themselves.
+        for (slot, opened) in opened {
+            let status = &mut replicas[slot];
+            let outcome = opened
+                .recv()
+                .unwrap_or_else(|_| Err("the replica thread ended while opening its device".into()));
+            if let Err(why) = outcome {
+                if gpu_required {
+                    return Err(StartError::Replica {
+                        name: name.clone(),
+                        index: status.index,
+                        reason: format!("{why}; the model keeps its GPU slots, load it again"),
+                    });
+                }
+                status.device = Some("cpu".into());
+                if let ReplicaPlacement::Gpu { note, .. } = &mut status.placement {
+                    *note = format!("{why}: runs on the CPU");
+                }
+            }
+        }
+        let replica_gauges: Vec<prometheus::IntGauge> = replicas
+            .iter()
+            .filter_map(|r| r.device.as_deref())
+            .map(|device| {
+                let gauge = metrics.replicas.with_label_values(&[name.as_str(), device]);
+                gauge.inc();
+                gauge
+            })
+            .collect();
         let senders_len = senders.len();
         let senders_empty = senders_len == 0;
         if senders_empty {
@@ -264,7 +299,7 @@ impl Engine {
             ready: AtomicBool::new(!senders_empty),
             close,
             replicas,
-            replica_gauges,
+            replica_gauges: std::sync::Mutex::new(replica_gauges),
             threads: std::sync::Mutex::new(threads),
             batcher: std::sync::Mutex::new(Some(batcher)),
         })
@@ -285,7 +320,7 @@ impl Engine {
             }
         })
         .await;
-        for g in &self.replica_gauges {
+        for g in std::mem::take(&mut *self.replica_gauges.lock().expect("not poisoned")) {
             g.dec();
         }
     }
@@ -317,6 +352,7 @@ impl Deployment {
             &stats,
             &request_metrics,
             metrics,
+            false,
         )?;
         Ok(Arc::new(Deployment {
             platform: loaded.platform,
@@ -326,7 +362,8 @@ impl Deployment {
             metrics: Arc::clone(metrics),
             placements,
             engine: std::sync::RwLock::new(Some(Arc::new(engine))),
-            control: tokio::sync::Mutex::new(()),
+            control: Arc::new(tokio::sync::Mutex::new(())),
+            shut: AtomicBool::new(false),
         }))
     }
 
@@ -350,22 +387,52 @@ impl Deployment {
 
     /// Loads the model again from its spec (re-reading a weights file) and starts new
     /// replicas on the deployment's slots. If it was loaded, the new replicas take the
-    /// requests that arrive from then on while the old ones finish theirs. On failure the
-    /// deployment stays as it was.
-    pub async fn load(&self) -> Result<(), StartError> {
-        let _one_at_a_time = self.control.lock().await;
-        let spec = self.spec.clone();
-        let loaded = tokio::task::spawn_blocking(move || load(&spec))
+    /// requests that arrive from then on while the old ones finish theirs, and on failure
+    /// the old ones serve on. A model on GPUs is stopped first instead (its cards hold one
+    /// copy of it, not two), so it answers 503 while it loads and stays unloaded if the
+    /// load fails. Runs to the end even if the caller stops waiting.
+    pub async fn load(self: &Arc<Self>) -> Result<(), StartError> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.load_now().await })
             .await
-            .expect("loading a model does not panic")?;
-        let engine = Engine::start(
-            &self.spec,
-            loaded.model,
-            self.placements.clone(),
-            &self.stats,
-            &self.request_metrics,
-            &self.metrics,
-        )?;
+            .unwrap_or_else(|e| Err(self.load_error(format!("the load stopped: {e}"))))
+    }
+
+    fn load_error(&self, reason: String) -> StartError {
+        StartError::Load {
+            name: self.spec.name.clone(),
+            reason,
+        }
+    }
+
+    async fn load_now(self: Arc<Self>) -> Result<(), StartError> {
+        let _one_at_a_time = Arc::clone(&self.control).lock_owned().await;
+        if self.shut.load(Ordering::Acquire) {
+            return Err(self.load_error("the server is shutting down".into()));
+        }
+        let on_gpu = self
+            .placements
+            .iter()
+            .any(|p| matches!(p, ReplicaPlacement::Gpu { cuda: Some(_), .. }));
+        if on_gpu && let Some(old) = self.swap_engine(None) {
+            old.stop().await;
+        }
+        let this = Arc::clone(&self);
+        // Reading weights and opening devices block: off the async threads.
+        let engine = tokio::task::spawn_blocking(move || {
+            let loaded = load(&this.spec)?;
+            Engine::start(
+                &this.spec,
+                loaded.model,
+                this.placements.clone(),
+                &this.stats,
+                &this.request_metrics,
+                &this.metrics,
+                on_gpu,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| Err(self.load_error(format!("loading panicked: {e}"))))?;
         if let Some(old) = self.swap_engine(Some(Arc::new(engine))) {
             old.stop().await;
         }
@@ -374,13 +441,18 @@ impl Deployment {
     }
 
     /// Stops taking requests, runs what is queued and stops the replicas. Their slots stay
-    /// reserved for a later load. Unloading an unloaded deployment does nothing.
-    pub async fn unload(&self) {
-        let _one_at_a_time = self.control.lock().await;
-        if let Some(old) = self.swap_engine(None) {
-            old.stop().await;
-            tracing::info!(model = %self.spec.name, "unloaded");
-        }
+    /// reserved for a later load. Unloading an unloaded deployment does nothing. Runs to
+    /// the end even if the caller stops waiting.
+    pub async fn unload(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        let _ = tokio::spawn(async move {
+            let _one_at_a_time = Arc::clone(&this.control).lock_owned().await;
+            if let Some(old) = this.swap_engine(None) {
+                old.stop().await;
+                tracing::info!(model = %this.spec.name, "unloaded");
+            }
+        })
+        .await;
     }
 
     pub fn name(&self) -> &str {
@@ -410,7 +482,12 @@ impl Deployment {
         let mut input = input.into();
         loop {
             let engine = self.engine().ok_or_else(not_ready)?;
+            let swapped = |engine: &Arc<Engine>| !self.engine().is_some_and(|e| Arc::ptr_eq(&e, engine));
             if !engine.ready.load(Ordering::Acquire) {
+                // A load is stopping the engine this request found: the new one takes it.
+                if swapped(&engine) {
+                    continue;
+                }
                 return Err(not_ready());
             }
             match engine.handle.submit(input) {
@@ -423,9 +500,7 @@ impl Deployment {
                 }
                 // A load swapped the engine between the look-up and the submit: the new
                 // one takes it.
-                Err((SubmitError::Closed, back)) if !self.engine().is_some_and(|e| Arc::ptr_eq(&e, &engine)) => {
-                    input = back;
-                }
+                Err((SubmitError::Closed, back)) if swapped(&engine) => input = back,
                 Err((SubmitError::Closed, _)) => return Err(not_ready()),
             }
         }
@@ -452,6 +527,8 @@ impl Deployment {
     /// Closes the queue, waits for what it holds to run and for the replicas to finish.
     /// Requests that arrive meanwhile get 503.
     pub async fn join(&self) {
+        self.shut.store(true, Ordering::Release);
+        self.stop_accepting();
         let _one_at_a_time = self.control.lock().await;
         if let Some(e) = self.engine() {
             e.stop().await;

@@ -88,10 +88,14 @@ pub enum ApiError {
     Infer(#[from] InferError),
     #[error(transparent)]
     Object(#[from] StoreError),
-    /// `POST /v2/repository/models/{m}/load` could not start the model; what served
-    /// before still serves.
-    #[error("failed to load model `{model}`: {reason}; it serves as before")]
-    LoadFailed { model: String, reason: String },
+    /// `POST /v2/repository/models/{m}/load` could not start the model; `serving`: what
+    /// served before still serves (a model on GPUs is stopped before it loads).
+    #[error("failed to load model `{model}`: {reason}; {}", if *serving { "it serves as before" } else { "it is unloaded" })]
+    LoadFailed {
+        model: String,
+        reason: String,
+        serving: bool,
+    },
     /// A bug: something that cannot fail did.
     #[error("internal error: {0}")]
     Internal(String),

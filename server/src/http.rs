@@ -452,6 +452,7 @@ async fn repository_load(State(app): App, path: ModelParam, body: Bytes) -> Resu
     d.load().await.map_err(|e| ApiError::LoadFailed {
         model: d.name().to_owned(),
         reason: e.to_string(),
+        serving: d.is_loaded(),
     })?;
     Ok(axum::Json(json!({})))
 }

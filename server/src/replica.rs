@@ -52,13 +52,28 @@ pub struct ReplicaSpec {
     pub done: UnboundedSender<usize>,
 }
 
-/// Starts a replica thread; returns the sender the batcher uses and the thread.
-pub fn spawn(spec: ReplicaSpec) -> std::io::Result<(SyncSender<Batch>, JoinHandle<()>)> {
+/// A started replica thread.
+pub struct Spawned {
+    /// Where the batcher sends batches.
+    pub batches: SyncSender<Batch>,
+    pub thread: JoinHandle<()>,
+    /// Reports once the replica has opened its device: `Err(why)` when a GPU replica could
+    /// not use its card and computes on the CPU instead.
+    pub opened: Receiver<Result<(), String>>,
+}
+
+/// Starts a replica thread.
+pub fn spawn(spec: ReplicaSpec) -> std::io::Result<Spawned> {
     let (tx, rx) = sync_channel::<Batch>(crate::batcher::REPLICA_SLOTS);
+    let (opened_tx, opened) = sync_channel(1);
     let thread = std::thread::Builder::new()
         .name(format!("prism-{}-{}", spec.model_name, spec.index))
-        .spawn(move || run(spec, rx))?;
-    Ok((tx, thread))
+        .spawn(move || run(spec, rx, opened_tx))?;
+    Ok(Spawned {
+        batches: tx,
+        thread,
+        opened,
+    })
 }
 
 /// What a replica computes with, made on its own thread (a CUDA context and stream
@@ -69,17 +84,18 @@ enum Backend {
 }
 
 impl Backend {
-    fn open(spec: &ReplicaSpec) -> Backend {
+    /// The replica's device, or the CPU and why not when its GPU cannot be used.
+    fn open(spec: &ReplicaSpec) -> (Backend, Result<(), String>) {
         match &spec.device {
-            Device::Cpu(cpu) => Backend::Cpu(cpu.clone()),
+            Device::Cpu(cpu) => (Backend::Cpu(cpu.clone()), Ok(())),
             Device::Cuda { ordinal } => {
                 match CudaDevice::new(*ordinal).and_then(|d| GpuModel::upload(&spec.model, d, spec.precision)) {
-                    Ok(model) => Backend::Cuda(Box::new(model)),
+                    Ok(model) => (Backend::Cuda(Box::new(model)), Ok(())),
                     Err(e) => {
                         tracing::error!(model = %spec.model_name, replica = spec.index, gpu = ordinal, error = %e,
                             "cannot run on the GPU; this replica runs on the CPU");
                         let cpu = CpuDevice::new(spec.threads).unwrap_or_else(|_| CpuDevice::single());
-                        Backend::Cpu(cpu)
+                        (Backend::Cpu(cpu), Err(format!("cuda:{ordinal}: {e}")))
                     }
                 }
             }
@@ -87,9 +103,11 @@ impl Backend {
     }
 }
 
-fn run(spec: ReplicaSpec, rx: Receiver<Batch>) {
+fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), String>>) {
     tracing::debug!(model = %spec.model_name, replica = spec.index, device = %spec.device.location(), "replica started");
-    let mut backend = Backend::open(&spec);
+    let (mut backend, how) = Backend::open(&spec);
+    // Whoever started the replica may have stopped waiting.
+    let _ = opened.send(how);
     if matches!(backend, Backend::Cpu(_)) && spec.precision != Precision::Fp32 {
         tracing::info!(model = %spec.model_name, replica = spec.index, precision = %spec.precision,
             "precision applies to GPU replicas; this one computes in fp32 on the CPU");

@@ -184,3 +184,55 @@ async fn without_gpus_every_replica_runs_on_the_cpu_and_says_why() {
     assert!(server.client.server_ready().await.unwrap());
     server.stop().await.unwrap();
 }
+
+/// A replica placed on a card whose CUDA cannot be opened (here: no CUDA at all) says so
+/// and computes on the CPU; loading it again on that card fails instead, and the model
+/// stays unloaded with its slot kept. Skipped where CUDA works: cuda:0 would open.
+#[tokio::test]
+async fn a_replica_that_cannot_open_its_card_says_so_and_a_reload_refuses_the_cpu() {
+    use prism_server::deployment::{self, Deployment, ReplicaPlacement};
+    if prism_kernels::cuda::probe().is_ok() {
+        eprintln!("skipped: CUDA works here, so cuda:0 opens");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = config(
+        "[[deployments]]\nname = \"celsius\"\n[deployments.model]\nbuiltin = \"celsius\"\n",
+        dir.path(),
+    )
+    .deployments
+    .remove(0);
+    let loaded = deployment::load(&spec).unwrap();
+    let metrics = Arc::new(prism_server::metrics::Metrics::new());
+    let placement = ReplicaPlacement::Gpu {
+        gpus: vec![0],
+        share: 1.0,
+        cuda: Some(0),
+        note: "runs on cuda:0".into(),
+    };
+    let d = Deployment::start_placed(spec, loaded, vec![placement], &metrics).unwrap();
+    let replica = &d.replicas()[0];
+    assert_eq!(replica.device.as_deref(), Some("cpu"));
+    let ReplicaPlacement::Gpu { note, .. } = &replica.placement else {
+        panic!("still placed on the card: {replica:?}")
+    };
+    assert!(
+        note.starts_with("cuda:0: ") && note.ends_with(": runs on the CPU"),
+        "{note}"
+    );
+    let y = d.infer(ndarray::Array2::from_elem((1, 1), 100.0)).await.unwrap();
+    assert_eq!(y[[0, 0]], 212.0);
+
+    let err = d.load().await.unwrap_err().to_string();
+    assert!(err.contains("cuda:0") && err.contains("keeps its GPU slots"), "{err}");
+    assert!(!d.is_loaded(), "a model on GPUs is stopped before it loads");
+    let text = metrics.render();
+    assert_eq!(
+        prism_tests::metric(&text, r#"prism_replicas{device="cpu",model="celsius"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    d.join().await;
+    let err = d.load().await.unwrap_err().to_string();
+    assert!(err.contains("shutting down"), "no load after the server stops: {err}");
+}
