@@ -93,8 +93,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let shutdown = shutdown_signal();
     tracing::info!("listening on http://{}", listener.local_addr().map_or(addr, |a| a));
-    match server.serve(listener, shutdown_signal()).await {
+    match server.serve(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -103,24 +104,32 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: called before the server says it listens, a signal sent the
+/// moment it does is never missed (nor left to a disposition the parent may have set to
+/// "ignore").
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut streams: Vec<_> = [SignalKind::interrupt(), SignalKind::terminate()]
+            .into_iter()
+            .filter_map(|kind| {
+                signal(kind)
+                    .map_err(|e| tracing::warn!("cannot listen for signal {kind:?}: {e}"))
+                    .ok()
+            })
+            .collect();
+        async move {
+            if streams.is_empty() {
+                return std::future::pending().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            let any = futures::future::select_all(streams.iter_mut().map(|s| Box::pin(s.recv())));
+            any.await;
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -187,22 +187,24 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     spec.metrics.batch_size.observe(batch.rows as f64);
 
     let requests = batch.entries.len();
-    match result {
+    let answers: Vec<Reply> = match result {
         Ok(output) => {
             let mut start = 0;
-            for (e, n) in batch.entries.into_iter().zip(rows) {
-                let mine = output.slice(s![start..start + n, ..]).to_owned();
-                start += n;
-                reply(spec, e, Ok(mine));
-            }
+            rows.iter()
+                .map(|&n| {
+                    let mine = output.slice(s![start..start + n, ..]).to_owned();
+                    start += n;
+                    Ok(mine)
+                })
+                .collect()
         }
         Err(err) => {
             tracing::warn!(model = %spec.model_name, replica = spec.index, error = %err, "batch failed");
-            for e in batch.entries {
-                reply(spec, e, Err(err.clone()));
-            }
+            vec![Err(err); requests]
         }
-    }
+    };
+    // Counted before anyone is answered: a client that reads the statistics after its
+    // answer finds its request in them.
     spec.stats.record_batch(&BatchTimes {
         rows: batch.rows,
         requests,
@@ -211,6 +213,9 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
         infer: computed - gathered,
         output: computed.elapsed(),
     });
+    for (e, answer) in batch.entries.into_iter().zip(answers) {
+        reply(spec, e, answer);
+    }
 }
 
 /// What a caught panic says.
