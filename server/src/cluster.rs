@@ -389,7 +389,8 @@ impl Pool {
     }
 
     /// Waits until `ask` fits, then takes it. `ask` must be [`Pool::feasible`]. Dropping
-    /// the future while it waits gives up its place (and anything granted meanwhile).
+    /// the future while it waits leaks nothing: when its turn comes, what it would have
+    /// been granted goes straight back to the pool and to the waiters behind it.
     pub async fn acquire(self: &std::sync::Arc<Self>, ask: TaskAsk) -> Grant {
         let rx = {
             let mut inner = self.lock();

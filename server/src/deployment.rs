@@ -56,6 +56,8 @@ pub struct Deployment {
     metrics: Arc<Metrics>,
     /// Where each replica was placed at start-up; its slots stay reserved while unloaded.
     placements: Vec<ReplicaPlacement>,
+    /// Card memory one replica was given room for at start-up: a reload may not need more.
+    gpu_memory: u64,
     /// `None` while unloaded.
     engine: std::sync::RwLock<Option<Arc<Engine>>>,
     /// One load or unload at a time.
@@ -345,6 +347,7 @@ impl Deployment {
     ) -> Result<Arc<Self>, StartError> {
         let stats = Arc::new(ModelStats::default());
         let request_metrics = RequestMetrics::new(metrics, &spec.name);
+        let gpu_memory = loaded.replica_memory(&spec);
         let engine = Engine::start(
             &spec,
             loaded.model,
@@ -361,6 +364,7 @@ impl Deployment {
             request_metrics,
             metrics: Arc::clone(metrics),
             placements,
+            gpu_memory,
             engine: std::sync::RwLock::new(Some(Arc::new(engine))),
             control: Arc::new(tokio::sync::Mutex::new(())),
             shut: AtomicBool::new(false),
@@ -385,12 +389,13 @@ impl Deployment {
         self.engine().map(|e| e.replicas.clone()).unwrap_or_default()
     }
 
-    /// Loads the model again from its spec (re-reading a weights file) and starts new
-    /// replicas on the deployment's slots. If it was loaded, the new replicas take the
-    /// requests that arrive from then on while the old ones finish theirs, and on failure
-    /// the old ones serve on. A model on GPUs is stopped first instead (its cards hold one
-    /// copy of it, not two), so it answers 503 while it loads and stays unloaded if the
-    /// load fails. Runs to the end even if the caller stops waiting.
+    /// Loads the model again as declared at start-up, re-reading its weights file, and
+    /// starts new replicas on the deployment's slots. If it was loaded, the new replicas
+    /// take the requests that arrive from then on while the old ones finish theirs; a load
+    /// that fails (a bad weights file, no replica able to run) leaves the old ones serving.
+    /// Replicas running on GPUs are stopped before the new ones start instead (a card holds
+    /// one copy of the model, not two): the model answers 503 meanwhile, and stays unloaded
+    /// if they cannot start. Runs to the end even if the caller stops waiting.
     pub async fn load(self: &Arc<Self>) -> Result<(), StartError> {
         let this = Arc::clone(self);
         tokio::spawn(async move { this.load_now().await })
@@ -410,17 +415,36 @@ impl Deployment {
         if self.shut.load(Ordering::Acquire) {
             return Err(self.load_error("the server is shutting down".into()));
         }
+        // The weights first, off the async threads: a file that cannot be read changes
+        // nothing.
+        let spec = self.spec.clone();
+        let loaded = tokio::task::spawn_blocking(move || load(&spec))
+            .await
+            .unwrap_or_else(|e| Err(self.load_error(format!("reading the model panicked: {e}"))))?;
         let on_gpu = self
             .placements
             .iter()
             .any(|p| matches!(p, ReplicaPlacement::Gpu { cuda: Some(_), .. }));
-        if on_gpu && let Some(old) = self.swap_engine(None) {
-            old.stop().await;
+        if on_gpu {
+            let needed = loaded.replica_memory(&self.spec);
+            if needed > self.gpu_memory {
+                return Err(self.load_error(format!(
+                    "the new weights need {needed} bytes of card memory per replica, more than the {} its slot was given at start-up; restart the server to place it again",
+                    self.gpu_memory
+                )));
+            }
+            let holds_cards = self.engine().is_some_and(|e| {
+                e.replicas
+                    .iter()
+                    .any(|r| r.device.as_deref().is_some_and(|d| d.starts_with("cuda")))
+            });
+            if holds_cards && let Some(old) = self.swap_engine(None) {
+                old.stop().await;
+            }
         }
         let this = Arc::clone(&self);
-        // Reading weights and opening devices block: off the async threads.
+        // Opening devices blocks too.
         let engine = tokio::task::spawn_blocking(move || {
-            let loaded = load(&this.spec)?;
             Engine::start(
                 &this.spec,
                 loaded.model,
@@ -432,7 +456,19 @@ impl Deployment {
             )
         })
         .await
-        .unwrap_or_else(|e| Err(self.load_error(format!("loading panicked: {e}"))))?;
+        .unwrap_or_else(|e| Err(self.load_error(format!("starting the replicas panicked: {e}"))))?;
+        if !engine.ready.load(Ordering::Acquire) {
+            let pending: Vec<String> = engine
+                .replicas
+                .iter()
+                .filter_map(|r| match &r.placement {
+                    ReplicaPlacement::Pending { reason } => Some(format!("replica {}: {reason}", r.index)),
+                    _ => None,
+                })
+                .collect();
+            engine.stop().await;
+            return Err(self.load_error(format!("no replica can run ({})", pending.join("; "))));
+        }
         if let Some(old) = self.swap_engine(Some(Arc::new(engine))) {
             old.stop().await;
         }

@@ -90,7 +90,7 @@ pub enum ApiError {
     Object(#[from] StoreError),
     /// `POST /v2/repository/models/{m}/load` could not start the model; `serving`: what
     /// served before still serves (a model on GPUs is stopped before it loads).
-    #[error("failed to load model `{model}`: {reason}; {}", if *serving { "it serves as before" } else { "it is unloaded" })]
+    #[error("load failed: {reason}; {}", if *serving { format!("`{model}` serves as before") } else { format!("`{model}` is not serving") })]
     LoadFailed {
         model: String,
         reason: String,

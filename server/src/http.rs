@@ -430,9 +430,10 @@ struct LoadRequest {
     parameters: serde_json::Map<String, Value>,
 }
 
-/// `POST /v2/repository/models/{m}/load`: starts the model again as the deployment file
-/// declares it, re-reading its weights file; a loaded model is replaced without dropping a
-/// request (the old replicas finish what they hold).
+/// `POST /v2/repository/models/{m}/load`: starts the model again as declared at start-up,
+/// re-reading its weights file; a loaded model is replaced without dropping a request (the
+/// old replicas finish what they hold), except on GPUs, where it answers 503 while its
+/// replicas restart (see [`crate::deployment::Deployment::load`]).
 async fn repository_load(State(app): App, path: ModelParam, body: Bytes) -> Result<axum::Json<Value>, ApiError> {
     let d = app.lookup(path)?;
     let request: LoadRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -446,13 +447,13 @@ async fn repository_load(State(app): App, path: ModelParam, body: Bytes) -> Resu
         .find(|k| *k == "config" || k.starts_with("file:"))
     {
         return Err(ApiError::BadRequest(format!(
-            "load parameter `{key}` is not supported: a model loads as the deployment file declares it (its weights file is read again)"
+            "load parameter `{key}` is not supported: a model loads as declared at start-up (its weights file is read again)"
         )));
     }
     d.load().await.map_err(|e| ApiError::LoadFailed {
         model: d.name().to_owned(),
         reason: e.to_string(),
-        serving: d.is_loaded(),
+        serving: d.is_ready(),
     })?;
     Ok(axum::Json(json!({})))
 }

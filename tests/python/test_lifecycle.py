@@ -2,10 +2,14 @@
 import signal
 import subprocess
 
+import pytest
+
 from conftest import BINARY
 
 
 def test_a_sigterm_sent_the_moment_it_listens_stops_it_cleanly():
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: build it with `cargo build -p prism-server`")
     # The parent ignores SIGTERM, as some supervisors do, and the child inherits that: the
     # server must have its own handler in place before it says it listens.
     for _ in range(5):

@@ -185,16 +185,12 @@ async fn without_gpus_every_replica_runs_on_the_cpu_and_says_why() {
     server.stop().await.unwrap();
 }
 
-/// A replica placed on a card whose CUDA cannot be opened (here: no CUDA at all) says so
-/// and computes on the CPU; loading it again on that card fails instead, and the model
-/// stays unloaded with its slot kept. Skipped where CUDA works: cuda:0 would open.
-#[tokio::test]
-async fn a_replica_that_cannot_open_its_card_says_so_and_a_reload_refuses_the_cpu() {
-    use prism_server::deployment::{self, Deployment, ReplicaPlacement};
-    if prism_kernels::cuda::probe().is_ok() {
-        eprintln!("skipped: CUDA works here, so cuda:0 opens");
-        return;
-    }
+/// The built-in `celsius` model started with one replica at `placement`, bypassing the
+/// planner.
+fn celsius_on(
+    placement: prism_server::deployment::ReplicaPlacement,
+    metrics: &Arc<prism_server::metrics::Metrics>,
+) -> Arc<prism_server::deployment::Deployment> {
     let dir = tempfile::tempdir().unwrap();
     let spec = config(
         "[[deployments]]\nname = \"celsius\"\n[deployments.model]\nbuiltin = \"celsius\"\n",
@@ -202,7 +198,21 @@ async fn a_replica_that_cannot_open_its_card_says_so_and_a_reload_refuses_the_cp
     )
     .deployments
     .remove(0);
-    let loaded = deployment::load(&spec).unwrap();
+    let loaded = prism_server::deployment::load(&spec).unwrap();
+    prism_server::deployment::Deployment::start_placed(spec, loaded, vec![placement], metrics).unwrap()
+}
+
+/// A replica placed on a card whose CUDA cannot be opened (here: no CUDA at all) says so
+/// and computes on the CPU; loading it again on that card fails instead of falling back
+/// again, and the replica already serving on the CPU serves on. Skipped where CUDA works:
+/// cuda:0 would open.
+#[tokio::test]
+async fn a_replica_that_cannot_open_its_card_says_so_and_a_reload_does_not_fall_back() {
+    use prism_server::deployment::ReplicaPlacement;
+    if prism_kernels::cuda::probe().is_ok() {
+        eprintln!("skipped: CUDA works here, so cuda:0 opens");
+        return;
+    }
     let metrics = Arc::new(prism_server::metrics::Metrics::new());
     let placement = ReplicaPlacement::Gpu {
         gpus: vec![0],
@@ -210,7 +220,7 @@ async fn a_replica_that_cannot_open_its_card_says_so_and_a_reload_refuses_the_cp
         cuda: Some(0),
         note: "runs on cuda:0".into(),
     };
-    let d = Deployment::start_placed(spec, loaded, vec![placement], &metrics).unwrap();
+    let d = celsius_on(placement, &metrics);
     let replica = &d.replicas()[0];
     assert_eq!(replica.device.as_deref(), Some("cpu"));
     let ReplicaPlacement::Gpu { note, .. } = &replica.placement else {
@@ -225,14 +235,35 @@ async fn a_replica_that_cannot_open_its_card_says_so_and_a_reload_refuses_the_cp
 
     let err = d.load().await.unwrap_err().to_string();
     assert!(err.contains("cuda:0") && err.contains("keeps its GPU slots"), "{err}");
-    assert!(!d.is_loaded(), "a model on GPUs is stopped before it loads");
+    // It was computing on the CPU, holding no card: it serves on while the load fails.
+    assert!(d.is_ready());
+    let y = d.infer(ndarray::Array2::from_elem((1, 1), 0.0)).await.unwrap();
+    assert_eq!(y[[0, 0]], 32.0);
     let text = metrics.render();
     assert_eq!(
         prism_tests::metric(&text, r#"prism_replicas{device="cpu",model="celsius"}"#),
-        Some(0.0),
-        "{text}"
+        Some(1.0),
+        "the failed load's replica is not counted: {text}"
     );
     d.join().await;
     let err = d.load().await.unwrap_err().to_string();
     assert!(err.contains("shutting down"), "no load after the server stops: {err}");
+}
+
+/// A load that would leave no replica running fails with the reasons, and changes nothing.
+#[tokio::test]
+async fn loading_a_model_no_replica_can_run_fails_with_the_reasons() {
+    use prism_server::deployment::ReplicaPlacement;
+    let metrics = Arc::new(prism_server::metrics::Metrics::new());
+    let pending = ReplicaPlacement::Pending {
+        reason: "no GPU has 0.5 of a card".into(),
+    };
+    let d = celsius_on(pending, &metrics);
+    assert!(!d.is_ready() && d.is_loaded());
+    let err = d.load().await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "deployment `celsius`: no replica can run (replica 0: no GPU has 0.5 of a card)"
+    );
+    d.join().await;
 }
