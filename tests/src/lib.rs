@@ -104,6 +104,15 @@ pub fn one_row(value: f32) -> prism_client::v2::InferRequest {
     }
 }
 
+/// A `[[deployments]]` entry named `name` serving the built-in `celsius` model
+/// (`y = 9/5·x + 32`), holding no logical CPU, followed by `tables` (more of its tables,
+/// e.g. `[deployments.fault_injection]`).
+pub fn celsius(name: &str, tables: &str) -> String {
+    format!(
+        "[[deployments]]\nname = \"{name}\"\n[deployments.model]\nbuiltin = \"celsius\"\n[deployments.actor]\nnum_cpus = 0\n{tables}\n"
+    )
+}
+
 /// Parses a deployment file's text as if it lived in `dir`.
 pub fn config(text: &str, dir: &Path) -> Config {
     Config::parse(text, &dir.join("test.toml").display().to_string(), Some(dir)).expect("valid test config")

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use prism_client::v2::{InferInput, InferRequest, TensorData};
 use prism_client::{DType, FaultInjection, ObjectRef, TaskArg, TaskOptions, Tensor};
-use prism_tests::{TestServer, config, metric, one_row};
+use prism_tests::{TestServer, celsius, config, metric, one_row};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -23,16 +23,11 @@ fn server_config(dir: &std::path::Path, store_memory: u64, delay_ms: u64) -> pri
 object_store_memory = {store_memory}
 spill_dir = "spill"
 
-[[deployments]]
-name = "celsius"
-[deployments.model]
-builtin = "celsius"
-[deployments.actor]
-num_cpus = 0
-[deployments.batching]
-max_batch_size = 8
-batch_wait_timeout_ms = 1
-{faults}"#
+{}"#,
+            celsius(
+                "celsius",
+                &format!("[deployments.batching]\nmax_batch_size = 8\nbatch_wait_timeout_ms = 1\n{faults}")
+            )
         ),
         dir,
     )

@@ -4,45 +4,22 @@ use std::time::{Duration, Instant};
 
 use prism_client::v2::{InferInput, InferRequest};
 use prism_client::{ObjectRef, Tensor};
-use prism_tests::{TestServer, config};
+use prism_tests::{TestServer, celsius, config};
 
-const FILE: &str = r#"
-[[deployments]]
-name = "celsius"
-[deployments.model]
-builtin = "celsius"
-[deployments.actor]
-num_cpus = 0
+/// The deployments and pipelines every test here serves.
+fn file() -> String {
+    let slow = "[deployments.fault_injection]\ndelay_ms = 500\ndelay_rate = 1.0";
+    [
+        celsius("celsius", ""),
+        celsius("slow_a", slow),
+        celsius("slow_b", slow),
+        celsius("broken", "[deployments.fault_injection]\nerror_rate = 1.0"),
+        PIPELINES.to_owned(),
+    ]
+    .concat()
+}
 
-[[deployments]]
-name = "slow_a"
-[deployments.model]
-builtin = "celsius"
-[deployments.actor]
-num_cpus = 0
-[deployments.fault_injection]
-delay_ms = 500
-delay_rate = 1.0
-
-[[deployments]]
-name = "slow_b"
-[deployments.model]
-builtin = "celsius"
-[deployments.actor]
-num_cpus = 0
-[deployments.fault_injection]
-delay_ms = 500
-delay_rate = 1.0
-
-[[deployments]]
-name = "broken"
-[deployments.model]
-builtin = "celsius"
-[deployments.actor]
-num_cpus = 0
-[deployments.fault_injection]
-error_rate = 1.0
-
+const PIPELINES: &str = r#"
 # f(x) + x^2, with f = Celsius to Fahrenheit: two independent steps, then their sum.
 [[pipelines]]
 name = "ensemble"
@@ -124,7 +101,7 @@ fn objects_in_store(metrics: &str) -> f64 {
 #[tokio::test]
 async fn a_pipeline_runs_its_dag_concurrently_and_frees_its_intermediates() {
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(config(FILE, dir.path())).await;
+    let s = TestServer::start(config(&file(), dir.path())).await;
     let c = &s.client;
 
     let meta = c.model_metadata("ensemble").await.unwrap();
@@ -213,7 +190,7 @@ async fn a_pipeline_runs_its_dag_concurrently_and_frees_its_intermediates() {
 #[tokio::test]
 async fn a_failed_step_fails_the_pipeline_with_its_cause() {
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(config(FILE, dir.path())).await;
+    let s = TestServer::start(config(&file(), dir.path())).await;
     let c = &s.client;
     let request = InferRequest {
         inputs: vec![InferInput::fp32("X", vec![1, 1], vec![1.0])],
@@ -259,7 +236,7 @@ async fn a_failed_step_fails_the_pipeline_with_its_cause() {
 #[test]
 fn pipeline_files_are_checked_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let base = "[[deployments]]\nname = \"celsius\"\n[deployments.model]\nbuiltin = \"celsius\"\n";
+    let base = celsius("celsius", "");
     let cases = [
         (
             "[[pipelines]]\nname = \"p\"\ninputs = [{ name = \"X\", datatype = \"FP32\", shape = [-1, 1] }]\noutput = { step = \"a\" }\n[[pipelines.steps]]\nname = \"a\"\nmodel = \"nope\"\ninputs = [\"X\"]\n",

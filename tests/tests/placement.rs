@@ -192,12 +192,9 @@ fn celsius_on(
     metrics: &Arc<prism_server::metrics::Metrics>,
 ) -> Arc<prism_server::deployment::Deployment> {
     let dir = tempfile::tempdir().unwrap();
-    let spec = config(
-        "[[deployments]]\nname = \"celsius\"\n[deployments.model]\nbuiltin = \"celsius\"\n",
-        dir.path(),
-    )
-    .deployments
-    .remove(0);
+    let spec = config(&prism_tests::celsius("celsius", ""), dir.path())
+        .deployments
+        .remove(0);
     let loaded = prism_server::deployment::load(&spec).unwrap();
     prism_server::deployment::Deployment::start_placed(spec, loaded, vec![placement], metrics).unwrap()
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use prism_client::v2::{InferInput, InferRequest};
-use prism_tests::{TestServer, config, metric, write_safetensors};
+use prism_tests::{TestServer, celsius, config, metric, write_safetensors};
 use serde_json::json;
 
 /// `y = x · 2 + 1` or whatever `scale` and `shift` say: one `linear` layer, 1 → 1.
@@ -31,16 +31,9 @@ outputs = [{{ name = "y", datatype = "FP32", shape = [-1, 1] }}]
 
 [deployments.actor]
 num_cpus = 0
-
-[[deployments]]
-name = "celsius"
-[deployments.model]
-builtin = "celsius"
-[deployments.actor]
-num_cpus = 0
 "#,
         weights.display()
-    )
+    ) + &celsius("celsius", "")
 }
 
 /// `prism_replicas` of the `affine` model, as `/metrics` reports it.
