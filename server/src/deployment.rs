@@ -249,7 +249,8 @@ impl Engine {
                     });
                 }
                 status.device = Some("cpu".into());
-                if let ReplicaPlacement::Gpu { note, .. } = &mut status.placement {
+                if let ReplicaPlacement::Gpu { note, cuda, .. } = &mut status.placement {
+                    *cuda = None;
                     *note = format!("{why}: runs on the CPU");
                 }
             }
@@ -436,7 +437,7 @@ impl Deployment {
             let holds_cards = self.engine().is_some_and(|e| {
                 e.replicas
                     .iter()
-                    .any(|r| r.device.as_deref().is_some_and(|d| d.starts_with("cuda")))
+                    .any(|r| matches!(r.placement, ReplicaPlacement::Gpu { cuda: Some(_), .. }))
             });
             if holds_cards && let Some(old) = self.swap_engine(None) {
                 old.stop().await;

@@ -88,14 +88,11 @@ pub enum ApiError {
     Infer(#[from] InferError),
     #[error(transparent)]
     Object(#[from] StoreError),
-    /// `POST /v2/repository/models/{m}/load` could not start the model; `serving`: what
-    /// served before still serves (a model on GPUs is stopped before it loads).
-    #[error("load failed: {reason}; {}", if *serving { format!("`{model}` serves as before") } else { format!("`{model}` is not serving") })]
-    LoadFailed {
-        model: String,
-        reason: String,
-        serving: bool,
-    },
+    /// `POST /v2/repository/models/{m}/load` could not start the model (`reason` names
+    /// it); `serving`: what served before still serves (a model on GPUs is stopped before
+    /// it loads).
+    #[error("load failed: {reason}; {}", if *serving { "it serves as before" } else { "it is not serving" })]
+    LoadFailed { reason: String, serving: bool },
     /// A bug: something that cannot fail did.
     #[error("internal error: {0}")]
     Internal(String),

@@ -451,7 +451,6 @@ async fn repository_load(State(app): App, path: ModelParam, body: Bytes) -> Resu
         )));
     }
     d.load().await.map_err(|e| ApiError::LoadFailed {
-        model: d.name().to_owned(),
         reason: e.to_string(),
         serving: d.is_ready(),
     })?;

@@ -356,7 +356,7 @@ pub async fn task(State(app): App, Path(op): Path<String>, body: Bytes) -> Resul
         ))
     })?;
     let mut args = Vec::with_capacity(request.args.len());
-    for (i, a) in request.args.iter().enumerate() {
+    for (i, a) in request.args.into_iter().enumerate() {
         let what = format!("args[{i}]");
         if let Some(r) = a.get("object_ref") {
             let s = r
@@ -364,7 +364,7 @@ pub async fn task(State(app): App, Path(op): Path<String>, body: Bytes) -> Resul
                 .ok_or_else(|| bad(format!("{what}.object_ref: expected a string, got {r}")))?;
             args.push(Arg::Ref(parse_ref(s, &what)?));
         } else {
-            let t: JsonTensor = serde_json::from_value(a.clone()).map_err(|e| {
+            let t: JsonTensor = serde_json::from_value(a).map_err(|e| {
                 bad(format!(
                     "{what}: expected {{\"object_ref\": ...}} or {{\"shape\", \"datatype\", \"data\"}}: {e}"
                 ))

@@ -251,19 +251,25 @@ fn gather(entries: &mut [Entry]) -> Rows {
     Rows::Owned(ndarray::concatenate(Axis(0), &views).expect("every request was validated to the model's input width"))
 }
 
+/// Rolls `faults`' dice for one execution (a deployment's batch or a task): sleeps when
+/// the delay is chosen, and says whether this execution must fail.
+pub(crate) fn injected_failure(faults: &FaultInjection) -> bool {
+    if !faults.is_active() {
+        return false;
+    }
+    let mut rng = rand::rng();
+    if faults.delay_rate > 0.0 && rng.random_bool(faults.delay_rate) {
+        std::thread::sleep(faults.delay);
+    }
+    faults.error_rate > 0.0 && rng.random_bool(faults.error_rate)
+}
+
 fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: ArrayView2<'_, f32>) -> Result<Array2<f32>, InferError> {
-    let faults = &spec.faults;
-    if faults.is_active() {
-        let mut rng = rand::rng();
-        if faults.delay_rate > 0.0 && rng.random_bool(faults.delay_rate) {
-            std::thread::sleep(faults.delay);
-        }
-        if faults.error_rate > 0.0 && rng.random_bool(faults.error_rate) {
-            return Err(InferError::InjectedFault {
-                model: spec.model_name.clone(),
-                rate: faults.error_rate,
-            });
-        }
+    if injected_failure(&spec.faults) {
+        return Err(InferError::InjectedFault {
+            model: spec.model_name.clone(),
+            rate: spec.faults.error_rate,
+        });
     }
     let forward = || -> Result<Array2<f32>, String> {
         match backend {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use prism_config::FaultInjection;
 use prism_kernels::{CpuDevice, TaskOp};
-use rand::Rng;
 use serde::Deserialize;
 
 use crate::cluster::{Pool, TaskAsk};
@@ -239,20 +238,14 @@ impl Tasks {
 
 /// One execution: the fault injection's dice, then the op, with panics caught.
 fn attempt(op: TaskOp, args: &[Ready], faults: &FaultInjection) -> Result<ArrayD<f32>, (&'static str, String)> {
-    if faults.is_active() {
-        let mut rng = rand::rng();
-        if faults.delay_rate > 0.0 && rng.random_bool(faults.delay_rate) {
-            std::thread::sleep(faults.delay);
-        }
-        if faults.error_rate > 0.0 && rng.random_bool(faults.error_rate) {
-            return Err((
-                "InjectedFault",
-                format!(
-                    "this execution was chosen to fail by fault_injection (error_rate {})",
-                    faults.error_rate
-                ),
-            ));
-        }
+    if crate::replica::injected_failure(faults) {
+        return Err((
+            "InjectedFault",
+            format!(
+                "this execution was chosen to fail by fault_injection (error_rate {})",
+                faults.error_rate
+            ),
+        ));
     }
     let slices: Vec<(std::borrow::Cow<'_, [f32]>, &[usize])> = args
         .iter()

@@ -220,13 +220,14 @@ async fn a_replica_that_cannot_open_its_card_says_so_and_a_reload_does_not_fall_
     let d = celsius_on(placement, &metrics);
     let replica = &d.replicas()[0];
     assert_eq!(replica.device.as_deref(), Some("cpu"));
-    let ReplicaPlacement::Gpu { note, .. } = &replica.placement else {
+    let ReplicaPlacement::Gpu { note, cuda, .. } = &replica.placement else {
         panic!("still placed on the card: {replica:?}")
     };
     assert!(
         note.starts_with("cuda:0: ") && note.ends_with(": runs on the CPU"),
         "{note}"
     );
+    assert_eq!(*cuda, None, "it computes on no card");
     let y = d.infer(ndarray::Array2::from_elem((1, 1), 100.0)).await.unwrap();
     assert_eq!(y[[0, 0]], 212.0);
 
