@@ -268,7 +268,7 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// `y[bucket×n] = x[bucket×k] · w[k×n]` with `w` in bf16 / fp16: `x` is converted into
+/// `y[rows×n] = x[rows×k] · w[k×n]` with `w` in bf16 / fp16: `x` is converted into
 /// `half` first, the product accumulates in fp32 and lands in `y` as fp32.
 fn half_gemm(
     d: &CudaDevice,
@@ -277,7 +277,7 @@ fn half_gemm(
     x: &CudaSlice<f32>,
     half: &mut CudaSlice<u16>,
     y: &mut CudaSlice<f32>,
-    (bucket, k, n): (usize, usize, usize),
+    (rows, k, n): (usize, usize, usize),
 ) -> Result<(), GpuError> {
     use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
     use cudarc::driver::{DevicePtr, DevicePtrMut};
@@ -286,18 +286,18 @@ fn half_gemm(
         Precision::Fp16 => (&d.to_fp16, cudaDataType_t::CUDA_R_16F),
         Precision::Fp32 | Precision::Tf32 => unreachable!("fp32 weights use sgemm. This is a bug."),
     };
-    let count = (bucket * k) as i32;
+    let count = (rows * k) as i32;
     let mut launch = d.stream.launch_builder(convert);
     launch.arg(x).arg(&mut *half).arg(&count);
-    // SAFETY: the kernel reads `x[0..bucket·k]` and writes `half[0..bucket·k]`; both are
+    // SAFETY: the kernel reads `x[0..rows·k]` and writes `half[0..rows·k]`; both are
     // sized for the widest layer.
-    unsafe { launch.launch(grid(bucket * k)) }.map_err(gpu("launch the half conversion"))?;
+    unsafe { launch.launch(grid(rows * k)) }.map_err(gpu("launch the half conversion"))?;
     let (alpha, beta) = (1.0f32, 0.0f32);
     let (w_ptr, _w) = w.device_ptr(&d.stream);
     let (x_ptr, _x) = half.device_ptr(&d.stream);
     let (y_ptr, _y) = y.device_ptr_mut(&d.stream);
     // SAFETY: as for sgemm (row-major through column-major Cᵀ = Bᵀ·Aᵀ): `w` holds k·n
-    // values, `half` bucket·k, `y` bucket·n; alpha and beta are f32 as COMPUTE_32F wants;
+    // values, `half` rows·k, `y` rows·n; alpha and beta are f32 as COMPUTE_32F wants;
     // everything is on this replica's stream.
     unsafe {
         cudarc::cublas::result::gemm_ex(
@@ -305,7 +305,7 @@ fn half_gemm(
             cublasOperation_t::CUBLAS_OP_N,
             cublasOperation_t::CUBLAS_OP_N,
             n as i32,
-            bucket as i32,
+            rows as i32,
             k as i32,
             (&alpha) as *const f32 as *const _,
             w_ptr as *const _,
@@ -370,10 +370,6 @@ impl CudaDevice {
             stream,
             blas,
         })
-    }
-
-    pub fn ordinal(&self) -> usize {
-        self.ordinal
     }
 }
 
@@ -596,12 +592,12 @@ impl GpuModel {
         } = self;
         let staging = Self::staging(d, staging, (in_features, out_features, *widest), *precision, rows)?;
         let bucket = staging.rows;
-        // Stage the batch in page-locked memory (padded to the bucket with zeros) and copy
-        // it to the card asynchronously on this replica's stream.
+        // Stage the batch in page-locked memory and copy it to the card asynchronously on
+        // this replica's stream. The copies move whole buckets (the buffers' sizes); the
+        // maths runs on the batch's own rows only, so the padding is never read.
         {
             let host = staging.input.as_mut_slice().map_err(gpu("map pinned input"))?;
             host[..x.len()].copy_from_slice(x);
-            host[x.len()..].fill(0.0);
         }
         let half = &mut staging.half;
         let [a, b] = &mut staging.buffers;
@@ -621,7 +617,7 @@ impl GpuModel {
                                 transa: cublasOperation_t::CUBLAS_OP_N,
                                 transb: cublasOperation_t::CUBLAS_OP_N,
                                 m: n as i32,
-                                n: bucket as i32,
+                                n: rows as i32,
                                 k: k as i32,
                                 alpha: 1.0f32,
                                 lda: n as i32,
@@ -629,46 +625,46 @@ impl GpuModel {
                                 beta: 0.0f32,
                                 ldc: n as i32,
                             };
-                            // SAFETY: `weight` holds k·n values, `cur` at least bucket·k,
-                            // `other` at least bucket·n (both sized for the widest layer);
+                            // SAFETY: `weight` holds k·n values, `cur` at least bucket·k ≥ rows·k,
+                            // `other` at least bucket·n ≥ rows·n (both sized for the widest layer);
                             // all on this stream.
                             unsafe { d.blas.gemm(cfg, weight, &*cur, &mut *other) }.map_err(gpu("cuBLAS sgemm"))?;
                         }
                         GemmWeight::Half(weight) => {
                             let half = half.as_mut().expect("half precisions stage a half buffer");
-                            half_gemm(d, *precision, weight, &*cur, half, &mut *other, (bucket, k, n))?;
+                            half_gemm(d, *precision, weight, &*cur, half, &mut *other, (rows, k, n))?;
                         }
                     }
                     std::mem::swap(&mut cur, &mut other);
                     if let Some(bias) = bias {
-                        let (r, c) = (bucket as i32, n as i32);
+                        let (r, c) = (rows as i32, n as i32);
                         let mut launch = d.stream.launch_builder(&d.add_row);
                         launch.arg(&mut *cur).arg(bias).arg(&r).arg(&c);
-                        // SAFETY: the kernel reads `bias[0..n]` and updates `cur[0..bucket·n]`.
-                        unsafe { launch.launch(grid(bucket * n)) }.map_err(gpu("launch add_row"))?;
+                        // SAFETY: the kernel reads `bias[0..n]` and updates `cur[0..rows·n]`.
+                        unsafe { launch.launch(grid(rows * n)) }.map_err(gpu("launch add_row"))?;
                     }
                     width = n;
                 }
                 GpuStep::Add(t) => {
-                    let (r, c) = (bucket as i32, width as i32);
+                    let (r, c) = (rows as i32, width as i32);
                     let mut launch = d.stream.launch_builder(&d.add_row);
                     launch.arg(&mut *cur).arg(t).arg(&r).arg(&c);
                     // SAFETY: as above, `t` holds `width` values.
-                    unsafe { launch.launch(grid(bucket * width)) }.map_err(gpu("launch add_row"))?;
+                    unsafe { launch.launch(grid(rows * width)) }.map_err(gpu("launch add_row"))?;
                 }
                 GpuStep::Activate(act) => {
-                    let count = (bucket * width) as i32;
+                    let count = (rows * width) as i32;
                     let mut launch = d.stream.launch_builder(&d.activate);
                     launch.arg(&mut *cur).arg(&count).arg(act);
                     // SAFETY: the kernel touches `cur[0..count]` only.
-                    unsafe { launch.launch(grid(bucket * width)) }.map_err(gpu("launch activate"))?;
+                    unsafe { launch.launch(grid(rows * width)) }.map_err(gpu("launch activate"))?;
                 }
                 GpuStep::Softmax => {
-                    let (r, c) = (bucket as i32, width as i32);
+                    let (r, c) = (rows as i32, width as i32);
                     let mut launch = d.stream.launch_builder(&d.softmax);
                     launch.arg(&mut *cur).arg(&r).arg(&c);
-                    // SAFETY: one thread per row of `cur[0..bucket·width]`.
-                    unsafe { launch.launch(grid(bucket)) }.map_err(gpu("launch softmax"))?;
+                    // SAFETY: one thread per row of `cur[0..rows·width]`.
+                    unsafe { launch.launch(grid(rows)) }.map_err(gpu("launch softmax"))?;
                 }
             }
         }

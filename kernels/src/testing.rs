@@ -13,3 +13,13 @@ pub fn uniform(len: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// ‖got − want‖ / ‖want‖, the relative error the GPU checks bound; a non-finite value in
+/// `got` or a length mismatch fails.
+pub fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite output");
+    let diff: f64 = got.iter().zip(want).map(|(g, w)| ((g - w) as f64).powi(2)).sum();
+    let norm: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}

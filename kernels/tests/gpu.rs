@@ -2,7 +2,7 @@
 //! GPU and the CUDA libraries are found; elsewhere it says it was skipped.
 
 use prism_kernels::cuda::{CudaDevice, GpuModel, Precision, probe};
-use prism_kernels::testing::uniform;
+use prism_kernels::testing::{relative_error, uniform};
 use prism_kernels::{CpuDevice, Layer, Model, Weight, builtin};
 
 /// Whether there is a GPU to test on. Without one the tests say they were skipped, unless
@@ -20,15 +20,6 @@ fn gpu_available() -> bool {
     );
     eprintln!("skipped: {why}");
     false
-}
-
-/// ‖gpu − cpu‖ / ‖cpu‖; NaN anywhere fails.
-fn relative_error(gpu: &[f32], cpu: &[f32]) -> f64 {
-    assert_eq!(gpu.len(), cpu.len());
-    assert!(gpu.iter().all(|v| v.is_finite()), "non-finite GPU output");
-    let diff: f64 = gpu.iter().zip(cpu).map(|(g, c)| ((g - c) as f64).powi(2)).sum();
-    let norm: f64 = cpu.iter().map(|c| (*c as f64).powi(2)).sum();
-    (diff / norm.max(1e-30)).sqrt()
 }
 
 fn every_op_model() -> Model {

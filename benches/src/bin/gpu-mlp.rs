@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use prism_kernels::cuda::{CudaDevice, GpuModel, Precision, probe};
-use prism_kernels::testing::uniform;
+use prism_kernels::testing::{relative_error, uniform};
 use prism_kernels::{CpuDevice, builtin};
 
 fn main() {
@@ -30,17 +30,19 @@ fn main() {
 
 fn run(model: &prism_kernels::Model, cpu: &CpuDevice, gpu: &mut GpuModel, precision: Precision) {
     for rows in [1usize, 32, 256, 1024] {
-        let x = uniform(rows * 784, rows as u64)
+        let features = model.in_features();
+        let x = uniform(rows * features, rows as u64)
             .into_iter()
             .map(f32::abs)
             .collect::<Vec<_>>();
         let want = model
-            .forward(cpu, ndarray::ArrayView2::from_shape((rows, 784), &x).expect("shape"))
+            .forward(
+                cpu,
+                ndarray::ArrayView2::from_shape((rows, features), &x).expect("shape"),
+            )
             .expect("CPU forward");
         let got = gpu.forward(&x, rows).expect("GPU forward");
-        let diff: f64 = got.iter().zip(want.iter()).map(|(g, c)| ((g - c) as f64).powi(2)).sum();
-        let norm: f64 = want.iter().map(|c| (*c as f64).powi(2)).sum();
-        let err = (diff / norm).sqrt();
+        let err = relative_error(&got, want.as_slice().expect("a fresh array is contiguous"));
         for _ in 0..20 {
             gpu.forward(&x, rows).expect("warm-up");
         }
