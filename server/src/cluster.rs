@@ -44,10 +44,9 @@ pub fn plan(
     config: &Config,
     loaded: &[Loaded],
     mut machine: Machine,
-    no_gpu_reason: Option<String>,
+    mut no_gpu_reason: Option<String>,
     cuda: &Result<Vec<String>, String>,
 ) -> (Vec<Vec<ReplicaPlacement>>, Cluster) {
-    let mut no_gpu_reason = no_gpu_reason;
     if let Ok(uuids) = cuda {
         let mut hidden = Vec::new();
         machine.gpus.retain(|g| {

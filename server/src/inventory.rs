@@ -59,33 +59,23 @@ fn host_memory() -> u64 {
 }
 
 /// The real machine. NVML is probed once; without it (no driver, no library) there are
-/// no GPUs and the reason is kept for the status page.
+/// no GPUs, and why is kept for the status page.
 pub struct SystemInventory {
-    nvml: Option<nvml_wrapper::Nvml>,
-    /// Why there are no GPUs, when there are none.
-    pub no_gpu_reason: Option<String>,
+    nvml: Result<nvml_wrapper::Nvml, String>,
 }
 
 impl SystemInventory {
     pub fn probe() -> Self {
-        match nvml_wrapper::Nvml::init() {
-            Ok(nvml) => SystemInventory {
-                nvml: Some(nvml),
-                no_gpu_reason: None,
-            },
-            Err(e) => {
-                let reason = format!("NVML is not available ({e}); serving on the CPU");
-                tracing::info!("no GPU: {reason}");
-                SystemInventory {
-                    nvml: None,
-                    no_gpu_reason: Some(reason),
-                }
-            }
-        }
+        let nvml = nvml_wrapper::Nvml::init().map_err(|e| {
+            let reason = format!("NVML is not available ({e}); serving on the CPU");
+            tracing::info!("no GPU: {reason}");
+            reason
+        });
+        SystemInventory { nvml }
     }
 
     fn gpus(&self) -> Vec<GpuInfo> {
-        let Some(nvml) = &self.nvml else { return Vec::new() };
+        let Ok(nvml) = &self.nvml else { return Vec::new() };
         let count = match nvml.device_count() {
             Ok(n) => n,
             Err(e) => {
@@ -127,7 +117,7 @@ impl Inventory for SystemInventory {
     }
 
     fn no_gpu_reason(&self) -> Option<String> {
-        self.no_gpu_reason.clone()
+        self.nvml.as_ref().err().cloned()
     }
 }
 
@@ -229,15 +219,9 @@ mod tests {
         // in tests/tests/placement.rs with an inventory of its own.
         let inv = SystemInventory::probe();
         let machine = inv.machine();
-        assert_eq!(inv.nvml.is_none(), inv.no_gpu_reason.is_some());
-        if inv.nvml.is_none() {
+        if let Some(why) = inv.no_gpu_reason() {
             assert!(machine.gpus.is_empty());
-            assert!(
-                inv.no_gpu_reason
-                    .as_deref()
-                    .unwrap()
-                    .starts_with("NVML is not available (")
-            );
+            assert!(why.starts_with("NVML is not available ("), "{why}");
         }
     }
 }
