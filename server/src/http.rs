@@ -544,19 +544,6 @@ async fn metrics(State(app): App) -> impl IntoResponse {
     )
 }
 
-/// The model's output as an object: its declared datatype, `[rows, features]`.
-pub(crate) fn output_object(d: &Deployment, output: &ndarray::Array2<f32>) -> (Meta, Vec<u8>) {
-    let dtype = d.spec.output.datatype;
-    let mut bytes = Vec::with_capacity(output.len() * dtype.size().expect("outputs are numeric"));
-    let values = output.as_standard_layout();
-    dtype.encode_le(values.as_slice().expect("standard layout"), &mut bytes);
-    let meta = Meta {
-        datatype: dtype,
-        shape: vec![output.nrows(), output.ncols()],
-    };
-    (meta, bytes)
-}
-
 /// A V2 answer whose output is in the store: `parameters.object_ref`, no data.
 /// `rows` is -1 when not known yet (the input object is still pending).
 fn ref_response(d: &Deployment, id: Option<String>, rows: i64, r: ObjectRef) -> InferResponse {
@@ -618,8 +605,9 @@ fn infer_async(
         let answer = within_deadline(&deployment, timeout, work).await;
         match answer {
             Ok(output) => {
-                let (meta, bytes) = output_object(&deployment, &output);
-                store.fulfil_later(r, meta, bytes).await;
+                store
+                    .fulfil_array(r, output.into_dyn(), deployment.spec.output.datatype)
+                    .await
             }
             Err(e) => store.fail(r, inference_failure(&e)),
         }
@@ -730,13 +718,24 @@ async fn run_infer(
     };
     let output = within_deadline(d, request.timeout, work).await?;
     if request.output_ref {
-        let (meta, bytes) = output_object(d, &output);
         let store = Arc::clone(&app.store);
         let owner = Owner::Client { ttl: store.default_ttl };
-        let r = tokio::task::spawn_blocking(move || store.put(meta, &bytes, owner))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??;
-        return Ok(axum::Json(ref_response(d, request.id, output.nrows() as i64, r)).into_response());
+        let (rows, datatype) = (output.nrows() as i64, d.spec.output.datatype);
+        let r = tokio::task::spawn_blocking(move || {
+            let meta = Meta {
+                datatype,
+                shape: output.shape().to_vec(),
+            };
+            let output = output.as_standard_layout();
+            store.put(
+                meta,
+                &crate::store::encoded(output.as_slice().expect("standard layout"), datatype),
+                owner,
+            )
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        return Ok(axum::Json(ref_response(d, request.id, rows, r)).into_response());
     }
     let (header_bytes, tail) = codec::encode(&d.spec, MODEL_VERSION, request.id, &output, request.binary_output);
     if tail.is_empty() && !request.binary_output {

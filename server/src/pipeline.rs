@@ -23,7 +23,7 @@ use prism_kernels::TaskOp;
 use crate::codec;
 use crate::deployment::{Deployment, MODEL_VERSION};
 use crate::error::ApiError;
-use crate::http::{AppState, header_then_object, inference_failure, output_object};
+use crate::http::{AppState, header_then_object, inference_failure};
 use crate::store::{Failure, Lease, Meta, ObjectRef, Owner, Settles, Store};
 use crate::tasks::{Arg, TaskOptions, Tasks};
 
@@ -208,7 +208,7 @@ impl Pipeline {
                     Ok(lease) => run_model(d, lease).await,
                 };
                 match result {
-                    Ok((meta, bytes)) => store.fulfil_later(out, meta, bytes).await,
+                    Ok(y) => store.fulfil_array(out, y.into_dyn(), d.spec.output.datatype).await,
                     Err(f) => failed(f),
                 }
             }
@@ -223,7 +223,7 @@ impl Pipeline {
                 let y = tasks.run(*op, args, &options).await;
                 release();
                 match y {
-                    Ok(y) => store.fulfil_array(out, y).await,
+                    Ok(y) => store.fulfil_array(out, y, DType::F32).await,
                     Err(f) => failed(f),
                 }
             }
@@ -235,11 +235,10 @@ impl Pipeline {
     }
 }
 
-async fn run_model(d: &Arc<Deployment>, lease: Lease) -> Result<(Meta, Vec<u8>), Failure> {
+async fn run_model(d: &Arc<Deployment>, lease: Lease) -> Result<ndarray::Array2<f32>, Failure> {
     let fail = |e: ApiError| inference_failure(&e);
     let rows = codec::object_rows(&d.spec, lease).map_err(fail)?;
-    let output = d.infer(rows).await.map_err(fail)?;
-    Ok(output_object(d, &output))
+    d.infer(rows).await.map_err(fail)
 }
 
 /// The tensor of one request input: its datatype and shape, and its bytes from JSON

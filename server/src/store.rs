@@ -425,6 +425,17 @@ impl Entry {
     }
 }
 
+/// `values` as the little-endian bytes of `datatype`: the values themselves for FP32, an
+/// encoded copy otherwise. `datatype` is numeric (checked where it was declared).
+pub fn encoded(values: &[f32], datatype: DType) -> std::borrow::Cow<'_, [u8]> {
+    if datatype == DType::F32 {
+        return std::borrow::Cow::Borrowed(bytemuck::cast_slice(values));
+    }
+    let mut bytes = Vec::with_capacity(values.len() * datatype.size().expect("a numeric datatype"));
+    datatype.encode_le(values, &mut bytes);
+    std::borrow::Cow::Owned(bytes)
+}
+
 /// The store's gauges and counters (registered by [`crate::metrics::Metrics`]).
 #[derive(Clone)]
 pub struct StoreMetrics {
@@ -833,24 +844,19 @@ impl Store {
             .is_some_and(|e| matches!(e.state, State::Pending))
     }
 
-    /// [`Store::fulfil`] off the async threads (storing may spill, which writes files).
-    pub async fn fulfil_later(self: &Arc<Self>, r: ObjectRef, meta: Meta, bytes: Vec<u8>) {
+    /// Fulfils `r` with `y` stored as `datatype` (the answer of a model or a task). FP32
+    /// values are copied once, straight into the store; other datatypes are encoded first.
+    pub async fn fulfil_array(self: &Arc<Self>, r: ObjectRef, y: ndarray::ArrayD<f32>, datatype: DType) {
         let store = Arc::clone(self);
         // If the blocking task dies, the object stays pending until its `Settles` guard
         // fails it.
-        let _ = tokio::task::spawn_blocking(move || store.fulfil(r, meta, &bytes)).await;
-    }
-
-    /// Fulfils `r` with an FP32 tensor, copied once, straight into the store.
-    pub async fn fulfil_array(self: &Arc<Self>, r: ObjectRef, y: ndarray::ArrayD<f32>) {
-        let store = Arc::clone(self);
         let _ = tokio::task::spawn_blocking(move || {
             let y = y.as_standard_layout();
             let meta = Meta {
-                datatype: DType::F32,
+                datatype,
                 shape: y.shape().to_vec(),
             };
-            store.fulfil(r, meta, bytemuck::cast_slice(y.as_slice().expect("standard layout")));
+            store.fulfil(r, meta, &encoded(y.as_slice().expect("standard layout"), datatype));
         })
         .await;
     }

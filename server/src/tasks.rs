@@ -172,7 +172,7 @@ impl Tasks {
         tokio::spawn(async move {
             let _settles = Settles::new(Arc::clone(&tasks.store), result, "the task");
             match tasks.run(op, args, &options).await {
-                Ok(y) => tasks.store.fulfil_array(result, y).await,
+                Ok(y) => tasks.store.fulfil_array(result, y, prism_client::DType::F32).await,
                 Err(failure) => tasks.store.fail(result, failure),
             }
         });

@@ -206,6 +206,15 @@ async fn integer_outputs_are_written_as_integers() {
         binary.outputs[0].data.as_ref().and_then(|d| d.to_f32()),
         Some(vec![5.0, -4.0])
     );
+    // Kept in the object store (async, or an output by ref), it is stored as INT64 too.
+    let c = &server.client;
+    let by_ref = c.infer_to_refs("net", &request, &["y"]).await.unwrap();
+    let queued = c.infer_async("net", &request).await.unwrap();
+    for (_, r) in by_ref.into_iter().chain(queued) {
+        let t = c.get(&r, None).await.unwrap();
+        assert_eq!(t.datatype, prism_client::DType::I64);
+        assert_eq!(t.data, prism_client::v2::TensorData::Integers(vec![5, -4]));
+    }
     server.stop().await.unwrap();
 }
 
