@@ -481,8 +481,9 @@ pub struct Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.store.lock().used -= self.bytes;
-            self.store.update_gauges();
+            let mut g = self.store.lock();
+            g.used -= self.bytes;
+            self.store.set_gauges(&g);
         }
     }
 }
@@ -520,13 +521,14 @@ impl Store {
     }
 
     fn update_gauges(&self) {
-        let (objects, used, spilled) = {
-            let g = self.lock();
-            (g.objects.len(), g.used, g.spilled)
-        };
-        self.metrics.objects.set(objects as i64);
-        self.metrics.memory_bytes.set(used as i64);
-        self.metrics.spilled_bytes.set(spilled as i64);
+        self.set_gauges(&self.lock());
+    }
+
+    /// The gauges from `g`, set by whoever already holds the lock.
+    fn set_gauges(&self, g: &Inner) {
+        self.metrics.objects.set(g.objects.len() as i64);
+        self.metrics.memory_bytes.set(g.used as i64);
+        self.metrics.spilled_bytes.set(g.spilled as i64);
     }
 
     /// Makes room for `bytes` (spilling what it must) and takes it. Blocking: spilling
@@ -537,7 +539,6 @@ impl Store {
             self.metrics.put_failures.inc();
             return Err(e);
         }
-        self.update_gauges();
         Ok(Reservation {
             store: Arc::clone(self),
             bytes,
@@ -565,6 +566,7 @@ impl Store {
             }
             if g.used + bytes <= self.capacity {
                 g.used += bytes;
+                self.set_gauges(&g);
                 return Ok(());
             }
             let mut candidates: Vec<(u64, ObjectRef, usize)> = g
@@ -704,8 +706,8 @@ impl Store {
         std::mem::forget(reservation);
         let entry = self.ready_entry(&mut g, meta, buf, owner);
         g.objects.insert(r, entry);
+        self.set_gauges(&g);
         drop(g);
-        self.update_gauges();
         r
     }
 
@@ -791,8 +793,8 @@ impl Store {
                 spilling: false,
             },
         );
+        self.set_gauges(&g);
         drop(g);
-        self.update_gauges();
         r
     }
 
@@ -823,8 +825,8 @@ impl Store {
                 entry.uses = old.uses;
                 entry.settled.send_replace(true);
                 g.objects.insert(r, entry);
+                self.set_gauges(&g);
                 drop(g);
-                self.update_gauges();
             }
             Err(e) => self.fail(
                 r,
@@ -955,12 +957,12 @@ impl Store {
         };
         std::mem::forget(reservation);
         g.spilled -= bytes;
+        self.set_gauges(&g);
         drop(g);
         if let Data::Mapped(_, path) = &*lease.data {
             let _ = std::fs::remove_file(path);
         }
         self.metrics.restores.inc();
-        self.update_gauges();
         Lease {
             object_ref: lease.object_ref,
             meta: Arc::clone(&lease.meta),
@@ -1047,8 +1049,8 @@ impl Store {
             return false;
         };
         self.forget(&mut g, &e);
+        self.set_gauges(&g);
         drop(g);
-        self.update_gauges();
         true
     }
 
