@@ -259,7 +259,7 @@ async fn model_metadata(State(app): App, path: ModelParam) -> Result<axum::Json<
                 outputs: vec![MetadataTensor {
                     name: p.spec.output_name.clone(),
                     datatype: p.output_datatype().to_string(),
-                    shape: p.output_shape(),
+                    shape: p.output_shape().to_vec(),
                 }],
             }));
         }

@@ -38,6 +38,10 @@ pub struct Pipeline {
     runners: Vec<Runner>,
     /// How many step inputs read each tensor (pipeline input or step).
     readers: HashMap<String, usize>,
+    /// The output's datatype and its shape as far as it is known before running (`-1`
+    /// where it varies): worked out once, for the metadata and every async answer.
+    output_datatype: DType,
+    output_shape: Vec<i64>,
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -61,7 +65,16 @@ impl Pipeline {
                 *readers.entry(i.clone()).or_insert(0) += 1;
             }
         }
-        Pipeline { spec, runners, readers }
+        let mut pipeline = Pipeline {
+            spec,
+            runners,
+            readers,
+            output_datatype: DType::F32,
+            output_shape: Vec::new(),
+        };
+        pipeline.output_datatype = pipeline.derive_output_datatype();
+        pipeline.output_shape = pipeline.derive_output_shape();
+        pipeline
     }
 
     pub fn name(&self) -> &str {
@@ -76,8 +89,16 @@ impl Pipeline {
         })
     }
 
-    /// The output's datatype: the model's output type for a model step, FP32 for an op.
     pub fn output_datatype(&self) -> DType {
+        self.output_datatype
+    }
+
+    pub fn output_shape(&self) -> &[i64] {
+        &self.output_shape
+    }
+
+    /// The output's datatype: the model's output type for a model step, FP32 for an op.
+    fn derive_output_datatype(&self) -> DType {
         let i = self
             .spec
             .steps
@@ -91,7 +112,7 @@ impl Pipeline {
     }
 
     /// The output's shape as far as it is known before running (`-1` where it varies).
-    pub fn output_shape(&self) -> Vec<i64> {
+    fn derive_output_shape(&self) -> Vec<i64> {
         let mut shapes: HashMap<&str, Vec<i64>> = self
             .spec
             .inputs
@@ -423,7 +444,7 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
     };
     if run_async {
         let o = output(
-            p.output_shape(),
+            p.output_shape().to_vec(),
             p.output_datatype().to_string(),
             None,
             ref_parameters(),
