@@ -51,40 +51,38 @@ pub fn encode_tensor(name: &str, dtype: DType, data: &TensorData, out: &mut Vec<
             }
         }
         // JSON numbers into an integer type: whole and in range, or refused (never
-        // rounded or saturated). Integer literals arrive as `Integers`, exact. Data holding
-        // any number with a fraction or an exponent is read as f64, which keeps whole
-        // numbers exact only below 2^52 (above, a written fraction vanishes or a digit
-        // rounds away), so larger values are refused rather than stored as something else.
+        // rounded or saturated), in one pass. Integer literals arrive as `Integers`, exact.
+        // Data holding any number with a fraction or an exponent is read as f64, which
+        // keeps whole numbers exact only below 2^52 (above, a written fraction vanishes or a
+        // digit rounds away), so larger values are refused rather than stored as something
+        // else.
         (
             DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::U32 | DType::I32 | DType::U64 | DType::I64,
-            TensorData::Numbers(numbers),
+            data @ (TensorData::Numbers(_) | TensorData::Integers(_)),
         ) => {
             const EXACT: f64 = (1u64 << 52) as f64;
-            let whole = numbers
-                .iter()
-                .map(|&v| {
-                    if !(v.fract() == 0.0 && v.is_finite()) {
-                        Err(fail(format!("{v} is not a whole number, as {dtype} needs")))
-                    } else if v.abs() >= EXACT {
-                        Err(fail(format!(
-                            "{v} may not be the number written: the data holds numbers with a fraction or an \
-                             exponent, so it is read as floating point, exact only below 2^52; write every \
-                             element as a plain integer for {dtype}"
-                        )))
-                    } else {
-                        Ok(v as i128)
-                    }
-                })
-                .collect::<Result<Vec<i128>, _>>()?;
-            return encode_tensor(name, dtype, &TensorData::Integers(whole), out);
-        }
-        (
-            DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::U32 | DType::I32 | DType::U64 | DType::I64,
-            TensorData::Integers(values),
-        ) => {
+            let whole = |v: f64| {
+                if !(v.fract() == 0.0 && v.is_finite()) {
+                    Err(fail(format!("{v} is not a whole number, as {dtype} needs")))
+                } else if v.abs() >= EXACT {
+                    Err(fail(format!(
+                        "{v} may not be the number written: the data holds numbers with a fraction or an \
+                         exponent, so it is read as floating point, exact only below 2^52; write every \
+                         element as a plain integer for {dtype}"
+                    )))
+                } else {
+                    Ok(v as i128)
+                }
+            };
+            let values: Box<dyn Iterator<Item = Result<i128, BinaryError>> + '_> = match data {
+                TensorData::Numbers(n) => Box::new(n.iter().map(|&v| whole(v))),
+                TensorData::Integers(i) => Box::new(i.iter().map(|&v| Ok(v))),
+                _ => unreachable!("matched above"),
+            };
             macro_rules! put {
                 ($t:ty) => {
-                    for &v in values {
+                    for v in values {
+                        let v = v?;
                         let x = <$t>::try_from(v).map_err(|_| fail(format!("{v} is out of range for {dtype}")))?;
                         out.extend_from_slice(&x.to_le_bytes());
                     }
