@@ -60,13 +60,8 @@ impl Client {
         }
     }
 
-    /// A request to `path` on this server.
-    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base))
-    }
-
     /// The response if its status is a success; otherwise the server's error message.
-    pub(crate) async fn check(url: String, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    async fn check(url: String, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
         if response.status().is_success() {
             return Ok(response);
         }
@@ -91,14 +86,30 @@ impl Client {
         })
     }
 
+    /// `method path` with `body` (JSON, or binary with its JSON header's length): the
+    /// response if it succeeded, otherwise the server's error.
     pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<(Vec<u8>, Option<usize>)>,
     ) -> Result<reqwest::Response, ClientError> {
+        self.send_accepting(method, path, body, None).await
+    }
+
+    /// [`Client::send`], asking for the answer in `accept` (a media type) when given.
+    pub(crate) async fn send_accepting(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, Option<usize>)>,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.request(method, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(media) = accept {
+            req = req.header("Accept", media);
+        }
         if let Some((bytes, header_len)) = body {
             req = match header_len {
                 Some(n) => req
@@ -209,9 +220,18 @@ impl Client {
         header_len: Option<usize>,
     ) -> Result<InferResponse, ClientError> {
         let path = format!("{}/infer", Self::model_path(model, None));
-        let url = format!("{}{path}", self.base);
         let response = self.send(Method::POST, &path, Some((body, header_len))).await?;
-        let answer_header_len = response
+        let (bytes, answer_header_len) = Self::binary_answer(response).await?;
+        Ok(binary::decode_response(&bytes, answer_header_len)?)
+    }
+
+    /// An answer's body and, when it is binary, its JSON header's length
+    /// (`Inference-Header-Content-Length`).
+    pub(crate) async fn binary_answer(
+        response: reqwest::Response,
+    ) -> Result<(bytes::Bytes, Option<usize>), ClientError> {
+        let url = response.url().to_string();
+        let header_len = response
             .headers()
             .get(HEADER_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -220,7 +240,7 @@ impl Client {
             .bytes()
             .await
             .map_err(|source| ClientError::Transport { url, source })?;
-        Ok(binary::decode_response(&bytes, answer_header_len)?)
+        Ok((bytes, header_len))
     }
 
     /// The Prometheus text of `GET /metrics`.

@@ -183,25 +183,20 @@ impl Client {
         };
         let url = format!("{}{path}", self.url());
         let response = self
-            .request(Method::GET, &path)
-            .header("Accept", "application/octet-stream")
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let response = Client::check(url.clone(), response).await?;
-        let header_len = response
-            .headers()
-            .get(v2::HEADER_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let body = response.bytes().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-        let n = header_len.unwrap_or(body.len()).min(body.len());
+            .send_accepting(Method::GET, &path, None, Some("application/octet-stream"))
+            .await?;
+        let (body, header_len) = Client::binary_answer(response).await?;
+        let n = header_len.unwrap_or(body.len());
+        if n > body.len() {
+            return Err(ClientError::Decode {
+                url,
+                reason: format!(
+                    "{} says the JSON header is {n} bytes, but the body has {}",
+                    v2::HEADER_LENGTH,
+                    body.len()
+                ),
+            });
+        }
         let head: ObjectAnswer = v2::from_slice(&body[..n]).map_err(|e| ClientError::Decode {
             url: url.clone(),
             reason: e.to_string(),
