@@ -143,6 +143,15 @@ pub struct Retries {
     pub retry_exceptions: Vec<String>,
 }
 
+impl Retries {
+    /// Whether an execution that failed with error `kind` after `attempts` runs runs again:
+    /// a system failure (`Panic`) always, an application error when `retry_exceptions`
+    /// names it, for at most `max_retries` retries.
+    pub fn again(&self, kind: &str, attempts: u32) -> bool {
+        attempts <= self.max_retries && (kind == "Panic" || self.retry_exceptions.iter().any(|k| k == kind))
+    }
+}
+
 /// Error kinds of a batch that `retry_exceptions` may name.
 pub const BATCH_ERROR_KINDS: [&str; 2] = ["InjectedFault", "ModelError"];
 

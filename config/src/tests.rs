@@ -175,3 +175,14 @@ fn object_store_keys_are_checked() {
     assert!(error(&file("default_ttl_s = 0")).contains("object_store.default_ttl_s: expected seconds above 0"));
     assert!(error(&file("spill = 1")).contains("unknown field `spill`"));
 }
+
+#[test]
+fn a_system_failure_is_retried_always_an_application_error_when_named() {
+    let r = Retries {
+        max_retries: 2,
+        retry_exceptions: vec!["InjectedFault".into()],
+    };
+    assert!(r.again("Panic", 1) && r.again("Panic", 2) && !r.again("Panic", 3));
+    assert!(r.again("InjectedFault", 2) && !r.again("InjectedFault", 3));
+    assert!(!r.again("ModelError", 1), "not named");
+}

@@ -238,7 +238,10 @@ impl Pipeline {
                 // Pipeline ops are light: they hold no logical CPU.
                 let options = TaskOptions {
                     ask: Default::default(),
-                    max_retries: 0,
+                    retries: prism_config::Retries {
+                        max_retries: 0,
+                        retry_exceptions: Vec::new(),
+                    },
                     ..TaskOptions::default()
                 };
                 let y = tasks.run(*op, args, &options).await;

@@ -159,13 +159,10 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     let result = loop {
         let result = run_model(spec, backend, input.view());
         let Err(e) = &result else { break result };
-        let retry = e
-            .retry_kind()
-            .filter(|&k| k == "Panic" || spec.retries.retry_exceptions.iter().any(|x| x == k));
         // Nobody left to answer (clients gone, deadlines passed): no point running again.
         let abandoned = batch.entries.iter().all(|e| e.reply.is_closed());
-        match retry {
-            Some(kind) if attempts <= spec.retries.max_retries && !abandoned => {
+        match e.retry_kind() {
+            Some(kind) if spec.retries.again(kind, attempts) && !abandoned => {
                 spec.metrics.retries.with_label_values(&[&spec.model_name, kind]).inc();
                 tracing::debug!(model = %spec.model_name, replica = spec.index, kind, attempts, "batch failed; retrying");
                 attempts += 1;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
-use prism_config::FaultInjection;
+use prism_config::{FaultInjection, Retries};
 use prism_kernels::{CpuDevice, TaskOp};
 use serde::Deserialize;
 
@@ -33,8 +33,7 @@ pub enum Arg {
 #[derive(Clone, Debug)]
 pub struct TaskOptions {
     pub ask: TaskAsk,
-    pub max_retries: u32,
-    pub retry_exceptions: Vec<String>,
+    pub retries: Retries,
     pub faults: FaultInjection,
     /// Time-to-live of the result (the store's default when absent).
     pub ttl: Option<Duration>,
@@ -47,8 +46,10 @@ impl Default for TaskOptions {
                 num_cpus: 1.0,
                 ..TaskAsk::default()
             },
-            max_retries: 3,
-            retry_exceptions: Vec::new(),
+            retries: Retries {
+                max_retries: 3,
+                retry_exceptions: Vec::new(),
+            },
             faults: FaultInjection::default(),
             ttl: None,
         }
@@ -107,7 +108,7 @@ impl RawOptions {
             if !(0..=1000).contains(&r) {
                 return Err(format!("options.max_retries: expected 0 to 1000, got {r}"));
             }
-            o.max_retries = r as u32;
+            o.retries.max_retries = r as u32;
         }
         if let Some(kinds) = self.retry_exceptions {
             for k in &kinds {
@@ -118,7 +119,7 @@ impl RawOptions {
                     ));
                 }
             }
-            o.retry_exceptions = kinds;
+            o.retries.retry_exceptions = kinds;
         }
         if let Some(f) = self.fault_injection {
             o.faults = FaultInjection::from_parts(f.error_rate, f.delay_ms, f.delay_rate)
@@ -211,8 +212,7 @@ impl Tasks {
             match outcome {
                 Ok(y) => break Ok(y),
                 Err((kind, message)) => {
-                    let retryable = kind == "Panic" || options.retry_exceptions.iter().any(|k| k == kind);
-                    if retryable && attempts <= options.max_retries {
+                    if options.retries.again(kind, attempts) {
                         self.metrics.task_retries.with_label_values(&[op.name(), kind]).inc();
                         tracing::debug!(op = op.name(), kind, attempts, "task failed; retrying");
                         continue;
