@@ -15,25 +15,10 @@ pub struct Cluster {
     pub no_gpu_reason: Option<String>,
     /// Share of each card taken by placed replicas.
     pub gpu_used: Vec<f64>,
-    /// Logical CPUs asked for by running replicas.
-    pub cpus_asked: f64,
-    /// Custom resources declared in `[server.resources]`, and what replicas left of them.
+    /// Custom resources declared in `[server.resources]`.
     pub resources_total: BTreeMap<String, f64>,
-    pub resources_left: BTreeMap<String, f64>,
-    /// What replicas left, for tasks: made by [`Cluster::open_pool`] once every replica
-    /// has started.
+    /// What the replicas leave of the logical resources, for tasks.
     pub pool: std::sync::Arc<Pool>,
-}
-
-impl Cluster {
-    /// Hands what the replicas left to the task pool.
-    pub fn open_pool(&mut self) {
-        self.pool = std::sync::Arc::new(Pool::new(Free {
-            cpus: (self.machine.cpus as f64 - self.cpus_asked).max(0.0),
-            gpus: self.gpu_used.iter().map(|u| (1.0 - u).max(0.0)).collect(),
-            resources: self.resources_left.clone(),
-        }));
-    }
 }
 
 /// Places every replica of `config` (one entry per replica, per deployment). `cuda` is
@@ -170,18 +155,31 @@ pub fn plan(
             }
         }
     }
+    // Logical CPUs the replicas that will run ask for; tasks get the rest.
+    let cpus_asked: f64 = config
+        .deployments
+        .iter()
+        .zip(&placements)
+        .map(|(spec, p)| spec.actor.num_cpus * p.iter().filter(|p| p.runs()).count() as f64)
+        .sum();
+    if cpus_asked > machine.cpus as f64 {
+        tracing::warn!(
+            asked = cpus_asked,
+            cpus = machine.cpus,
+            "the replicas ask for more logical CPUs than the machine has; they share them"
+        );
+    }
+    let pool = std::sync::Arc::new(Pool::new(Free {
+        cpus: (machine.cpus as f64 - cpus_asked).max(0.0),
+        gpus: gpu_used.iter().map(|u| (1.0 - u).max(0.0)).collect(),
+        resources: resources_left,
+    }));
     let cluster = Cluster {
         machine,
         no_gpu_reason,
         gpu_used,
-        cpus_asked: 0.0,
         resources_total: config.server.resources.clone(),
-        resources_left,
-        pool: std::sync::Arc::new(Pool::new(Free {
-            cpus: 0.0,
-            gpus: Vec::new(),
-            resources: BTreeMap::new(),
-        })),
+        pool,
     };
     (placements, cluster)
 }

@@ -86,22 +86,13 @@ impl Server {
             tracing::warn!("GPUs found, but CUDA cannot be used ({why}): replicas placed on them run on the CPU");
         }
 
-        let (placements, mut cluster) = cluster::plan(config, &loaded, machine, no_gpu_reason, &cuda);
+        let (placements, cluster) = cluster::plan(config, &loaded, machine, no_gpu_reason, &cuda);
 
         let metrics = Arc::new(Metrics::new());
         let mut deployments = Vec::new();
         for ((spec, l), p) in config.deployments.iter().zip(loaded).zip(placements) {
-            cluster.cpus_asked += spec.actor.num_cpus * p.iter().filter(|p| p.runs()).count() as f64;
             deployments.push(Deployment::start_placed(spec.clone(), l, p, &metrics)?);
         }
-        if cluster.cpus_asked > cluster.machine.cpus as f64 {
-            tracing::warn!(
-                asked = cluster.cpus_asked,
-                cpus = cluster.machine.cpus,
-                "the replicas ask for more logical CPUs than the machine has; they share them"
-            );
-        }
-        cluster.open_pool();
         let mut store = open_store(config, &cluster, &metrics);
         if matches!(&cuda, Ok(uuids) if !uuids.is_empty()) {
             match prism_kernels::cuda::PinnedAllocator::new(0) {
