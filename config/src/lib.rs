@@ -95,6 +95,17 @@ pub struct ObjectStoreConfig {
 /// The longest time-to-live an object may have: a week.
 pub const MAX_TTL_S: f64 = 7.0 * 86_400.0;
 
+/// A `num_gpus` ask, for a replica or a task: a fraction of one card up to 1 (like 0.25)
+/// or a whole number of cards.
+pub fn gpu_share(num_gpus: f64) -> Result<f64, String> {
+    if !num_gpus.is_finite() || num_gpus < 0.0 || (num_gpus > 1.0 && num_gpus.fract() != 0.0) {
+        return Err(format!(
+            "must be a fraction up to 1 (like 0.25) or a whole number of GPUs, got {num_gpus}"
+        ));
+    }
+    Ok(num_gpus)
+}
+
 /// An object's time-to-live from seconds: above 0 and at most [`MAX_TTL_S`].
 pub fn ttl(seconds: f64) -> Result<Duration, String> {
     if seconds > 0.0 && seconds <= MAX_TTL_S {
@@ -441,13 +452,7 @@ fn validate_deployment(
             format!("must be a non-negative number, got {num_cpus}"),
         );
     }
-    let num_gpus = d.actor.num_gpus.unwrap_or(0.0);
-    if !num_gpus.is_finite() || num_gpus < 0.0 || (num_gpus > 1.0 && num_gpus.fract() != 0.0) {
-        return invalid(
-            "actor.num_gpus",
-            format!("must be a fraction up to 1 (like 0.25) or a whole number of GPUs, got {num_gpus}"),
-        );
-    }
+    let num_gpus = gpu_share(d.actor.num_gpus.unwrap_or(0.0)).or_else(|reason| invalid("actor.num_gpus", reason))?;
     let threads = in_range("actor.threads", d.actor.threads, 1, 1, 1024)?;
     for (name, &amount) in &d.actor.resources {
         let key = format!("actor.resources.{name}");

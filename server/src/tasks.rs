@@ -93,12 +93,7 @@ impl RawOptions {
             o.ask.num_cpus = non_negative("num_cpus", c, 1e6)?;
         }
         if let Some(g) = self.num_gpus {
-            o.ask.num_gpus = non_negative("num_gpus", g, 1e4)?;
-            if g > 1.0 && g.fract() != 0.0 {
-                return Err(format!(
-                    "options.num_gpus: a fraction must be at most 1 (a share of one card); above 1 give a whole number of cards, got {g}"
-                ));
-            }
+            o.ask.num_gpus = prism_config::gpu_share(g).map_err(|reason| format!("options.num_gpus: {reason}"))?;
         }
         for (k, v) in &self.resources {
             non_negative(&format!("resources.{k}"), *v, 1e9)?;

@@ -402,6 +402,19 @@ async fn tasks_compute_chain_and_wait_like_ray() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("num_cpus = 100000 can never be met"), "{err}");
+    let split = TaskOptions {
+        num_gpus: Some(1.5),
+        ..Default::default()
+    };
+    let err = c
+        .task("square", [Tensor::scalar(1.0).into()], &split)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("options.num_gpus: must be a fraction up to 1 (like 0.25) or a whole number of GPUs, got 1.5"),
+        "{err}"
+    );
     let unknown = ObjectRef("b".repeat(32));
     assert_eq!(
         status(c.task("square", [unknown.into()], &opts).await.unwrap_err()),
