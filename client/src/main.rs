@@ -407,19 +407,11 @@ fn tensor_arg(json: &str, datatype: &str) -> Result<Tensor> {
     })
     .context("a tensor is a (nested) array of numbers or booleans")?;
     let datatype: DType = datatype.parse()?;
-    if data.len() != shape.iter().product::<usize>() {
-        bail!(
-            "the array is ragged: shape {shape:?} needs {} values, it has {}",
-            shape.iter().product::<usize>(),
-            data.len()
-        );
-    }
     Ok(Tensor { datatype, shape, data })
 }
 
 fn print_tensor(t: &Tensor) -> Result<()> {
-    let out = serde_json::json!({ "datatype": t.datatype, "shape": t.shape, "data": t.data });
-    println!("{}", serde_json::to_string(&out)?);
+    println!("{}", serde_json::to_string(&t.json())?);
     Ok(())
 }
 

@@ -60,7 +60,8 @@ impl Tensor {
         self.data.to_f32().unwrap_or_default()
     }
 
-    fn json(&self) -> Value {
+    /// The tensor as V2's JSON tensor object (`datatype`, `shape`, `data`).
+    pub fn json(&self) -> Value {
         json!({ "datatype": self.datatype, "shape": self.shape, "data": self.data })
     }
 }

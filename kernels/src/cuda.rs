@@ -356,7 +356,11 @@ impl CudaDevice {
         let ctx = CudaContext::new(ordinal).map_err(gpu("create a context"))?;
         let stream = ctx.new_stream().map_err(gpu("create a stream"))?;
         let blas = CudaBlas::new(Arc::clone(&stream)).map_err(gpu("create a cuBLAS handle"))?;
-        let ptx = cudarc::nvrtc::compile_ptx(KERNELS).map_err(gpu("compile the kernels"))?;
+        // Compiled once per process; every replica's context loads the same PTX.
+        static PTX: std::sync::OnceLock<Result<cudarc::nvrtc::Ptx, GpuError>> = std::sync::OnceLock::new();
+        let ptx = PTX
+            .get_or_init(|| cudarc::nvrtc::compile_ptx(KERNELS).map_err(gpu("compile the kernels")))
+            .clone()?;
         let module = ctx.load_module(ptx).map_err(gpu("load the kernels"))?;
         let f = |name| module.load_function(name).map_err(gpu("find a kernel"));
         Ok(CudaDevice {

@@ -219,7 +219,7 @@ impl Model {
     }
 
     /// The widest row anywhere in the model (input, any layer's output).
-    pub fn widest(&self) -> usize {
+    pub(crate) fn widest(&self) -> usize {
         self.steps
             .iter()
             .filter_map(|s| match s {
@@ -232,7 +232,7 @@ impl Model {
     /// Bytes the GPU backend uploads: the `[in, out]` GEMM weights at `gemm_element_bytes`
     /// each (4 for fp32, 2 for bf16 / fp16), biases and added tensors in fp32 (not the
     /// `[out, in]` copies the CPU keeps for single rows).
-    pub fn gpu_weight_bytes(&self, gemm_element_bytes: usize) -> usize {
+    pub(crate) fn gpu_weight_bytes(&self, gemm_element_bytes: usize) -> usize {
         self.steps
             .iter()
             .map(|s| match s {
