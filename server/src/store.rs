@@ -456,6 +456,18 @@ struct Inner {
     settled_seq: u64,
 }
 
+impl Inner {
+    /// A random ref that no object has.
+    fn fresh_ref(&self) -> ObjectRef {
+        loop {
+            let r = ObjectRef::random();
+            if !self.objects.contains_key(&r) {
+                return r;
+            }
+        }
+    }
+}
+
 /// The object store. Cheap to share behind an `Arc`.
 pub struct Store {
     inner: Mutex<Inner>,
@@ -697,12 +709,7 @@ impl Store {
         );
         assert_eq!(meta.bytes(), buf.len(), "meta and buffer disagree. This is a bug.");
         let mut g = self.lock();
-        let r = loop {
-            let r = ObjectRef::random();
-            if !g.objects.contains_key(&r) {
-                break r;
-            }
-        };
+        let r = g.fresh_ref();
         std::mem::forget(reservation);
         let entry = self.ready_entry(&mut g, meta, buf, owner);
         g.objects.insert(r, entry);
@@ -735,10 +742,16 @@ impl Store {
 
     /// Copies `bytes` into a new ready object.
     pub fn put(self: &Arc<Self>, meta: Meta, bytes: &[u8], owner: Owner) -> Result<ObjectRef, StoreError> {
+        let (reservation, buf) = self.copy_in(bytes)?;
+        Ok(self.commit(reservation, meta, buf, owner))
+    }
+
+    /// Room for `bytes` and a buffer holding a copy of them, not yet an object.
+    fn copy_in(self: &Arc<Self>, bytes: &[u8]) -> Result<(Reservation, Buffer), StoreError> {
         let reservation = self.reserve(bytes.len())?;
         let mut buf = self.allocate(bytes.len())?;
         buf.copy_from_slice(bytes);
-        Ok(self.commit(reservation, meta, buf, owner))
+        Ok((reservation, buf))
     }
 
     /// Memory for an object of `bytes` (after [`Store::reserve`]): page-locked when the
@@ -774,12 +787,7 @@ impl Store {
         let mut g = self.lock();
         g.tick += 1;
         let tick = g.tick;
-        let r = loop {
-            let r = ObjectRef::random();
-            if !g.objects.contains_key(&r) {
-                break r;
-            }
-        };
+        let r = g.fresh_ref();
         g.objects.insert(
             r,
             Entry {
@@ -804,12 +812,7 @@ impl Store {
         if !self.is_pending(r) {
             return;
         }
-        let stored = self.reserve(bytes.len()).and_then(|res| {
-            let mut buf = self.allocate(bytes.len())?;
-            buf.copy_from_slice(bytes);
-            Ok((res, buf))
-        });
-        match stored {
+        match self.copy_in(bytes) {
             Ok((reservation, buf)) => {
                 let mut g = self.lock();
                 if !g.objects.get(&r).is_some_and(|e| matches!(e.state, State::Pending)) {
