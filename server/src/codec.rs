@@ -215,31 +215,50 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
         }
     };
 
-    // Outputs: all of them unless named; binary when asked, per output or for all.
-    let binary_default = v2::bool_parameter(request.parameters.as_ref(), "binary_data_output").unwrap_or(false);
-    let mut binary_output = binary_default;
-    let mut output_ref = false;
-    if let Some(outputs) = &request.outputs {
-        for o in outputs {
-            if o.name != spec.output.name {
-                return Err(bad(format!(
-                    "model `{model}` has no output `{}`; its output is `{}`",
-                    o.name, spec.output.name
-                )));
-            }
-            binary_output = v2::bool_parameter(o.parameters.as_ref(), "binary_data").unwrap_or(binary_default);
-            output_ref = v2::bool_parameter(o.parameters.as_ref(), "object_ref").unwrap_or(false);
-        }
-    }
+    let flags = output_flags(&request, &format!("model `{model}`"), &spec.output.name)?;
     let timeout = request_timeout(request.parameters.as_ref())?;
     Ok(Decoded {
         id: request.id,
         input: source,
-        binary_output,
-        output_ref,
-        run_async: v2::bool_parameter(request.parameters.as_ref(), "async").unwrap_or(false),
+        binary_output: flags.binary_output,
+        output_ref: flags.output_ref,
+        run_async: flags.run_async,
         timeout,
     })
+}
+
+/// How a request wants its one output answered.
+pub struct OutputFlags {
+    /// In the binary part of the answer (`binary_data_output`, or the output's
+    /// `binary_data`).
+    pub binary_output: bool,
+    /// Kept in the object store and answered as its ref (the output's `object_ref`).
+    pub output_ref: bool,
+    /// `parameters.async`: answer 202 with the output's ref at once.
+    pub run_async: bool,
+}
+
+/// The output flags of `request` for `what` (`model \`m\``, `pipeline \`p\``), whose
+/// only output is `output`: a requested output with another name is refused.
+pub fn output_flags(request: &v2::InferRequest, what: &str, output: &str) -> Result<OutputFlags, ApiError> {
+    let parameter = |key: &str| v2::bool_parameter(request.parameters.as_ref(), key).unwrap_or(false);
+    let binary_default = parameter("binary_data_output");
+    let mut flags = OutputFlags {
+        binary_output: binary_default,
+        output_ref: false,
+        run_async: parameter("async"),
+    };
+    for o in request.outputs.iter().flatten() {
+        if o.name != output {
+            return Err(bad(format!(
+                "{what} has no output `{}`; its output is `{output}`",
+                o.name
+            )));
+        }
+        flags.binary_output = v2::bool_parameter(o.parameters.as_ref(), "binary_data").unwrap_or(binary_default);
+        flags.output_ref = v2::bool_parameter(o.parameters.as_ref(), "object_ref").unwrap_or(false);
+    }
+    Ok(flags)
 }
 
 /// The rows of an input that carries its data (JSON or binary), checked against the

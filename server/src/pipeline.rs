@@ -338,22 +338,11 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
             )));
         }
     }
-    let parameter = |key: &str| v2::bool_parameter(request.parameters.as_ref(), key).unwrap_or(false);
-    let run_async = parameter("async");
-    let mut binary_output = parameter("binary_data_output");
-    let mut output_ref = false;
-    for o in request.outputs.iter().flatten() {
-        if o.name != p.spec.output_name {
-            return Err(bad(format!(
-                "pipeline `{}` has no output `{}`; its output is `{}`",
-                p.name(),
-                o.name,
-                p.spec.output_name
-            )));
-        }
-        binary_output = v2::bool_parameter(o.parameters.as_ref(), "binary_data").unwrap_or(binary_output);
-        output_ref = v2::bool_parameter(o.parameters.as_ref(), "object_ref").unwrap_or(false);
-    }
+    let codec::OutputFlags {
+        binary_output,
+        output_ref,
+        run_async,
+    } = codec::output_flags(&request, &format!("pipeline `{}`", p.name()), &p.spec.output_name)?;
     let timeout = codec::request_timeout(request.parameters.as_ref())?;
     // One deadline for the whole request: waiting for ref inputs and for the answer.
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);

@@ -121,6 +121,18 @@ async fn a_pipeline_runs_its_dag_concurrently_and_frees_its_intermediates() {
     assert!(v2.text().await.unwrap().contains("no version `2`"));
 
     let x = [0.0f32, 100.0, -3.0];
+    let mut wrong_output = rows(&x);
+    wrong_output.outputs = Some(vec![prism_client::v2::RequestedOutput {
+        name: "Y".into(),
+        parameters: None,
+    }]);
+    let err = c.infer("ensemble", &wrong_output).await.unwrap_err();
+    assert_eq!(err.status(), Some(400));
+    assert!(
+        err.to_string()
+            .contains("pipeline `ensemble` has no output `Y`; its output is `OUTPUT0`"),
+        "{err}"
+    );
     let answer = c.infer("ensemble", &rows(&x)).await.unwrap();
     assert_eq!(answer.outputs[0].name, "OUTPUT0");
     assert_eq!(answer.outputs[0].shape, vec![3, 1]);
