@@ -547,17 +547,31 @@ async fn metrics(State(app): App) -> impl IntoResponse {
 /// A V2 answer whose output is in the store: `parameters.object_ref`, no data.
 /// `rows` is -1 when not known yet (the input object is still pending).
 fn ref_response(d: &Deployment, id: Option<String>, rows: i64, r: ObjectRef) -> InferResponse {
+    let shape = vec![rows, d.spec.output.features as i64];
+    ref_answer(d.name(), id, &d.spec.output.name, shape, d.spec.output.datatype, r)
+}
+
+/// The V2 answer of model `model` whose one output, `output`, is the object `r`:
+/// `parameters.object_ref`, no data.
+pub(crate) fn ref_answer(
+    model: &str,
+    id: Option<String>,
+    output: &str,
+    shape: Vec<i64>,
+    datatype: prism_client::DType,
+    r: ObjectRef,
+) -> InferResponse {
     let mut parameters = v2::Parameters::new();
     parameters.insert("object_ref".into(), r.to_string().into());
     InferResponse {
-        model_name: d.name().to_owned(),
+        model_name: model.to_owned(),
         model_version: Some(MODEL_VERSION.into()),
         id,
         parameters: None,
         outputs: vec![v2::InferOutput {
-            name: d.spec.output.name.clone(),
-            shape: vec![rows, d.spec.output.features as i64],
-            datatype: d.spec.output.datatype.to_string(),
+            name: output.to_owned(),
+            shape,
+            datatype: datatype.to_string(),
             parameters: Some(parameters),
             data: None,
         }],

@@ -429,26 +429,18 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
         parameters: None,
         outputs: vec![o],
     };
-    let ref_parameters = || {
-        let mut params = Parameters::new();
-        params.insert("object_ref".into(), out.to_string().into());
-        Some(params)
+    let by_ref = |shape: Vec<i64>, datatype| {
+        crate::http::ref_answer(p.name(), request.id.clone(), &p.spec.output_name, shape, datatype, out)
     };
     if run_async {
-        let o = output(
-            p.output_shape().to_vec(),
-            p.output_datatype().to_string(),
-            None,
-            ref_parameters(),
-        );
-        return Ok((StatusCode::ACCEPTED, axum::Json(respond(o))).into_response());
+        let answer = by_ref(p.output_shape().to_vec(), p.output_datatype());
+        return Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response());
     }
     let lease = store.get(out, left()).await?;
     let meta = Arc::clone(&lease.meta);
     let shape: Vec<i64> = meta.shape.iter().map(|&d| d as i64).collect();
     if output_ref {
-        let o = output(shape, meta.datatype.to_string(), None, ref_parameters());
-        return Ok(axum::Json(respond(o)).into_response());
+        return Ok(axum::Json(by_ref(shape, meta.datatype)).into_response());
     }
     drop(stored);
     if binary_output {
