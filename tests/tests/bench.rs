@@ -124,6 +124,12 @@ error_rate = 1.0
     server.stop().await.unwrap();
 }
 
+/// Runs `workload` briefly at concurrency 2: every request is answered without error.
+async fn answered_without_error(http: &reqwest::Client, url: &str, workload: &Workload) {
+    let p = bench::run_point(http, url, workload, Load::Closed { concurrency: 2 }, WINDOW, None).await;
+    assert!(p.requests > 10 && p.error_count == 0, "{p:?}");
+}
+
 #[tokio::test]
 async fn the_plain_format_posts_a_fixed_body_anywhere() {
     let server = TestServer::start(Config::embedded_default()).await;
@@ -139,16 +145,7 @@ async fn the_plain_format_posts_a_fixed_body_anywhere() {
     let workload = Workload::prepare(&server.client, &s).await.unwrap();
     assert_eq!(workload.path, "/v2/models/celsius/infer");
     let http = reqwest::Client::new();
-    let p = bench::run_point(
-        &http,
-        &server.url,
-        &workload,
-        Load::Closed { concurrency: 2 },
-        WINDOW,
-        None,
-    )
-    .await;
-    assert!(p.requests > 10 && p.error_count == 0, "{p:?}");
+    answered_without_error(&http, &server.url, &workload).await;
 
     // Any body, to any path, byte for byte: here not an inference request at all.
     let other = dir.path().join("index.json");
@@ -158,15 +155,6 @@ async fn the_plain_format_posts_a_fixed_body_anywhere() {
     s.path = Some("/v2/repository/index".into());
     let workload = Workload::prepare(&server.client, &s).await.unwrap();
     assert_eq!(&workload.bodies[0].0[..], br#"{"ready" : true}"#);
-    let p = bench::run_point(
-        &http,
-        &server.url,
-        &workload,
-        Load::Closed { concurrency: 2 },
-        WINDOW,
-        None,
-    )
-    .await;
-    assert!(p.requests > 10 && p.error_count == 0, "{p:?}");
+    answered_without_error(&http, &server.url, &workload).await;
     server.stop().await.unwrap();
 }
