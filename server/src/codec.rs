@@ -215,7 +215,7 @@ pub fn decode(spec: &Spec, header: &[u8], binary: &Bytes) -> Result<Decoded, Api
         }
     };
 
-    let flags = output_flags(&request, &format!("model `{model}`"), &spec.output.name)?;
+    let flags = output_flags(&request, ("model", model), &spec.output.name)?;
     let timeout = request_timeout(request.parameters.as_ref())?;
     Ok(Decoded {
         id: request.id,
@@ -238,9 +238,13 @@ pub struct OutputFlags {
     pub run_async: bool,
 }
 
-/// The output flags of `request` for `what` (`model \`m\``, `pipeline \`p\``), whose
+/// The output flags of `request` for `(kind, name)` (a `model` or a `pipeline`), whose
 /// only output is `output`: a requested output with another name is refused.
-pub fn output_flags(request: &v2::InferRequest, what: &str, output: &str) -> Result<OutputFlags, ApiError> {
+pub fn output_flags(
+    request: &v2::InferRequest,
+    (kind, name): (&str, &str),
+    output: &str,
+) -> Result<OutputFlags, ApiError> {
     let parameter = |key: &str| v2::bool_parameter(request.parameters.as_ref(), key).unwrap_or(false);
     let binary_default = parameter("binary_data_output");
     let mut flags = OutputFlags {
@@ -251,7 +255,7 @@ pub fn output_flags(request: &v2::InferRequest, what: &str, output: &str) -> Res
     for o in request.outputs.iter().flatten() {
         if o.name != output {
             return Err(bad(format!(
-                "{what} has no output `{}`; its output is `{output}`",
+                "{kind} `{name}` has no output `{}`; its output is `{output}`",
                 o.name
             )));
         }

@@ -342,7 +342,7 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
         binary_output,
         output_ref,
         run_async,
-    } = codec::output_flags(&request, &format!("pipeline `{}`", p.name()), &p.spec.output_name)?;
+    } = codec::output_flags(&request, ("pipeline", p.name()), &p.spec.output_name)?;
     let timeout = codec::request_timeout(request.parameters.as_ref())?;
     // One deadline for the whole request: waiting for ref inputs and for the answer.
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
