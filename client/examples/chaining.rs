@@ -12,8 +12,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // "expensive": every execution sleeps 200 ms.
     let expensive = TaskOptions {
         fault_injection: Some(FaultInjection {
-            delay_ms: 200.0,
-            delay_rate: 1.0,
+            delay_ms: Some(200.0),
+            delay_rate: Some(1.0),
             ..Default::default()
         }),
         ..Default::default()

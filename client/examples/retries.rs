@@ -13,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let incorrect = TaskOptions {
         num_cpus: Some(0.25),
         fault_injection: Some(FaultInjection {
-            error_rate: 0.5,
+            error_rate: Some(0.5),
             ..Default::default()
         }),
         ..Default::default()

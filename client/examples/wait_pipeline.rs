@@ -11,8 +11,8 @@ async fn expensive_squares(c: &Client, n: usize) -> Result<Vec<ObjectRef>, prism
     let opts = TaskOptions {
         num_cpus: Some(0.1),
         fault_injection: Some(FaultInjection {
-            delay_ms: 300.0,
-            delay_rate: 0.7,
+            delay_ms: Some(300.0),
+            delay_rate: Some(0.7),
             ..Default::default()
         }),
         ..Default::default()

@@ -1,13 +1,14 @@
-//! `prism-client`: the KServe V2 protocol types, an async client for any V2 server
-//! (Prism, Triton, MLServer, KServe), and the `prism` command line.
+//! `prism-client`: an async client for any V2 server (Prism, Triton, MLServer, KServe),
+//! with Prism's Ray-like extensions, and the `prism` command line.
+//!
+//! The wire types live in `prism-protocol`, shared with the server; they are re-exported
+//! here under their old paths (`prism_client::v2`, `prism_client::binary`, ...).
 
 pub mod bench;
-pub mod binary;
 mod client;
-pub mod dtype;
 mod ray;
-pub mod v2;
 
 pub use client::{Client, ClientError};
-pub use dtype::DType;
-pub use ray::{FaultInjection, ObjectRef, TaskArg, TaskOptions, Tensor};
+pub use prism_protocol::ray::{FaultInjection, TaskOptions};
+pub use prism_protocol::{DType, ErrorKind, binary, dtype, v2};
+pub use ray::{ObjectRef, TaskArg, Tensor};

@@ -18,6 +18,8 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use prism_protocol::ray::{ObjectTensor, RefBody, TaskOptions, TaskRequest, WaitAnswer, WaitRequest};
+
 use crate::client::{Client, ClientError};
 use crate::v2::{self, InferRequest, InferResponse, TensorData};
 use crate::{DType, binary};
@@ -62,7 +64,13 @@ impl Tensor {
 
     /// The tensor as V2's JSON tensor object (`datatype`, `shape`, `data`).
     pub fn json(&self) -> Value {
-        json!({ "datatype": self.datatype, "shape": self.shape, "data": self.data })
+        serde_json::to_value(ObjectTensor {
+            datatype: self.datatype.to_string(),
+            shape: self.shape.iter().map(|&d| d as i64).collect(),
+            data: Some(self.data.clone()),
+            ..Default::default()
+        })
+        .expect("a tensor serializes")
     }
 }
 
@@ -91,55 +99,6 @@ impl From<Tensor> for TaskArg {
     }
 }
 
-/// Deliberate failures and delays of a task's executions.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct FaultInjection {
-    pub error_rate: f64,
-    pub delay_ms: f64,
-    pub delay_rate: f64,
-}
-
-/// Per-call task options, as Ray's `.options(...)`; `None` leaves the server's default
-/// (1 CPU, no GPU, 3 retries for system failures, no application error retried).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct TaskOptions {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub num_cpus: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub num_gpus: Option<f64>,
-    /// Custom logical resources, as declared in `[server.resources]`.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub resources: std::collections::BTreeMap<String, f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-    /// Error kinds retried as well, e.g. `InjectedFault`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub retry_exceptions: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fault_injection: Option<FaultInjection>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttl_s: Option<f64>,
-}
-
-#[derive(Deserialize)]
-struct RefAnswer {
-    object_ref: ObjectRef,
-}
-
-#[derive(Deserialize)]
-struct ObjectAnswer {
-    datatype: DType,
-    shape: Vec<usize>,
-    #[serde(default)]
-    data: Option<TensorData>,
-}
-
-#[derive(Deserialize)]
-struct WaitAnswer {
-    ready: Vec<ObjectRef>,
-    not_ready: Vec<ObjectRef>,
-}
-
 impl Client {
     /// `ray.put`: stores `tensor` (sent in the binary extension) and returns its ref. It
     /// lives until deleted, or the server's default time-to-live after its last access.
@@ -155,15 +114,17 @@ impl Client {
     async fn put_object(&self, tensor: &Tensor, ttl_s: Option<f64>) -> Result<ObjectRef, ClientError> {
         let mut bytes = Vec::new();
         binary::encode_tensor("object", tensor.datatype, &tensor.data, &mut bytes)?;
-        let mut parameters = json!({ "binary_data_size": bytes.len() });
+        let mut parameters = v2::Parameters::new();
+        parameters.insert("binary_data_size".into(), bytes.len().into());
         if let Some(t) = ttl_s {
-            parameters["ttl_s"] = json!(t);
+            parameters.insert("ttl_s".into(), t.into());
         }
-        let head = v2::to_vec(&json!({
-            "datatype": tensor.datatype,
-            "shape": tensor.shape,
-            "parameters": parameters,
-        }))
+        let head = v2::to_vec(&ObjectTensor {
+            datatype: tensor.datatype.to_string(),
+            shape: tensor.shape.iter().map(|&d| d as i64).collect(),
+            parameters: Some(parameters),
+            ..Default::default()
+        })
         .expect("serializes");
         let header_len = head.len();
         let mut body = head;
@@ -171,8 +132,8 @@ impl Client {
         let response = self
             .send(Method::POST, "/v2/objects", Some((body, Some(header_len))))
             .await?;
-        let answer: RefAnswer = self.decode(response).await?;
-        Ok(answer.object_ref)
+        let answer: RefBody = self.decode(response).await?;
+        Ok(ObjectRef(answer.object_ref))
     }
 
     /// `ray.get`: waits until the object is ready (at most `timeout`; the server answers
@@ -198,19 +159,24 @@ impl Client {
                 ),
             });
         }
-        let head: ObjectAnswer = v2::from_slice(&body[..n]).map_err(|e| ClientError::Decode {
+        let decode_error = |reason: String| ClientError::Decode {
             url: url.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let head: ObjectTensor = v2::from_slice(&body[..n]).map_err(|e| decode_error(e.to_string()))?;
+        let datatype: DType = head.datatype.parse().map_err(|e| decode_error(format!("{e}")))?;
+        let shape = head
+            .shape
+            .iter()
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| decode_error(format!("shape {:?} has a negative dimension", head.shape)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let data = match head.data {
             Some(d) => d,
-            None => binary::decode_tensor("object", head.datatype, &body[n..])?,
+            None => binary::decode_tensor("object", datatype, &body[n..])?,
         };
-        Ok(Tensor {
-            datatype: head.datatype,
-            shape: head.shape,
-            data,
-        })
+        Ok(Tensor { datatype, shape, data })
     }
 
     /// The object's datatype, shape, size and state (`pending`, `ready`, `spilled`,
@@ -233,10 +199,11 @@ impl Client {
         num_returns: usize,
         timeout: Option<Duration>,
     ) -> Result<(Vec<ObjectRef>, Vec<ObjectRef>), ClientError> {
-        let mut body = json!({ "object_refs": refs, "num_returns": num_returns });
-        if let Some(t) = timeout {
-            body["timeout_ms"] = json!(t.as_millis() as u64);
-        }
+        let body = WaitRequest {
+            object_refs: refs.iter().map(|r| r.0.clone()).collect(),
+            num_returns: Some(num_returns),
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        };
         let answer: WaitAnswer = self
             .json(
                 Method::POST,
@@ -244,7 +211,8 @@ impl Client {
                 Some(serde_json::to_vec(&body).expect("serializes")),
             )
             .await?;
-        Ok((answer.ready, answer.not_ready))
+        let refs = |v: Vec<String>| v.into_iter().map(ObjectRef).collect();
+        Ok((refs(answer.ready), refs(answer.not_ready)))
     }
 
     /// Starts the stateless task `op` (`matmul`, `add`, `square`, ...) over `args`;
@@ -269,13 +237,17 @@ impl Client {
         let args: Vec<Value> = args
             .into_iter()
             .map(|a| match a {
-                TaskArg::Ref(r) => json!({ "object_ref": r }),
+                TaskArg::Ref(r) => json!(RefBody { object_ref: r.0 }),
                 TaskArg::Tensor(t) => t.json(),
             })
             .collect();
-        let body = v2::to_vec(&json!({ "args": args, "options": options })).expect("serializes");
-        let answer: RefAnswer = self.json(Method::POST, &format!("/v2/tasks/{op}"), Some(body)).await?;
-        Ok(answer.object_ref)
+        let request = TaskRequest {
+            args,
+            options: Some(serde_json::to_value(options).expect("options serialize")),
+        };
+        let body = v2::to_vec(&request).expect("serializes");
+        let answer: RefBody = self.json(Method::POST, &format!("/v2/tasks/{op}"), Some(body)).await?;
+        Ok(ObjectRef(answer.object_ref))
     }
 
     /// Queues an inference and returns at once with the refs its outputs will have

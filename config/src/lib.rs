@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use prism_client::DType;
 pub use prism_kernels::LayerSpec;
 pub use prism_kernels::cuda::Precision;
+pub use prism_protocol::{DType, ErrorKind};
 
 /// The embedded default deployment file.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -151,20 +151,17 @@ pub struct Deployment {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retries {
     pub max_retries: u32,
-    pub retry_exceptions: Vec<String>,
+    pub retry_exceptions: Vec<ErrorKind>,
 }
 
 impl Retries {
     /// Whether an execution that failed with error `kind` after `attempts` runs runs again:
     /// a system failure (`Panic`) always, an application error when `retry_exceptions`
     /// names it, for at most `max_retries` retries.
-    pub fn again(&self, kind: &str, attempts: u32) -> bool {
-        attempts <= self.max_retries && (kind == "Panic" || self.retry_exceptions.iter().any(|k| k == kind))
+    pub fn again(&self, kind: ErrorKind, attempts: u32) -> bool {
+        attempts <= self.max_retries && (kind.is_system() || self.retry_exceptions.contains(&kind))
     }
 }
-
-/// Error kinds of a batch that `retry_exceptions` may name.
-pub const BATCH_ERROR_KINDS: [&str; 2] = ["InjectedFault", "ModelError"];
 
 /// What to do with a replica whose GPU ask cannot be met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -483,19 +480,19 @@ fn validate_deployment(
     };
 
     let max_retries = in_range("max_retries", d.max_retries, 3, 0, 100)? as u32;
-    let retry_exceptions = d.retry_exceptions.clone().unwrap_or_default();
-    if let Some(k) = retry_exceptions
+    let retry_exceptions = d
+        .retry_exceptions
         .iter()
-        .find(|k| !BATCH_ERROR_KINDS.contains(&k.as_str()))
-    {
-        return invalid(
-            "retry_exceptions",
-            format!(
-                "unknown error kind `{k}`; the kinds are {} (a panic is a system failure, always retried)",
-                BATCH_ERROR_KINDS.join(", ")
-            ),
-        );
-    }
+        .flatten()
+        .map(|k| {
+            ErrorKind::parse_retryable(k, &ErrorKind::BATCH_RETRYABLE).map_err(|e| {
+                (
+                    "retry_exceptions".to_owned(),
+                    format!("{e} (a panic is a system failure, always retried)"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     let precision = match &d.precision {
         None => Precision::Fp32,

@@ -180,9 +180,9 @@ fn object_store_keys_are_checked() {
 fn a_system_failure_is_retried_always_an_application_error_when_named() {
     let r = Retries {
         max_retries: 2,
-        retry_exceptions: vec!["InjectedFault".into()],
+        retry_exceptions: vec![ErrorKind::InjectedFault],
     };
-    assert!(r.again("Panic", 1) && r.again("Panic", 2) && !r.again("Panic", 3));
-    assert!(r.again("InjectedFault", 2) && !r.again("InjectedFault", 3));
-    assert!(!r.again("ModelError", 1), "not named");
+    assert!(r.again(ErrorKind::Panic, 1) && r.again(ErrorKind::Panic, 2) && !r.again(ErrorKind::Panic, 3));
+    assert!(r.again(ErrorKind::InjectedFault, 2) && !r.again(ErrorKind::InjectedFault, 3));
+    assert!(!r.again(ErrorKind::ModelError, 1), "not named");
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use ndarray::Array2;
-use prism_client::DType;
-use prism_client::v2::{self, InferRequest, InferResponse, Parameters, TensorData};
 use prism_config::Deployment as Spec;
+use prism_protocol::DType;
+use prism_protocol::v2::{self, InferRequest, InferResponse, Parameters, TensorData};
 
 use crate::batcher::Rows;
 use crate::error::ApiError;

@@ -5,7 +5,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use prism_client::v2::ErrorBody;
+use prism_protocol::v2::ErrorBody;
 
 use crate::store::StoreError;
 
@@ -41,11 +41,12 @@ pub enum InferError {
 impl InferError {
     /// The error kind `retry_exceptions` names (`InjectedFault`, `ModelError`), or
     /// `Panic` for a system failure; `None` for what is never retried.
-    pub fn retry_kind(&self) -> Option<&'static str> {
+    pub fn retry_kind(&self) -> Option<prism_config::ErrorKind> {
+        use prism_config::ErrorKind;
         match self {
-            InferError::Model { .. } => Some("ModelError"),
-            InferError::Panicked { .. } => Some("Panic"),
-            InferError::InjectedFault { .. } => Some("InjectedFault"),
+            InferError::Model { .. } => Some(ErrorKind::ModelError),
+            InferError::Panicked { .. } => Some(ErrorKind::Panic),
+            InferError::InjectedFault { .. } => Some(ErrorKind::InjectedFault),
             InferError::Retried { last, .. } => last.retry_kind(),
             InferError::Lost { .. } | InferError::ShuttingDown { .. } => None,
         }
@@ -130,7 +131,7 @@ impl ApiError {
     /// the object it depended on.
     pub fn failure_kind(&self) -> String {
         match self {
-            ApiError::Infer(e) => e.retry_kind().unwrap_or("Unavailable").into(),
+            ApiError::Infer(e) => e.retry_kind().map_or("Unavailable", |k| k.as_str()).into(),
             ApiError::DeadlineExceeded { .. } => "Timeout".into(),
             ApiError::BadRequest(_) => "ShapeError".into(),
             ApiError::Object(StoreError::Failed { failure, .. }) => failure.kind.clone(),

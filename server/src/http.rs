@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use prism_client::v2::{self, InferResponse, MetadataTensor, ModelMetadata, RepositoryModel, ServerMetadata};
+use prism_protocol::v2::{self, InferResponse, MetadataTensor, ModelMetadata, RepositoryModel, ServerMetadata};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -286,10 +286,10 @@ async fn model_ready(State(app): App, path: ModelParam) -> Result<StatusCode, Ap
 }
 
 /// Triton's type names (`TYPE_FP32`, `TYPE_STRING` for BYTES).
-fn triton_type(d: prism_client::DType) -> String {
+fn triton_type(d: prism_protocol::DType) -> String {
     match d {
-        prism_client::DType::Bytes => "TYPE_STRING".into(),
-        prism_client::DType::Bool => "TYPE_BOOL".into(),
+        prism_protocol::DType::Bytes => "TYPE_STRING".into(),
+        prism_protocol::DType::Bool => "TYPE_BOOL".into(),
         other => format!("TYPE_{}", other.v2_name()),
     }
 }
@@ -558,7 +558,7 @@ pub(crate) fn ref_answer(
     id: Option<String>,
     output: &str,
     shape: Vec<i64>,
-    datatype: prism_client::DType,
+    datatype: prism_protocol::DType,
     r: ObjectRef,
 ) -> InferResponse {
     let mut parameters = v2::Parameters::new();

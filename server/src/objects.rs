@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use ndarray::{ArrayD, IxDyn};
-use prism_client::DType;
-use prism_client::v2::{self, Parameters, TensorData};
 use prism_kernels::TaskOp;
+use prism_protocol::DType;
+use prism_protocol::v2::{self, Parameters, TensorData};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -81,7 +81,7 @@ pub fn tensor_bytes(data: Option<&TensorData>, meta: &Meta, what: &str) -> Resul
         )));
     }
     let mut out = Vec::with_capacity(meta.bytes());
-    prism_client::binary::encode_tensor(what, meta.datatype, data, &mut out)
+    prism_protocol::binary::encode_tensor(what, meta.datatype, data, &mut out)
         .map_err(|e| bad(format!("{what}: {e}")))?;
     Ok(out)
 }
@@ -261,7 +261,7 @@ pub async fn get(
         .expect("serializes");
         return Ok(crate::http::header_then_object(head, lease));
     }
-    let data = prism_client::binary::decode_tensor("object", meta.datatype, lease.bytes())
+    let data = prism_protocol::binary::decode_tensor("object", meta.datatype, lease.bytes())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     drop(lease);
     /// Serialized straight from the values: no JSON tree per element.

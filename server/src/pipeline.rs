@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use prism_client::DType;
-use prism_client::v2::{self, InferOutput, InferResponse, Parameters};
 use prism_config::{Pipeline as Spec, StepKind};
 use prism_kernels::TaskOp;
+use prism_protocol::DType;
+use prism_protocol::v2::{self, InferOutput, InferResponse, Parameters};
 
 use crate::codec;
 use crate::deployment::{Deployment, MODEL_VERSION};
@@ -450,7 +450,7 @@ pub async fn infer(app: &AppState, p: &Arc<Pipeline>, headers: &HeaderMap, body:
             v2::to_vec(&respond(output(shape, meta.datatype.to_string(), None, Some(params)))).expect("serializes");
         return Ok(header_then_object(head, lease));
     }
-    let data = prism_client::binary::decode_tensor(&p.spec.output_name, meta.datatype, lease.bytes())
+    let data = prism_protocol::binary::decode_tensor(&p.spec.output_name, meta.datatype, lease.bytes())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let body = v2::to_vec(&respond(output(shape, meta.datatype.to_string(), Some(data), None))).expect("serializes");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

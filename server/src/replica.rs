@@ -163,8 +163,11 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
         let abandoned = batch.entries.iter().all(|e| e.reply.is_closed());
         match e.retry_kind() {
             Some(kind) if spec.retries.again(kind, attempts) && !abandoned => {
-                spec.metrics.retries.with_label_values(&[&spec.model_name, kind]).inc();
-                tracing::debug!(model = %spec.model_name, replica = spec.index, kind, attempts, "batch failed; retrying");
+                spec.metrics
+                    .retries
+                    .with_label_values(&[&spec.model_name, kind.as_str()])
+                    .inc();
+                tracing::debug!(model = %spec.model_name, replica = spec.index, %kind, attempts, "batch failed; retrying");
                 attempts += 1;
             }
             _ if attempts > 1 => {

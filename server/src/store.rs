@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use prism_client::DType;
 use prism_kernels::cuda::{PinnedAllocator, PinnedBytes};
+use prism_protocol::DType;
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::sync::watch;

@@ -21,7 +21,7 @@ use crate::store::{Failure, Lease, ObjectRef, Owner, Settles, Store};
 
 /// Error kinds a task can fail with that are application errors: retried only when
 /// `retry_exceptions` names them. `Panic` (a system failure) is always retried.
-pub const APPLICATION_ERRORS: [&str; 2] = ["InjectedFault", "ShapeError"];
+pub const APPLICATION_ERRORS: [prism_config::ErrorKind; 2] = prism_config::ErrorKind::TASK_RETRYABLE;
 
 /// One argument of a task.
 pub enum Arg {
@@ -106,15 +106,14 @@ impl RawOptions {
             o.retries.max_retries = r as u32;
         }
         if let Some(kinds) = self.retry_exceptions {
-            for k in &kinds {
-                if !APPLICATION_ERRORS.contains(&k.as_str()) {
-                    return Err(format!(
-                        "options.retry_exceptions: unknown error kind `{k}`; the kinds are {} (system failures such as Panic are always retried)",
-                        APPLICATION_ERRORS.join(", ")
-                    ));
-                }
-            }
-            o.retries.retry_exceptions = kinds;
+            o.retries.retry_exceptions = kinds
+                .iter()
+                .map(|k| {
+                    prism_config::ErrorKind::parse_retryable(k, &APPLICATION_ERRORS).map_err(|e| {
+                        format!("options.retry_exceptions: {e} (system failures such as Panic are always retried)")
+                    })
+                })
+                .collect::<Result<_, _>>()?;
         }
         if let Some(f) = self.fault_injection {
             o.faults = FaultInjection::from_parts(f.error_rate, f.delay_ms, f.delay_rate)
@@ -168,7 +167,7 @@ impl Tasks {
         tokio::spawn(async move {
             let _settles = Settles::new(Arc::clone(&tasks.store), result, "the task");
             match tasks.run(op, args, &options).await {
-                Ok(y) => tasks.store.fulfil_array(result, y, prism_client::DType::F32).await,
+                Ok(y) => tasks.store.fulfil_array(result, y, prism_protocol::DType::F32).await,
                 Err(failure) => tasks.store.fail(result, failure),
             }
         });
@@ -203,17 +202,20 @@ impl Tasks {
             let faults = options.faults.clone();
             let outcome = tokio::task::spawn_blocking(move || attempt(op, &args, &faults))
                 .await
-                .unwrap_or_else(|e| Err(("Panic", format!("the task's thread failed: {e}"))));
+                .unwrap_or_else(|e| Err((prism_config::ErrorKind::Panic, format!("the task's thread failed: {e}"))));
             match outcome {
                 Ok(y) => break Ok(y),
                 Err((kind, message)) => {
                     if options.retries.again(kind, attempts) {
-                        self.metrics.task_retries.with_label_values(&[op.name(), kind]).inc();
-                        tracing::debug!(op = op.name(), kind, attempts, "task failed; retrying");
+                        self.metrics
+                            .task_retries
+                            .with_label_values(&[op.name(), kind.as_str()])
+                            .inc();
+                        tracing::debug!(op = op.name(), %kind, attempts, "task failed; retrying");
                         continue;
                     }
                     break Err(Failure {
-                        kind: kind.to_owned(),
+                        kind: kind.as_str().to_owned(),
                         message: format!("task `{op}` failed: {message}"),
                         attempts,
                     });
@@ -232,10 +234,14 @@ impl Tasks {
 }
 
 /// One execution: the fault injection's dice, then the op, with panics caught.
-fn attempt(op: TaskOp, args: &[Ready], faults: &FaultInjection) -> Result<ArrayD<f32>, (&'static str, String)> {
+fn attempt(
+    op: TaskOp,
+    args: &[Ready],
+    faults: &FaultInjection,
+) -> Result<ArrayD<f32>, (prism_config::ErrorKind, String)> {
     if crate::replica::injected_failure(faults) {
         return Err((
-            "InjectedFault",
+            prism_config::ErrorKind::InjectedFault,
             format!(
                 "this execution was chosen to fail by fault_injection (error_rate {})",
                 faults.error_rate
@@ -259,7 +265,10 @@ fn attempt(op: TaskOp, args: &[Ready], faults: &FaultInjection) -> Result<ArrayD
     // `run` checks the shapes first: its refusal is a ShapeError.
     match catch_unwind(AssertUnwindSafe(|| op.run(&CpuDevice::single(), &views))) {
         Ok(Ok(y)) => Ok(y),
-        Ok(Err(e)) => Err(("ShapeError", e)),
-        Err(panic) => Err(("Panic", crate::replica::panic_message(panic.as_ref()))),
+        Ok(Err(e)) => Err((prism_config::ErrorKind::ShapeError, e)),
+        Err(panic) => Err((
+            prism_config::ErrorKind::Panic,
+            crate::replica::panic_message(panic.as_ref()),
+        )),
     }
 }

@@ -345,8 +345,8 @@ async fn tasks_compute_chain_and_wait_like_ray() {
     let slow = TaskOptions {
         num_cpus: Some(0.25),
         fault_injection: Some(FaultInjection {
-            delay_ms: 300.0,
-            delay_rate: 1.0,
+            delay_ms: Some(300.0),
+            delay_rate: Some(1.0),
             ..Default::default()
         }),
         ..Default::default()
@@ -431,7 +431,7 @@ async fn retries_with_retry_exceptions_succeed_and_are_counted() {
     let c = &s.client;
     // The seed's incorrect_square: fails with InjectedFault 90% of the time.
     let flaky = FaultInjection {
-        error_rate: 0.9,
+        error_rate: Some(0.9),
         ..Default::default()
     };
     let retried = TaskOptions {
@@ -460,7 +460,7 @@ async fn retries_with_retry_exceptions_succeed_and_are_counted() {
     // with the attempt count, and a task over the failed object fails with that cause.
     let no_retry = TaskOptions {
         fault_injection: Some(FaultInjection {
-            error_rate: 1.0,
+            error_rate: Some(1.0),
             ..Default::default()
         }),
         ..Default::default()
@@ -497,8 +497,8 @@ async fn resources_show_what_tasks_hold() {
     let slow = TaskOptions {
         num_cpus: Some(0.5),
         fault_injection: Some(FaultInjection {
-            delay_ms: 400.0,
-            delay_rate: 1.0,
+            delay_ms: Some(400.0),
+            delay_rate: Some(1.0),
             ..Default::default()
         }),
         ..Default::default()

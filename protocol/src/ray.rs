@@ -1,0 +1,155 @@
+//! Prism's extensions to the V2 protocol, the Ray Core half: objects (`/v2/objects`),
+//! `POST /v2/wait` and `POST /v2/tasks/{op}`.
+//!
+//! Refs travel as 32 lowercase hex digits; the server parses them into its own ref type,
+//! the client keeps them as strings.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::v2::{Parameters, TensorData};
+
+/// A tensor as the object and task extensions write it: the body of a put (JSON `data`,
+/// or a header whose `binary_data_size` announces the bytes after it), an inline task
+/// argument, and the answer of a get.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObjectTensor {
+    /// In a get's answer: the object's ref.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_ref: Option<String>,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<TensorData>,
+    /// `binary_data_size` for a binary body, `ttl_s` for a put's time-to-live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Parameters>,
+}
+
+/// `{"object_ref": "..."}`: the answer of a put and of a task, and a task argument passed
+/// by reference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefBody {
+    pub object_ref: String,
+}
+
+/// `POST /v2/wait`: `ray.wait` over HTTP.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitRequest {
+    pub object_refs: Vec<String>,
+    /// How many to wait for (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_returns: Option<usize>,
+    /// How long to wait at most (forever when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The answer of `POST /v2/wait`: ready refs in the order they settled, the rest in the
+/// order asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitAnswer {
+    pub ready: Vec<String>,
+    pub not_ready: Vec<String>,
+}
+
+/// `POST /v2/tasks/{op}`. Each argument is a [`RefBody`] or an [`ObjectTensor`] with
+/// `data`; `options` are [`TaskOptions`]. Both stay JSON values here so that the server's
+/// refusal can name the argument (`args[1]: ...`) or the option (`options: ...`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    pub args: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Value>,
+}
+
+/// Per-call task options, as Ray's `.options(...)`; an absent field keeps the server's
+/// default (1 CPU, no GPU, 3 retries of system failures, no application error retried,
+/// the store's time-to-live).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_cpus: Option<f64>,
+    /// A fraction of one card (≤ 1) or a whole number of cards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_gpus: Option<f64>,
+    /// Custom logical resources, as declared in `[server.resources]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Application error kinds retried as well (`InjectedFault`, `ShapeError`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_exceptions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_injection: Option<FaultInjection>,
+    /// Time-to-live of the result, seconds after its last access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<f64>,
+}
+
+/// Deliberate failures and delays of a task's executions, as a deployment file's
+/// `fault_injection` writes them: `delay_ms` alone delays every execution.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultInjection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_rate: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_options_leave_out_what_is_not_set_and_refuse_unknown_keys() {
+        let o = TaskOptions {
+            num_cpus: Some(0.5),
+            fault_injection: Some(FaultInjection {
+                delay_ms: Some(5.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&o).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"num_cpus": 0.5, "fault_injection": {"delay_ms": 5.0}})
+        );
+        assert_eq!(serde_json::from_value::<TaskOptions>(v).unwrap(), o);
+        let err = serde_json::from_value::<TaskOptions>(serde_json::json!({"num_cpu": 1})).unwrap_err();
+        assert!(err.to_string().contains("unknown field `num_cpu`"), "{err}");
+    }
+
+    #[test]
+    fn an_object_tensor_reads_a_put_header_and_writes_a_get_answer() {
+        let put: ObjectTensor =
+            serde_json::from_str(r#"{"datatype":"FP32","shape":[2],"parameters":{"binary_data_size":8}}"#).unwrap();
+        assert_eq!((put.datatype.as_str(), put.shape.as_slice()), ("FP32", &[2][..]));
+        assert!(put.data.is_none() && put.object_ref.is_none());
+        let answer = ObjectTensor {
+            object_ref: Some("ab".repeat(16)),
+            datatype: "INT64".into(),
+            shape: vec![1],
+            data: Some(TensorData::Integers(vec![7])),
+            parameters: None,
+        };
+        let text = serde_json::to_string(&answer).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"object_ref":"{}","datatype":"INT64","shape":[1],"data":[7]}}"#,
+                "ab".repeat(16)
+            )
+        );
+    }
+}
