@@ -17,8 +17,8 @@ use prism_client::binary;
 use prism_client::v2::{self, InferInput, InferRequest};
 use prism_config::Config;
 use prism_server::Server;
-use prism_server::deployment::Deployment;
 use prism_server::metrics::Metrics;
+use prism_server::serving::Deployment;
 use tower::ServiceExt;
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -1,22 +1,43 @@
 //! `prism-server`: the serving process.
 //!
-//! `HTTP -> validate -> deployment queue -> batcher -> least-loaded replica -> kernels ->
-//! split -> respond`. The binary (`main.rs`) parses flags and calls [`run`]; tests call
-//! the same [`run`] (or [`Server::start`] and [`Server::serve`]) on `127.0.0.1:0`.
+//! One request's path through the modules, socket to kernel and back:
+//!
+//! ```text
+//! api::router ── api::infer::infer            HTTP: path, headers, body (the only axum code)
+//!   │  state::AppState::resolve                the model name → a deployment or a pipeline
+//!   │  codec::request::decode_body             V2 JSON + binary part → codec::Request
+//!   ▼
+//! inference::AppState::infer                   the one path: deadline, async, by-ref, metrics
+//!   │  codec::signature::model_input           the inputs against the model's → rows
+//!   │  serving::Deployment::submit             into the deployment's queue
+//!   ▼
+//! serving::batcher::Batcher                    an actor: cuts batches (State::next_batch)
+//!   ▼
+//! serving::replica (its own thread)            gathers rows, runs the model, retries
+//!   │  prism_kernels: Model::forward (CPU) or GpuModel::forward (cuBLAS, NVRTC)
+//!   ▼  one oneshot reply per request
+//! inference ── codec::response::encode         rows → V2 JSON or binary
+//!   ▼
+//! api::respond::encoded                        the HTTP answer; errors through respond::status
+//! ```
+//!
+//! A pipeline takes the same path, but `inference` puts its inputs into the `store` and
+//! starts its DAG (`pipeline`), whose steps call deployments and `tasks`. Objects, waits and
+//! tasks are served by `api` straight from `store` and `tasks`. `resources` decides at
+//! start-up where each replica runs and holds what tasks may take. `metrics` names every
+//! series.
+//!
+//! The binary (`main.rs`) parses flags and calls [`run`]; tests call the same [`run`] (or
+//! [`Server::start`] and [`Server::serve`]) on `127.0.0.1:0`.
 
-pub mod batcher;
-pub mod cluster;
+pub mod api;
 pub mod codec;
-pub mod deployment;
-pub mod error;
-pub mod http;
-pub mod inventory;
+pub mod inference;
 pub mod metrics;
-pub mod objects;
 pub mod pipeline;
-pub mod placement;
-pub mod replica;
-pub mod stats;
+pub mod resources;
+pub mod serving;
+pub mod state;
 pub mod store;
 pub mod tasks;
 
@@ -28,12 +49,12 @@ use prism_config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use deployment::StartError;
+pub use serving::StartError;
 
-use crate::deployment::Deployment;
-use crate::http::AppState;
-use crate::inventory::{Inventory, SystemInventory};
 use crate::metrics::Metrics;
+use crate::resources::inventory::{Inventory, SystemInventory};
+use crate::serving::Deployment;
+use crate::state::AppState;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +81,7 @@ impl Server {
 
     /// Like [`Server::start`], on the machine `inventory` describes (a simulated one in
     /// tests and with `--simulate-gpus`). Replicas that ask for GPUs are placed onto
-    /// fractional slots first (see [`placement`]).
+    /// fractional slots first (see [`resources::placement`]).
     pub fn start_with(config: &Config, inventory: Arc<dyn Inventory>) -> Result<Server, StartError> {
         let machine = inventory.machine();
         let no_gpu_reason = inventory.no_gpu_reason();
@@ -73,7 +94,7 @@ impl Server {
         let loaded = config
             .deployments
             .iter()
-            .map(deployment::load)
+            .map(serving::load)
             .collect::<Result<Vec<_>, _>>()?;
         // CUDA is probed once, and only where NVML saw a real card.
         let real_gpus = machine.gpus.iter().any(|g| !g.simulated);
@@ -86,7 +107,13 @@ impl Server {
             tracing::warn!("GPUs found, but CUDA cannot be used ({why}): replicas placed on them run on the CPU");
         }
 
-        let (placements, cluster) = cluster::plan(config, &loaded, machine, no_gpu_reason, &cuda);
+        let replica_memory: Vec<u64> = config
+            .deployments
+            .iter()
+            .zip(&loaded)
+            .map(|(spec, l)| l.replica_memory(spec))
+            .collect();
+        let (placements, cluster) = resources::plan(config, &replica_memory, machine, no_gpu_reason, &cuda);
 
         let metrics = Arc::new(Metrics::new());
         let mut deployments = Vec::new();
@@ -120,7 +147,7 @@ impl Server {
 
     /// The API as a router, for in-process use (benchmarks, embedding).
     pub fn router(&self) -> axum::Router {
-        http::router(Arc::clone(&self.app))
+        api::router(Arc::clone(&self.app))
     }
 
     /// Serves the API on `listener` until `shutdown` completes; then stops accepting
@@ -143,7 +170,7 @@ impl Server {
             app.stop_accepting();
             let _ = signalled_tx.send(true);
         };
-        let serve = axum::serve(listener, http::router(Arc::clone(&self.app))).with_graceful_shutdown(graceful);
+        let serve = axum::serve(listener, api::router(Arc::clone(&self.app))).with_graceful_shutdown(graceful);
         let deadline = async {
             let _ = signalled.wait_for(|s| *s).await;
             tokio::time::sleep(self.shutdown_timeout).await;
@@ -171,7 +198,7 @@ impl Server {
 /// The object store of `config`: `object_store_memory` bytes (30% of the machine's
 /// memory by default, as Ray), spilling under `spill_dir` (a fresh folder under the
 /// system's temporary directory by default, removed with the store).
-fn open_store(config: &Config, cluster: &cluster::Cluster, metrics: &Metrics) -> store::Store {
+fn open_store(config: &Config, cluster: &resources::Cluster, metrics: &Metrics) -> store::Store {
     let o = &config.object_store;
     let capacity = o
         .memory

@@ -64,15 +64,15 @@ async fn main() -> ExitCode {
         config.server.http_addr = addr;
     }
     tracing::info!(config = %config.source_name, deployments = config.deployments.len(), "starting");
-    let inventory: std::sync::Arc<dyn prism_server::inventory::Inventory> = match &args.simulate_gpus {
-        Some(spec) => match prism_server::inventory::SimulatedInventory::parse(spec) {
+    let inventory: std::sync::Arc<dyn prism_server::resources::inventory::Inventory> = match &args.simulate_gpus {
+        Some(spec) => match prism_server::resources::inventory::SimulatedInventory::parse(spec) {
             Ok(i) => std::sync::Arc::new(i),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
         },
-        None => std::sync::Arc::new(prism_server::inventory::SystemInventory::probe()),
+        None => std::sync::Arc::new(prism_server::resources::inventory::SystemInventory::probe()),
     };
     let server = match prism_server::Server::start_with(&config, inventory) {
         Ok(s) => s,

@@ -34,12 +34,23 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Batch sizes in rows: powers of two up to 1024.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
+/// The object store's gauges and counters.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub objects: IntGauge,
+    pub memory_bytes: IntGauge,
+    pub spilled_bytes: IntGauge,
+    pub spills: IntCounter,
+    pub restores: IntCounter,
+    pub put_failures: IntCounter,
+}
+
 /// The server's metrics. One registry per server, so several servers in one process
 /// (tests) do not collide.
 pub struct Metrics {
     registry: Registry,
-    /// Inference requests by `model` and `outcome` (success, bad_request, rejected,
-    /// failed, cancelled, unavailable, timeout).
+    /// Inference requests by `model` (a deployment or a pipeline) and `outcome`
+    /// ([`Outcome`]), each counted once when it ends.
     pub requests: IntCounterVec,
     /// From the request's arrival to its answer, by `model`.
     pub request_duration: HistogramVec,
@@ -59,7 +70,7 @@ pub struct Metrics {
     /// Batches run again after a failure, by `model` and `reason`.
     pub inference_retries: IntCounterVec,
     /// The object store's gauges and counters.
-    pub store: crate::store::StoreMetrics,
+    pub store: StoreMetrics,
     /// Finished tasks by `op` and `outcome` (success, failed).
     pub tasks: IntCounterVec,
     /// Task executions retried, by `op` and `reason` (the error kind of the failed try).
@@ -130,7 +141,7 @@ impl Metrics {
                 LATENCY_BUCKETS,
                 &["method", "route"],
             ),
-            store: crate::store::StoreMetrics {
+            store: StoreMetrics {
                 objects: register(
                     &registry,
                     IntGauge::new(OBJECTS, "Objects in the store, pending ones included.").expect("valid metric"),
@@ -190,40 +201,72 @@ impl Metrics {
     }
 }
 
-/// Every `outcome` label value of [`INFERENCE_REQUESTS`].
-pub const OUTCOMES: [&str; 8] = [
-    "success",
-    "bad_request",
-    "not_found",
-    "rejected",
-    "timeout",
-    "unavailable",
-    "failed",
-    "cancelled",
-];
+/// How an inference request ended: the `outcome` label of [`INFERENCE_REQUESTS`]. Every
+/// request is counted once, with one of these, so the outcomes add up to the requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Refused as written (400, 413, 415).
+    BadRequest,
+    /// An object it named is not in the store.
+    NotFound,
+    /// The queue was full, or the store could not hold its output.
+    Rejected,
+    /// Its own deadline passed.
+    Timeout,
+    /// The model was not ready, or the server was stopping.
+    Unavailable,
+    /// The model failed after its retries.
+    Failed,
+    /// The client left before its answer.
+    Cancelled,
+}
 
-/// One model's request metrics, bound to its labels once at start-up so the request path
-/// does no label hashing; every outcome's series exists (at 0) from the start.
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Success,
+        Outcome::BadRequest,
+        Outcome::NotFound,
+        Outcome::Rejected,
+        Outcome::Timeout,
+        Outcome::Unavailable,
+        Outcome::Failed,
+        Outcome::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::BadRequest => "bad_request",
+            Outcome::NotFound => "not_found",
+            Outcome::Rejected => "rejected",
+            Outcome::Timeout => "timeout",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One model's (or pipeline's) request metrics, bound to its labels once at start-up so
+/// the request path does no label hashing; every outcome's series exists (at 0) from the
+/// start.
 pub struct RequestMetrics {
     pub duration: Histogram,
-    outcomes: [IntCounter; OUTCOMES.len()],
+    /// In the order of [`Outcome::ALL`].
+    outcomes: [IntCounter; Outcome::ALL.len()],
 }
 
 impl RequestMetrics {
     pub fn new(metrics: &Metrics, model: &str) -> Self {
         RequestMetrics {
             duration: metrics.request_duration.with_label_values(&[model]),
-            outcomes: OUTCOMES.map(|o| metrics.requests.with_label_values(&[model, o])),
+            outcomes: Outcome::ALL.map(|o| metrics.requests.with_label_values(&[model, o.as_str()])),
         }
     }
 
-    /// The counter of `outcome`, one of [`OUTCOMES`].
-    pub fn outcome(&self, outcome: &str) -> &IntCounter {
-        let i = OUTCOMES
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or_else(|| panic!("unknown outcome `{outcome}`. This is a bug."));
-        &self.outcomes[i]
+    pub fn outcome(&self, outcome: Outcome) -> &IntCounter {
+        &self.outcomes[outcome as usize]
     }
 }
 

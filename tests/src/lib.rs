@@ -29,7 +29,7 @@ impl TestServer {
     pub async fn try_start(config: Config) -> Result<TestServer, prism_server::StartError> {
         Self::start_with(
             config,
-            std::sync::Arc::new(prism_server::inventory::SystemInventory::probe()),
+            std::sync::Arc::new(prism_server::resources::inventory::SystemInventory::probe()),
         )
         .await
     }
@@ -37,7 +37,7 @@ impl TestServer {
     /// Starts `config` on the machine `inventory` describes (simulated GPUs).
     pub async fn start_with(
         config: Config,
-        inventory: std::sync::Arc<dyn prism_server::inventory::Inventory>,
+        inventory: std::sync::Arc<dyn prism_server::resources::inventory::Inventory>,
     ) -> Result<TestServer, prism_server::StartError> {
         let server = prism_server::Server::start_with(&config, inventory)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use prism_server::inventory::SimulatedInventory;
+use prism_server::resources::inventory::SimulatedInventory;
 use prism_tests::{TestServer, config, one_row};
 
 const DEPLOYMENTS: &str = r#"
@@ -155,9 +155,9 @@ async fn without_gpus_every_replica_runs_on_the_cpu_and_says_why() {
     let text = DEPLOYMENTS.replace("fallback = \"none\"", "fallback = \"cpu\"");
     // A machine with no GPU and a known reason, whatever this host has.
     struct NoGpu;
-    impl prism_server::inventory::Inventory for NoGpu {
-        fn machine(&self) -> prism_server::inventory::Machine {
-            prism_server::inventory::Machine {
+    impl prism_server::resources::inventory::Inventory for NoGpu {
+        fn machine(&self) -> prism_server::resources::inventory::Machine {
+            prism_server::resources::inventory::Machine {
                 cpus: 4,
                 memory: 8 << 30,
                 gpus: Vec::new(),
@@ -188,15 +188,15 @@ async fn without_gpus_every_replica_runs_on_the_cpu_and_says_why() {
 /// The built-in `celsius` model started with one replica at `placement`, bypassing the
 /// planner.
 fn celsius_on(
-    placement: prism_server::deployment::ReplicaPlacement,
+    placement: prism_server::resources::ReplicaPlacement,
     metrics: &Arc<prism_server::metrics::Metrics>,
-) -> Arc<prism_server::deployment::Deployment> {
+) -> Arc<prism_server::serving::Deployment> {
     let dir = tempfile::tempdir().unwrap();
     let spec = config(&prism_tests::celsius("celsius", ""), dir.path())
         .deployments
         .remove(0);
-    let loaded = prism_server::deployment::load(&spec).unwrap();
-    prism_server::deployment::Deployment::start_placed(spec, loaded, vec![placement], metrics).unwrap()
+    let loaded = prism_server::serving::load(&spec).unwrap();
+    prism_server::serving::Deployment::start_placed(spec, loaded, vec![placement], metrics).unwrap()
 }
 
 /// A replica placed on a card whose CUDA cannot be opened (here: no CUDA at all) says so
@@ -205,7 +205,7 @@ fn celsius_on(
 /// cuda:0 would open.
 #[tokio::test]
 async fn a_replica_that_cannot_open_its_card_says_so_and_a_reload_does_not_fall_back() {
-    use prism_server::deployment::ReplicaPlacement;
+    use prism_server::resources::ReplicaPlacement;
     if prism_kernels::cuda::probe().is_ok() {
         eprintln!("skipped: CUDA works here, so cuda:0 opens");
         return;
@@ -251,7 +251,7 @@ async fn a_replica_that_cannot_open_its_card_says_so_and_a_reload_does_not_fall_
 /// A load that would leave no replica running fails with the reasons, and changes nothing.
 #[tokio::test]
 async fn loading_a_model_no_replica_can_run_fails_with_the_reasons() {
-    use prism_server::deployment::ReplicaPlacement;
+    use prism_server::resources::ReplicaPlacement;
     let metrics = Arc::new(prism_server::metrics::Metrics::new());
     let pending = ReplicaPlacement::Pending {
         reason: "no GPU has 0.5 of a card".into(),

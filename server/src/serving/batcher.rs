@@ -24,11 +24,11 @@ use prometheus::IntGauge;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::error::InferError;
+use super::BatchError;
 use crate::store::Lease;
 
 /// What a request gets back: its rows of the model's output.
-pub type Reply = Result<Array2<f32>, InferError>;
+pub type Reply = Result<Array2<f32>, BatchError>;
 
 /// A request's input rows: its own matrix, or an FP32 object of the store read in
 /// place (the lease keeps the object from being spilled or freed while queued).
@@ -224,11 +224,11 @@ pub struct ReplicaSlot {
     pub alive: bool,
 }
 
-/// Counts the batcher reports as it goes.
+/// What the batcher reports as it goes. Requests whose client went away are skipped, not
+/// counted here: whoever waited for the answer counts its request once, whatever became of
+/// it.
 pub struct Hooks {
     pub queue_depth: IntGauge,
-    /// Called with the number of requests dropped because their client went away.
-    pub on_cancelled: Box<dyn Fn(usize) + Send>,
     pub model: String,
 }
 
@@ -300,7 +300,6 @@ impl Batcher {
         let cancelled = self.state.drop_cancelled();
         if cancelled > 0 {
             self.dequeued(cancelled);
-            (self.hooks.on_cancelled)(cancelled);
         }
         while let Some(i) = self.pick_replica() {
             let idle = flush || self.replicas[i].outstanding == 0;
@@ -318,7 +317,7 @@ impl Batcher {
                     // The replica's thread is gone (it catches panics, so only at exit).
                     self.replicas[i].alive = false;
                     for e in batch.entries {
-                        let _ = e.reply.send(Err(InferError::ShuttingDown {
+                        let _ = e.reply.send(Err(BatchError::ShuttingDown {
                             model: self.hooks.model.clone(),
                         }));
                     }
@@ -330,7 +329,7 @@ impl Batcher {
             let n = self.state.len();
             while let Some(batch) = self.state.next_batch(Instant::now(), true) {
                 for e in batch.entries {
-                    let _ = e.reply.send(Err(InferError::ShuttingDown {
+                    let _ = e.reply.send(Err(BatchError::ShuttingDown {
                         model: self.hooks.model.clone(),
                     }));
                 }
@@ -482,7 +481,6 @@ mod tests {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..replicas).map(|_| sync_channel(REPLICA_SLOTS)).unzip();
         let hooks = Hooks {
             queue_depth: IntGauge::new("q", "q").unwrap(),
-            on_cancelled: Box::new(|_| {}),
             model: "m".into(),
         };
         let (close, closing) = watch::channel(false);

@@ -16,13 +16,13 @@ use ndarray::{Array2, ArrayView2, Axis, s};
 use prism_config::{FaultInjection, Precision, Retries};
 use prism_kernels::cuda::{CudaDevice, GpuModel};
 use prism_kernels::{CpuDevice, Device, Model};
-use prometheus::{Histogram, IntCounter, IntCounterVec};
-use rand::Rng;
+use prometheus::{Histogram, IntCounterVec};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::batcher::{Batch, Entry, Reply, Rows};
-use crate::error::InferError;
-use crate::stats::{BatchTimes, ModelStats};
+use super::BatchError;
+use super::batcher::{Batch, Entry, REPLICA_SLOTS, Reply, Rows};
+use super::faults;
+use super::stats::{BatchTimes, ModelStats};
 
 /// The metrics one replica writes, bound to its model's labels once.
 #[derive(Clone)]
@@ -30,7 +30,6 @@ pub struct ReplicaMetrics {
     pub queue_duration: Histogram,
     pub compute_duration: Histogram,
     pub batch_size: Histogram,
-    pub cancelled: IntCounter,
     /// Batches run again after a failure, by `model` and `reason` (the error kind).
     pub retries: IntCounterVec,
 }
@@ -64,7 +63,7 @@ pub struct Spawned {
 
 /// Starts a replica thread.
 pub fn spawn(spec: ReplicaSpec) -> std::io::Result<Spawned> {
-    let (tx, rx) = sync_channel::<Batch>(crate::batcher::REPLICA_SLOTS);
+    let (tx, rx) = sync_channel::<Batch>(REPLICA_SLOTS);
     let (opened_tx, opened) = sync_channel(1);
     let thread = std::thread::Builder::new()
         .name(format!("prism-{}-{}", spec.model_name, spec.index))
@@ -115,7 +114,7 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), Str
     while let Ok(batch) = rx.recv() {
         // The model's own panics are caught inside; this guards the replica's bookkeeping,
         // so the thread (and its slot in the batcher) survives whatever one batch does.
-        // The batch's requests then get `InferError::Lost` from their dropped senders.
+        // The batch's requests then get `BatchError::Lost` from their dropped senders.
         if catch_unwind(AssertUnwindSafe(|| execute(&spec, &mut backend, batch))).is_err() {
             tracing::error!(model = %spec.model_name, replica = spec.index, "replica failed outside the model; batch lost");
         }
@@ -127,11 +126,11 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), Str
 
 fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     // A prefetched batch may hold requests whose client left (or whose timeout passed)
-    // while it waited: skip them rather than compute answers nobody reads.
+    // while it waited: skip them rather than compute answers nobody reads. Whoever waited
+    // for them counts them.
     let before = batch.entries.len();
     batch.entries.retain(|e| !e.reply.is_closed());
     if batch.entries.len() < before {
-        spec.metrics.cancelled.inc_by((before - batch.entries.len()) as u64);
         batch.rows = batch.entries.iter().map(Entry::rows).sum();
         if batch.entries.is_empty() {
             return;
@@ -155,30 +154,26 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     let rows: Vec<usize> = batch.entries.iter().map(Entry::rows).collect();
     let input = gather(&mut batch.entries);
     let gathered = Instant::now();
-    let mut attempts = 1;
-    let result = loop {
-        let result = run_model(spec, backend, input.view());
-        let Err(e) = &result else { break result };
+    let result = faults::with_retries(
+        &spec.retries,
+        || run_model(spec, backend, input.view()),
         // Nobody left to answer (clients gone, deadlines passed): no point running again.
-        let abandoned = batch.entries.iter().all(|e| e.reply.is_closed());
-        match e.retry_kind() {
-            Some(kind) if spec.retries.again(kind, attempts) && !abandoned => {
-                spec.metrics
-                    .retries
-                    .with_label_values(&[&spec.model_name, kind.as_str()])
-                    .inc();
-                tracing::debug!(model = %spec.model_name, replica = spec.index, %kind, attempts, "batch failed; retrying");
-                attempts += 1;
-            }
-            _ if attempts > 1 => {
-                break Err(InferError::Retried {
-                    last: Box::new(e.clone()),
-                    attempts,
-                });
-            }
-            _ => break result,
-        }
-    };
+        || batch.entries.iter().all(|e| e.reply.is_closed()),
+        |kind, attempts| {
+            spec.metrics
+                .retries
+                .with_label_values(&[&spec.model_name, kind.as_str()])
+                .inc();
+            tracing::debug!(model = %spec.model_name, replica = spec.index, %kind, attempts, "batch failed; retrying");
+        },
+    )
+    .map_err(|(last, attempts)| match attempts {
+        1 => last,
+        _ => BatchError::Retried {
+            last: Box::new(last),
+            attempts,
+        },
+    });
     drop(input);
     let computed = Instant::now();
     spec.metrics
@@ -214,23 +209,8 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
         output: computed.elapsed(),
     });
     for (e, answer) in batch.entries.into_iter().zip(answers) {
-        reply(spec, e, answer);
-    }
-}
-
-/// What a caught panic says.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-fn reply(spec: &ReplicaSpec, entry: Entry, answer: Reply) {
-    if entry.reply.send(answer).is_err() {
-        // The client left while its batch ran.
-        spec.metrics.cancelled.inc();
+        // A client that left while its batch ran is counted by whoever waited for it.
+        let _ = e.reply.send(answer);
     }
 }
 
@@ -251,22 +231,9 @@ fn gather(entries: &mut [Entry]) -> Rows {
     Rows::Owned(ndarray::concatenate(Axis(0), &views).expect("every request was validated to the model's input width"))
 }
 
-/// Rolls `faults`' dice for one execution (a deployment's batch or a task): sleeps when
-/// the delay is chosen, and says whether this execution must fail.
-pub(crate) fn injected_failure(faults: &FaultInjection) -> bool {
-    if !faults.is_active() {
-        return false;
-    }
-    let mut rng = rand::rng();
-    if faults.delay_rate > 0.0 && rng.random_bool(faults.delay_rate) {
-        std::thread::sleep(faults.delay);
-    }
-    faults.error_rate > 0.0 && rng.random_bool(faults.error_rate)
-}
-
-fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: ArrayView2<'_, f32>) -> Result<Array2<f32>, InferError> {
-    if injected_failure(&spec.faults) {
-        return Err(InferError::InjectedFault {
+fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: ArrayView2<'_, f32>) -> Result<Array2<f32>, BatchError> {
+    if faults::injected_failure(&spec.faults) {
+        return Err(BatchError::InjectedFault {
             model: spec.model_name.clone(),
             rate: spec.faults.error_rate,
         });
@@ -286,13 +253,13 @@ fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: ArrayView2<'_, f3
     };
     match catch_unwind(AssertUnwindSafe(forward)) {
         Ok(Ok(output)) => Ok(output),
-        Ok(Err(reason)) => Err(InferError::Model {
+        Ok(Err(reason)) => Err(BatchError::Model {
             model: spec.model_name.clone(),
             reason,
         }),
         Err(panic) => {
-            let reason = panic_message(panic.as_ref());
-            Err(InferError::Panicked {
+            let reason = faults::panic_message(panic.as_ref());
+            Err(BatchError::Panicked {
                 model: spec.model_name.clone(),
                 replica: spec.index,
                 reason,

@@ -1,0 +1,291 @@
+//! A V2 inference request, from its body to the domain [`Request`]: the JSON header
+//! parsed, each input's data taken from JSON or from the binary part (Triton's binary
+//! tensor extension), the request's parameters read. Nothing here knows what the request
+//! is sent to: [`super::signature`] checks the inputs against that.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use prism_protocol::DType;
+use prism_protocol::v2::{self, InferRequest, Parameters, TensorData};
+
+use super::tensor::{Carried, carried};
+use super::{DecodeError, invalid};
+use crate::store::ObjectRef;
+
+/// An inference request, as every protocol decodes it.
+#[derive(Debug)]
+pub struct Request {
+    pub id: Option<String>,
+    /// In the order the request lists them; no name twice.
+    pub inputs: Vec<Input>,
+    /// The outputs the request names (none: every output, as the defaults say).
+    pub outputs: Vec<RequestedOutput>,
+    /// `binary_data_output`: outputs in the binary part unless they say otherwise.
+    pub binary_output: bool,
+    /// `async`: answer at once with the refs the outputs will have.
+    pub run_async: bool,
+    /// How long the client will wait: Triton's `timeout` parameter (microseconds) or
+    /// Prism's `timeout_ms`.
+    pub timeout: Option<Duration>,
+}
+
+/// One named input.
+#[derive(Debug)]
+pub struct Input {
+    pub name: String,
+    pub value: InputValue,
+}
+
+#[derive(Debug)]
+pub enum InputValue {
+    /// Data sent with the request.
+    Tensor(Tensor),
+    /// An object of the store (`parameters.object_ref`, Prism's extension), read when the
+    /// request runs.
+    Object(ObjectRef),
+}
+
+/// A tensor sent with a request, its shape not yet checked against its values.
+#[derive(Debug)]
+pub struct Tensor {
+    pub datatype: DType,
+    pub shape: Vec<i64>,
+    pub values: Values,
+}
+
+#[derive(Debug)]
+pub enum Values {
+    /// JSON `data`.
+    Json(TensorData),
+    /// Little-endian bytes from the binary part: exactly `binary_data_size` of them.
+    Binary(Bytes),
+}
+
+/// An output the request names, and how it wants it.
+#[derive(Debug)]
+pub struct RequestedOutput {
+    pub name: String,
+    /// `binary_data`; the request's `binary_data_output` when absent.
+    pub binary: Option<bool>,
+    /// `object_ref`: keep it in the store and answer its ref.
+    pub by_ref: bool,
+}
+
+/// Refuses a compressed body (`Content-Encoding`): every V2 route reads bodies as sent.
+pub fn check_encoding(content_encoding: Option<&[u8]>) -> Result<(), DecodeError> {
+    match content_encoding {
+        Some(e) if !e.eq_ignore_ascii_case(b"identity") => Err(DecodeError::UnsupportedEncoding(
+            String::from_utf8_lossy(e).into_owned(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The value of `Inference-Header-Content-Length`: the length of a binary body's JSON
+/// header, if the body is binary.
+pub fn header_length(value: Option<&[u8]>) -> Result<Option<usize>, DecodeError> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    let len: usize = std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| {
+            invalid(format!(
+                "{}: expected a byte count, got {:?}",
+                v2::HEADER_LENGTH,
+                String::from_utf8_lossy(v)
+            ))
+        })?;
+    if len == 0 {
+        return Err(invalid(format!(
+            "{} is 0 (a raw binary request without a JSON header), which Prism does not support; send a JSON header",
+            v2::HEADER_LENGTH
+        )));
+    }
+    Ok(Some(len))
+}
+
+/// A V2 body as `(JSON header, binary part)`: checks its encoding and splits it where
+/// `header_length` (the `Inference-Header-Content-Length` value) says; the binary part is
+/// empty for a JSON body.
+pub fn body_parts(
+    content_encoding: Option<&[u8]>,
+    header_length_value: Option<&[u8]>,
+    body: Bytes,
+) -> Result<(Bytes, Bytes), DecodeError> {
+    check_encoding(content_encoding)?;
+    let Some(len) = header_length(header_length_value)? else {
+        return Ok((body, Bytes::new()));
+    };
+    if len > body.len() {
+        return Err(invalid(format!(
+            "{} says the JSON header is {len} bytes, but the whole body is only {} bytes",
+            v2::HEADER_LENGTH,
+            body.len()
+        )));
+    }
+    let mut header = body;
+    let binary = header.split_off(len);
+    Ok((header, binary))
+}
+
+/// A whole V2 body, decoded: [`body_parts`], then [`decode`].
+pub fn decode_body(
+    content_encoding: Option<&[u8]>,
+    header_length_value: Option<&[u8]>,
+    body: Bytes,
+) -> Result<Request, DecodeError> {
+    let (header, binary) = body_parts(content_encoding, header_length_value, body)?;
+    decode(&header, binary)
+}
+
+/// Parses an inference request's JSON header.
+fn parse(header: &[u8]) -> Result<InferRequest, DecodeError> {
+    v2::from_slice(header).map_err(|e| {
+        let hint = if e.to_string().starts_with("trailing characters") {
+            format!(" (a body with binary tensors needs the {} header)", v2::HEADER_LENGTH)
+        } else {
+            String::new()
+        };
+        invalid(format!("invalid inference request JSON: {e}{hint}"))
+    })
+}
+
+/// A request from its JSON `header` and the `binary` part after it (empty for JSON).
+/// The binary part belongs to the inputs with `binary_data_size`, in the order the
+/// request lists them.
+pub fn decode(header: &[u8], mut binary: Bytes) -> Result<Request, DecodeError> {
+    let request = parse(header)?;
+    let binary_len = binary.len();
+    let mut claimed = 0u64;
+    let mut inputs: Vec<Input> = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        if inputs.iter().any(|i| i.name == input.name) {
+            return Err(invalid(format!("input `{}` is given more than once", input.name)));
+        }
+        let value = match input_ref(&input)? {
+            Some(r) => InputValue::Object(r),
+            None => InputValue::Tensor(tensor(
+                input.name.as_str(),
+                input.datatype.as_str(),
+                input.shape,
+                input.data,
+                input.parameters.as_ref(),
+                &mut binary,
+                &mut claimed,
+            )?),
+        };
+        inputs.push(Input {
+            name: input.name,
+            value,
+        });
+    }
+    if !binary.is_empty() {
+        return Err(invalid(if claimed == 0 {
+            format!(
+                "the body has {binary_len} bytes of binary data after the JSON header, but no input has `binary_data_size`"
+            )
+        } else {
+            format!("the body has {binary_len} bytes of binary data, but the inputs announce only {claimed}")
+        }));
+    }
+    let parameter = |key: &str| v2::bool_parameter(request.parameters.as_ref(), key).unwrap_or(false);
+    let outputs = request
+        .outputs
+        .into_iter()
+        .flatten()
+        .map(|o| RequestedOutput {
+            binary: v2::bool_parameter(o.parameters.as_ref(), "binary_data"),
+            by_ref: v2::bool_parameter(o.parameters.as_ref(), "object_ref").unwrap_or(false),
+            name: o.name,
+        })
+        .collect();
+    Ok(Request {
+        id: request.id,
+        inputs,
+        outputs,
+        binary_output: parameter("binary_data_output"),
+        run_async: parameter("async"),
+        timeout: request_timeout(request.parameters.as_ref())?,
+    })
+}
+
+/// An input that carries its data: JSON `data`, or `binary_data_size` bytes taken from
+/// the front of `binary` (counted in `claimed`).
+fn tensor(
+    name: &str,
+    datatype: &str,
+    shape: Vec<i64>,
+    data: Option<TensorData>,
+    parameters: Option<&Parameters>,
+    binary: &mut Bytes,
+    claimed: &mut u64,
+) -> Result<Tensor, DecodeError> {
+    let datatype: DType = datatype.parse().map_err(|e| invalid(format!("input `{name}`: {e}")))?;
+    let what = format!("input `{name}`");
+    let values = match carried(&what, data.as_ref(), parameters)? {
+        Carried::Json(_) => Values::Json(data.expect("carried in `data`")),
+        Carried::Binary(size) => {
+            if (binary.len() as u64) < size {
+                return Err(invalid(format!(
+                    "{what}: the body ends after {} bytes of binary data, but binary_data_size announces {size} (truncated body?)",
+                    binary.len()
+                )));
+            }
+            *claimed += size;
+            Values::Binary(binary.split_to(size as usize))
+        }
+    };
+    Ok(Tensor {
+        datatype,
+        shape,
+        values,
+    })
+}
+
+/// The object an input names with `parameters.object_ref` (Prism's extension), if any;
+/// an input may not carry data as well.
+fn input_ref(input: &v2::InferInput) -> Result<Option<ObjectRef>, DecodeError> {
+    let Some(v) = input.parameters.as_ref().and_then(|p| p.get("object_ref")) else {
+        return Ok(None);
+    };
+    let name = &input.name;
+    let r: ObjectRef = v
+        .as_str()
+        .ok_or_else(|| {
+            invalid(format!(
+                "input `{name}`: parameter `object_ref` must be a string (an object ref), got {v}"
+            ))
+        })?
+        .parse()
+        .map_err(|e| invalid(format!("input `{name}`: {e}")))?;
+    if input.data.is_some() || v2::binary_data_size(input.parameters.as_ref()).is_some() {
+        return Err(invalid(format!(
+            "input `{name}`: has both `object_ref` and data; send one"
+        )));
+    }
+    Ok(Some(r))
+}
+
+/// The request's deadline: Triton's `timeout` parameter (microseconds) or Prism's
+/// `timeout_ms`.
+fn request_timeout(parameters: Option<&Parameters>) -> Result<Option<Duration>, DecodeError> {
+    let parameter = |key: &str| parameters.and_then(|p| p.get(key));
+    let positive = |key: &str, unit: &str, v: &serde_json::Value| {
+        v.as_u64().filter(|&n| n > 0).ok_or_else(|| {
+            invalid(format!(
+                "parameter `{key}`: expected a positive number of {unit}, got {v}"
+            ))
+        })
+    };
+    match (parameter("timeout"), parameter("timeout_ms")) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(invalid(
+            "give either `timeout` (microseconds) or `timeout_ms`, not both",
+        )),
+        (Some(v), None) => Ok(Some(Duration::from_micros(positive("timeout", "microseconds", v)?))),
+        (None, Some(v)) => Ok(Some(Duration::from_millis(positive("timeout_ms", "milliseconds", v)?))),
+    }
+}

@@ -1,0 +1,226 @@
+//! The answer of an inference, and its V2 form: a JSON document, or the binary
+//! extension's JSON header followed by the tensor's bytes.
+
+use ndarray::Array2;
+use prism_protocol::DType;
+use prism_protocol::v2::{self, InferOutput, InferResponse, Parameters};
+
+use super::tensor::json_values;
+use crate::serving::MODEL_VERSION;
+use crate::store::{Lease, ObjectRef};
+
+/// What an inference answers, before any protocol writes it.
+pub struct Answer {
+    /// The model or pipeline that answered.
+    pub model: String,
+    pub id: Option<String>,
+    /// The name of its one output.
+    pub output: String,
+    /// Whether the output goes in the binary part (where the protocol has one).
+    pub binary: bool,
+    pub value: AnswerValue,
+}
+
+pub enum AnswerValue {
+    /// A model's rows, to be written as `datatype`.
+    Rows { values: Array2<f32>, datatype: DType },
+    /// An object of the store (a pipeline's output), sent from the store's memory.
+    Object(Lease),
+    /// The output is (or will be) the object `object_ref`: `shape` has `-1` where it is
+    /// not known yet. `accepted`: the work is still running (an async request).
+    Ref {
+        object_ref: ObjectRef,
+        datatype: DType,
+        shape: Vec<i64>,
+        accepted: bool,
+    },
+}
+
+/// An answer as V2 bytes.
+pub enum Encoded {
+    /// A JSON document.
+    Json(Vec<u8>),
+    /// The binary extension: a JSON header of `header_len` bytes, then the tensor, in
+    /// one buffer.
+    Binary { body: Vec<u8>, header_len: usize },
+    /// The binary extension with the tensor read from the store as it is sent: the
+    /// header, then the lease's bytes.
+    Streamed { header: Vec<u8>, object: Lease },
+}
+
+/// The V2 response of `answer`.
+pub fn encode(answer: Answer) -> Encoded {
+    let Answer {
+        model,
+        id,
+        output,
+        binary,
+        value,
+    } = answer;
+    let response = |o: InferOutput| InferResponse {
+        model_name: model,
+        model_version: Some(MODEL_VERSION.into()),
+        id,
+        parameters: None,
+        outputs: vec![o],
+    };
+    let binary_size = |n: usize| {
+        let mut p = Parameters::new();
+        p.insert("binary_data_size".into(), n.into());
+        Some(p)
+    };
+    match value {
+        AnswerValue::Ref {
+            object_ref,
+            datatype,
+            shape,
+            ..
+        } => {
+            let mut parameters = Parameters::new();
+            parameters.insert("object_ref".into(), object_ref.to_string().into());
+            let o = InferOutput {
+                name: output,
+                shape,
+                datatype: datatype.to_string(),
+                parameters: Some(parameters),
+                data: None,
+            };
+            Encoded::Json(to_vec(&response(o)))
+        }
+        AnswerValue::Rows { values, datatype } => {
+            let shape = vec![values.nrows() as i64, values.ncols() as i64];
+            // The answer's own buffer, without a copy when its rows are laid out in order.
+            let n = values.len();
+            let values = if values.is_standard_layout() {
+                let (mut all, offset) = values.into_raw_vec_and_offset();
+                let offset = offset.unwrap_or(0);
+                all.truncate(offset + n);
+                all.drain(..offset);
+                all
+            } else {
+                values.iter().copied().collect()
+            };
+            if !binary {
+                let o = InferOutput {
+                    name: output,
+                    shape,
+                    datatype: datatype.to_string(),
+                    parameters: None,
+                    data: Some(json_values(datatype, values)),
+                };
+                return Encoded::Json(to_vec(&response(o)));
+            }
+            let mut tail = Vec::new();
+            datatype.encode_le(&values, &mut tail);
+            let o = InferOutput {
+                name: output,
+                shape,
+                datatype: datatype.to_string(),
+                parameters: binary_size(tail.len()),
+                data: None,
+            };
+            let mut body = to_vec(&response(o));
+            let header_len = body.len();
+            body.extend_from_slice(&tail);
+            Encoded::Binary { body, header_len }
+        }
+        AnswerValue::Object(lease) => {
+            let meta = &lease.meta;
+            let shape: Vec<i64> = meta.shape.iter().map(|&d| d as i64).collect();
+            if binary {
+                let o = InferOutput {
+                    name: output,
+                    shape,
+                    datatype: meta.datatype.to_string(),
+                    parameters: binary_size(meta.bytes()),
+                    data: None,
+                };
+                return Encoded::Streamed {
+                    header: to_vec(&response(o)),
+                    object: lease,
+                };
+            }
+            let data = prism_protocol::binary::decode_tensor(&output, meta.datatype, lease.bytes())
+                .expect("an object's bytes are whole elements of its datatype. This is a bug.");
+            let o = InferOutput {
+                name: output,
+                shape,
+                datatype: meta.datatype.to_string(),
+                parameters: None,
+                data: Some(data),
+            };
+            Encoded::Json(to_vec(&response(o)))
+        }
+    }
+}
+
+fn to_vec(response: &InferResponse) -> Vec<u8> {
+    v2::to_vec(response).expect("a response always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(binary: bool, values: Array2<f32>, datatype: DType) -> Answer {
+        Answer {
+            model: "m".into(),
+            id: Some("7".into()),
+            output: "Y".into(),
+            binary,
+            value: AnswerValue::Rows { values, datatype },
+        }
+    }
+
+    #[test]
+    fn rows_are_written_as_json_in_their_datatype() {
+        let Encoded::Json(body) = encode(answer(false, ndarray::array![[1.5], [2.0]], DType::I32)) else {
+            panic!("JSON")
+        };
+        let r: InferResponse = v2::from_slice(&body).unwrap();
+        assert_eq!((r.model_name.as_str(), r.id.as_deref()), ("m", Some("7")));
+        assert_eq!(r.model_version.as_deref(), Some(MODEL_VERSION));
+        let o = &r.outputs[0];
+        assert_eq!(
+            (o.name.as_str(), o.datatype.as_str(), o.shape.as_slice()),
+            ("Y", "INT32", &[2, 1][..])
+        );
+        assert_eq!(o.data.as_ref().unwrap().to_f32(), Some(vec![1.0, 2.0]));
+    }
+
+    #[test]
+    fn binary_rows_follow_their_header() {
+        let Encoded::Binary { body, header_len } = encode(answer(true, ndarray::array![[1.0, -1.0]], DType::F32))
+        else {
+            panic!("binary")
+        };
+        let r: InferResponse = v2::from_slice(&body[..header_len]).unwrap();
+        assert_eq!(v2::binary_data_size(r.outputs[0].parameters.as_ref()), Some(8));
+        assert!(r.outputs[0].data.is_none());
+        let tail: Vec<f32> = body[header_len..]
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(tail, vec![1.0, -1.0]);
+    }
+
+    #[test]
+    fn a_ref_answer_names_the_object_and_carries_no_data() {
+        let r: crate::store::ObjectRef = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        let a = Answer {
+            value: AnswerValue::Ref {
+                object_ref: r,
+                datatype: DType::F32,
+                shape: vec![-1, 10],
+                accepted: true,
+            },
+            ..answer(true, Array2::zeros((0, 0)), DType::F32)
+        };
+        let Encoded::Json(body) = encode(a) else { panic!("JSON") };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let o = &v["outputs"][0];
+        assert_eq!(o["parameters"]["object_ref"], r.to_string());
+        assert_eq!(o["shape"], serde_json::json!([-1, 10]));
+        assert!(o.get("data").is_none());
+    }
+}

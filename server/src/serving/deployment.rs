@@ -1,0 +1,279 @@
+//! A deployment: a model, its replicas (actors) and the batcher in front of them, and its
+//! lifecycle. While loaded it has one [`Engine`]; `unload` stops it, `load` starts a new
+//! one on the same slots and swaps it in while the old one finishes what it holds.
+//! Requests that meet an engine being swapped out go to the new one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ndarray::Array2;
+use prism_config::Deployment as Spec;
+
+use super::batcher::{Reply, Rows, SubmitError};
+use super::engine::{Engine, Loaded, ReplicaStatus, StartError, load};
+use super::stats::ModelStats;
+use super::{BatchError, ServeError};
+use crate::metrics::{Metrics, RequestMetrics};
+use crate::resources::ReplicaPlacement;
+
+/// The only version a Prism model has; `/versions/1/...` paths reach it.
+pub const MODEL_VERSION: &str = "1";
+
+/// A deployment: its spec, its counters, and (while loaded) its running replicas and
+/// batcher. `POST /v2/repository/models/{m}/unload` stops the replicas; `load` starts
+/// them again on the same slots, reading the weights anew, and swaps them in while the
+/// old ones finish what they hold.
+pub struct Deployment {
+    pub spec: Spec,
+    /// `prism_builtin` or `prism_safetensors`, for the metadata's `platform`.
+    pub platform: &'static str,
+    pub stats: Arc<ModelStats>,
+    /// This model's request counters and latency histogram, bound once.
+    pub request_metrics: RequestMetrics,
+    metrics: Arc<Metrics>,
+    /// Where each replica was placed at start-up; its slots stay reserved while unloaded.
+    placements: Vec<ReplicaPlacement>,
+    /// Card memory one replica was given room for at start-up: a reload may not need more.
+    gpu_memory: u64,
+    /// `None` while unloaded.
+    engine: std::sync::RwLock<Option<Arc<Engine>>>,
+    /// One load or unload at a time.
+    control: Arc<tokio::sync::Mutex<()>>,
+    /// Set when the server shuts down: no load starts replicas after that.
+    shut: AtomicBool,
+}
+
+impl Deployment {
+    /// Loads the model and starts every replica on the CPU (no placement). Must run
+    /// inside the tokio runtime (the batcher is a task).
+    pub fn start(spec: Spec, metrics: &Arc<Metrics>) -> Result<Arc<Self>, StartError> {
+        let loaded = load(&spec)?;
+        let placements = vec![ReplicaPlacement::Cpu; spec.num_replicas];
+        Self::start_placed(spec, loaded, placements, metrics)
+    }
+
+    /// Starts the replicas that `placements` lets run (one entry per replica) and the
+    /// batcher. Must run inside the tokio runtime.
+    pub fn start_placed(
+        spec: Spec,
+        loaded: Loaded,
+        placements: Vec<ReplicaPlacement>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Arc<Self>, StartError> {
+        let stats = Arc::new(ModelStats::default());
+        let request_metrics = RequestMetrics::new(metrics, &spec.name);
+        let gpu_memory = loaded.replica_memory(&spec);
+        let engine = Engine::start(&spec, loaded.model, placements.clone(), &stats, metrics, false)?;
+        Ok(Arc::new(Deployment {
+            platform: loaded.platform,
+            spec,
+            stats,
+            request_metrics,
+            metrics: Arc::clone(metrics),
+            placements,
+            gpu_memory,
+            engine: std::sync::RwLock::new(Some(Arc::new(engine))),
+            control: Arc::new(tokio::sync::Mutex::new(())),
+            shut: AtomicBool::new(false),
+        }))
+    }
+
+    fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn swap_engine(&self, new: Option<Arc<Engine>>) -> Option<Arc<Engine>> {
+        std::mem::replace(&mut *self.engine.write().unwrap_or_else(|p| p.into_inner()), new)
+    }
+
+    /// Whether replicas are running (not unloaded).
+    pub fn is_loaded(&self) -> bool {
+        self.engine().is_some()
+    }
+
+    /// The replicas and where they run; none while unloaded.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        self.engine().map(|e| e.replicas.clone()).unwrap_or_default()
+    }
+
+    /// Loads the model again as declared at start-up, re-reading its weights file, and
+    /// starts new replicas on the deployment's slots. If it was loaded, the new replicas
+    /// take the requests that arrive from then on while the old ones finish theirs; a load
+    /// that fails (a bad weights file, no replica able to run) leaves the old ones serving.
+    /// Replicas running on GPUs are stopped before the new ones start instead (a card holds
+    /// one copy of the model, not two): the model answers 503 meanwhile, and stays unloaded
+    /// if they cannot start. Runs to the end even if the caller stops waiting.
+    pub async fn load(self: &Arc<Self>) -> Result<(), StartError> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.load_now().await })
+            .await
+            .unwrap_or_else(|e| Err(self.load_error(format!("the load stopped: {e}"))))
+    }
+
+    fn load_error(&self, reason: String) -> StartError {
+        StartError::Load {
+            name: self.spec.name.clone(),
+            reason,
+        }
+    }
+
+    async fn load_now(self: Arc<Self>) -> Result<(), StartError> {
+        let _one_at_a_time = Arc::clone(&self.control).lock_owned().await;
+        if self.shut.load(Ordering::Acquire) {
+            return Err(self.load_error("the server is shutting down".into()));
+        }
+        // The weights first, off the async threads: a file that cannot be read changes
+        // nothing.
+        let spec = self.spec.clone();
+        let loaded = tokio::task::spawn_blocking(move || load(&spec))
+            .await
+            .unwrap_or_else(|e| Err(self.load_error(format!("reading the model panicked: {e}"))))?;
+        let on_gpu = self
+            .placements
+            .iter()
+            .any(|p| matches!(p, ReplicaPlacement::Gpu { cuda: Some(_), .. }));
+        if on_gpu {
+            let needed = loaded.replica_memory(&self.spec);
+            if needed > self.gpu_memory {
+                return Err(self.load_error(format!(
+                    "the new weights need {needed} bytes of card memory per replica, more than the {} its slot was given at start-up; restart the server to place it again",
+                    self.gpu_memory
+                )));
+            }
+            let holds_cards = self.engine().is_some_and(|e| {
+                e.replicas
+                    .iter()
+                    .any(|r| matches!(r.placement, ReplicaPlacement::Gpu { cuda: Some(_), .. }))
+            });
+            if holds_cards && let Some(old) = self.swap_engine(None) {
+                old.stop().await;
+            }
+        }
+        let this = Arc::clone(&self);
+        // Opening devices blocks too.
+        let engine = tokio::task::spawn_blocking(move || {
+            Engine::start(
+                &this.spec,
+                loaded.model,
+                this.placements.clone(),
+                &this.stats,
+                &this.metrics,
+                on_gpu,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| Err(self.load_error(format!("starting the replicas panicked: {e}"))))?;
+        if !engine.ready.load(Ordering::Acquire) {
+            let pending: Vec<String> = engine
+                .replicas
+                .iter()
+                .filter_map(|r| match &r.placement {
+                    ReplicaPlacement::Pending { reason } => Some(format!("replica {}: {reason}", r.index)),
+                    _ => None,
+                })
+                .collect();
+            engine.stop().await;
+            return Err(self.load_error(format!("no replica can run ({})", pending.join("; "))));
+        }
+        if let Some(old) = self.swap_engine(Some(Arc::new(engine))) {
+            old.stop().await;
+        }
+        tracing::info!(model = %self.spec.name, "loaded");
+        Ok(())
+    }
+
+    /// Stops taking requests, runs what is queued and stops the replicas. Their slots stay
+    /// reserved for a later load. Unloading an unloaded deployment does nothing. Runs to
+    /// the end even if the caller stops waiting.
+    pub async fn unload(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        let _ = tokio::spawn(async move {
+            let _one_at_a_time = Arc::clone(&this.control).lock_owned().await;
+            if let Some(old) = this.swap_engine(None) {
+                old.stop().await;
+                tracing::info!(model = %this.spec.name, "unloaded");
+            }
+        })
+        .await;
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Loaded, with at least one replica running, and taking requests.
+    pub fn is_ready(&self) -> bool {
+        self.engine().is_some_and(|e| e.ready.load(Ordering::Acquire))
+    }
+
+    pub fn queued(&self) -> usize {
+        self.engine().map_or(0, |e| e.handle.queued())
+    }
+
+    /// Runs `input` (`[rows, in_features]`, validated) through a batch and waits for its
+    /// rows of the answer.
+    pub async fn infer(&self, input: impl Into<Rows>) -> Result<Array2<f32>, ServeError> {
+        let rx = self.submit(input)?;
+        self.answer(rx).await
+    }
+
+    /// Queues `input`; refuses at once when the deployment is not ready or its queue is
+    /// full. The receiver yields the answer (see [`Deployment::answer`]).
+    pub fn submit(&self, input: impl Into<Rows>) -> Result<tokio::sync::oneshot::Receiver<Reply>, ServeError> {
+        let not_ready = || ServeError::NotReady(self.spec.name.clone());
+        let mut input = input.into();
+        loop {
+            let engine = self.engine().ok_or_else(not_ready)?;
+            let swapped = |engine: &Arc<Engine>| !self.engine().is_some_and(|e| Arc::ptr_eq(&e, engine));
+            if !engine.ready.load(Ordering::Acquire) {
+                // A load is stopping the engine this request found: the new one takes it.
+                if swapped(&engine) {
+                    continue;
+                }
+                return Err(not_ready());
+            }
+            match engine.handle.submit(input) {
+                Ok(rx) => return Ok(rx),
+                Err((SubmitError::QueueFull, _)) => {
+                    return Err(ServeError::QueueFull {
+                        model: self.spec.name.clone(),
+                        max_queue_size: self.spec.batching.max_queue_size,
+                    });
+                }
+                // A load swapped the engine between the look-up and the submit: the new
+                // one takes it.
+                Err((SubmitError::Closed, back)) if swapped(&engine) => input = back,
+                Err((SubmitError::Closed, _)) => return Err(not_ready()),
+            }
+        }
+    }
+
+    /// Waits for the answer to a submitted request.
+    pub async fn answer(&self, rx: tokio::sync::oneshot::Receiver<Reply>) -> Result<Array2<f32>, ServeError> {
+        // Every path answers before dropping the sender; a drop is a bug, not a shutdown.
+        let answer = rx.await.unwrap_or_else(|_| {
+            Err(BatchError::Lost {
+                model: self.spec.name.clone(),
+            })
+        });
+        Ok(answer?)
+    }
+
+    /// Stops taking requests; what is queued still runs.
+    pub fn stop_accepting(&self) {
+        if let Some(e) = self.engine() {
+            e.ready.store(false, Ordering::Release);
+        }
+    }
+
+    /// Closes the queue, waits for what it holds to run and for the replicas to finish.
+    /// Requests that arrive meanwhile get 503.
+    pub async fn join(&self) {
+        self.shut.store(true, Ordering::Release);
+        self.stop_accepting();
+        let _one_at_a_time = self.control.lock().await;
+        if let Some(e) = self.engine() {
+            e.stop().await;
+        }
+    }
+}

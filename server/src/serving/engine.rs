@@ -1,0 +1,273 @@
+//! A deployment's running part: the replica threads, each opening its device, and the
+//! batcher task in front of them; started from a loaded model and the replicas'
+//! placements, stopped by draining what it holds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use prism_config::{Deployment as Spec, ModelSource};
+use prism_kernels::{Device, Model, WeightFile, builtin};
+use tokio::sync::{mpsc, watch};
+
+use super::batcher::{Batcher, BatcherHandle, Hooks};
+use super::replica::{self, ReplicaMetrics, ReplicaSpec};
+use super::stats::ModelStats;
+use crate::metrics::Metrics;
+use crate::resources::ReplicaPlacement;
+
+/// A deployment that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("deployment `{name}`: {source}")]
+    Model {
+        name: String,
+        source: prism_kernels::ModelError,
+    },
+    #[error(
+        "deployment `{name}`: {file}: the layers produce {produced} features per row, but `outputs` declares [-1, {declared}]"
+    )]
+    OutputWidth {
+        name: String,
+        file: String,
+        produced: usize,
+        declared: usize,
+    },
+    #[error("deployment `{name}`: cannot start replica {index}: {reason}")]
+    Replica { name: String, index: usize, reason: String },
+    /// A load through the repository API could not run.
+    #[error("deployment `{name}`: {reason}")]
+    Load { name: String, reason: String },
+}
+
+/// The running part of a deployment: replica threads and the batcher in front of them.
+pub(super) struct Engine {
+    pub(super) handle: BatcherHandle,
+    pub(super) ready: AtomicBool,
+    close: watch::Sender<bool>,
+    pub(super) replicas: Vec<ReplicaStatus>,
+    /// `prism_replicas` children this engine counts in, given back when it stops.
+    replica_gauges: std::sync::Mutex<Vec<prometheus::IntGauge>>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    batcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A replica as the status page shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplicaStatus {
+    pub index: usize,
+    #[serde(flatten)]
+    pub placement: ReplicaPlacement,
+    /// Where its kernels run.
+    pub device: Option<String>,
+}
+
+/// A deployment's model, loaded once; replicas share its weights.
+pub struct Loaded {
+    pub model: Model,
+    pub platform: &'static str,
+}
+
+impl Loaded {
+    /// Bytes one replica needs on a card, as the CUDA backend allocates them.
+    pub fn replica_memory(&self, spec: &Spec) -> u64 {
+        prism_kernels::cuda::GpuModel::memory_needed(&self.model, spec.precision, spec.batching.max_batch_size)
+    }
+}
+
+/// Loads the model of `spec` once; replicas share its weights.
+pub fn load(spec: &Spec) -> Result<Loaded, StartError> {
+    let (model, platform) = load_model(spec)?;
+    Ok(Loaded { model, platform })
+}
+
+fn load_model(spec: &Spec) -> Result<(Model, &'static str), StartError> {
+    let fail = |source| StartError::Model {
+        name: spec.name.clone(),
+        source,
+    };
+    let (model, platform, file) = match &spec.model {
+        ModelSource::Builtin(name) => {
+            let model = builtin::by_name(name).expect("built-in names are validated with the config. This is a bug.");
+            (model, "prism_builtin", format!("builtin:{name}"))
+        }
+        ModelSource::Layers { weights, layers } => {
+            let file = WeightFile::open(weights).map_err(fail)?;
+            let model = Model::load(&file, layers, spec.input.features).map_err(fail)?;
+            (model, "prism_safetensors", weights.display().to_string())
+        }
+    };
+    if model.out_features() != spec.output.features {
+        return Err(StartError::OutputWidth {
+            name: spec.name.clone(),
+            file,
+            produced: model.out_features(),
+            declared: spec.output.features,
+        });
+    }
+    Ok((model, platform))
+}
+
+impl Engine {
+    /// Starts the replicas that `placements` lets run and the batcher. Must run inside the
+    /// tokio runtime.
+    pub(super) fn start(
+        spec: &Spec,
+        model: Model,
+        placements: Vec<ReplicaPlacement>,
+        stats: &Arc<ModelStats>,
+        metrics: &Metrics,
+        gpu_required: bool,
+    ) -> Result<Engine, StartError> {
+        let name = spec.name.clone();
+        let replica_metrics = ReplicaMetrics {
+            queue_duration: metrics.queue_duration.with_label_values(&[&name]),
+            compute_duration: metrics.compute_duration.with_label_values(&[&name]),
+            batch_size: metrics.batch_size.with_label_values(&[&name]),
+            retries: metrics.inference_retries.clone(),
+        };
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        let mut replicas = Vec::new();
+        let mut opened = Vec::new();
+        for (index, placement) in placements.into_iter().enumerate() {
+            if !placement.runs() {
+                replicas.push(ReplicaStatus {
+                    index,
+                    placement,
+                    device: None,
+                });
+                continue;
+            }
+            let fail = |reason: String| StartError::Replica {
+                name: name.clone(),
+                index,
+                reason,
+            };
+            let device = match &placement {
+                ReplicaPlacement::Gpu {
+                    cuda: Some(ordinal), ..
+                } => Device::Cuda { ordinal: *ordinal },
+                _ => Device::cpu(spec.actor.threads).map_err(|e| fail(e.to_string()))?,
+            };
+            let location = device.location().to_string();
+            replicas.push(ReplicaStatus {
+                index,
+                placement,
+                device: Some(location.clone()),
+            });
+            let spawned = replica::spawn(ReplicaSpec {
+                model_name: name.clone(),
+                // The batcher knows running replicas by their position among its
+                // senders, which skips pending ones.
+                index: senders.len(),
+                threads: spec.actor.threads,
+                model: model.clone(),
+                device,
+                faults: spec.fault_injection.clone(),
+                retries: spec.retries.clone(),
+                precision: spec.precision,
+                metrics: replica_metrics.clone(),
+                stats: Arc::clone(stats),
+                done: done_tx.clone(),
+            })
+            .map_err(|e| fail(e.to_string()))?;
+            senders.push(spawned.batches);
+            threads.push(spawned.thread);
+            opened.push((replicas.len() - 1, spawned.opened));
+        }
+        // Each replica opens its device on its own thread (a CUDA context belongs to the
+        // thread that uses it): wait, so the status says where it really computes. On
+        // failure the senders drop here and the started threads end by themselves.
+        for (slot, opened) in opened {
+            let status = &mut replicas[slot];
+            let outcome = opened
+                .recv()
+                .unwrap_or_else(|_| Err("the replica thread ended while opening its device".into()));
+            if let Err(why) = outcome {
+                if gpu_required {
+                    return Err(StartError::Replica {
+                        name: name.clone(),
+                        index: status.index,
+                        reason: format!("{why}; the model keeps its GPU slots, load it again"),
+                    });
+                }
+                status.device = Some("cpu".into());
+                if let ReplicaPlacement::Gpu { note, cuda, .. } = &mut status.placement {
+                    *cuda = None;
+                    *note = format!("{why}: runs on the CPU");
+                }
+            }
+        }
+        let replica_gauges: Vec<prometheus::IntGauge> = replicas
+            .iter()
+            .filter_map(|r| r.device.as_deref())
+            .map(|device| {
+                let gauge = metrics.replicas.with_label_values(&[name.as_str(), device]);
+                gauge.inc();
+                gauge
+            })
+            .collect();
+        let senders_len = senders.len();
+        let senders_empty = senders_len == 0;
+        if senders_empty {
+            tracing::warn!(model = %name, "no replica could be placed: the model is not ready (see GET /v2/status)");
+        }
+        let hooks = Hooks {
+            queue_depth: metrics.queue_depth.with_label_values(&[&name]),
+            model: name.clone(),
+        };
+        let b = &spec.batching;
+        let (close, closing) = watch::channel(false);
+        let (handle, batcher) = Batcher::new(
+            b.max_batch_size,
+            b.batch_wait_timeout,
+            b.max_queue_size,
+            senders,
+            done_rx,
+            hooks,
+            closing,
+        );
+        let batcher = tokio::spawn(batcher.run());
+        tracing::info!(
+            model = %name,
+            replicas = senders_len,
+            pending = spec.num_replicas - senders_len,
+            threads = spec.actor.threads,
+            weight_bytes = model.weight_bytes(),
+            max_batch_size = b.max_batch_size,
+            batch_wait_timeout_ms = b.batch_wait_timeout.as_secs_f64() * 1e3,
+            "deployment ready"
+        );
+        Ok(Engine {
+            handle,
+            ready: AtomicBool::new(!senders_empty),
+            close,
+            replicas,
+            replica_gauges: std::sync::Mutex::new(replica_gauges),
+            threads: std::sync::Mutex::new(threads),
+            batcher: std::sync::Mutex::new(Some(batcher)),
+        })
+    }
+
+    /// Closes the queue, waits for what it holds to run and for the replicas to finish.
+    pub(super) async fn stop(&self) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.close.send(true);
+        let batcher = self.batcher.lock().expect("not poisoned").take();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("not poisoned"));
+        if let Some(b) = batcher {
+            let _ = b.await;
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        for g in std::mem::take(&mut *self.replica_gauges.lock().expect("not poisoned")) {
+            g.dec();
+        }
+    }
+}
