@@ -245,6 +245,100 @@ async fn a_failed_step_fails_the_pipeline_with_its_cause() {
     s.stop().await.unwrap();
 }
 
+/// `outcome`'s count for `model` in the request metrics.
+fn requests(metrics: &str, model: &str, outcome: &str) -> f64 {
+    let series = format!("prism_inference_requests_total{{model=\"{model}\",outcome=\"{outcome}\"}}");
+    prism_tests::metric(metrics, &series).unwrap_or_else(|| panic!("no series {series}"))
+}
+
+#[tokio::test]
+async fn pipelines_and_async_requests_are_counted_once_with_their_real_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(config(&file(), dir.path())).await;
+    let c = &s.client;
+    let hurried = |ms: u64| {
+        let mut r = rows(&[1.0]);
+        let mut p = prism_client::v2::Parameters::new();
+        p.insert("timeout_ms".into(), ms.into());
+        r.parameters = Some(p);
+        r
+    };
+    c.infer("ensemble", &rows(&[1.0])).await.unwrap();
+    c.infer("ensemble", &InferRequest::default()).await.unwrap_err();
+    // A pipeline's deadline is a model's: 503, counted as a timeout and nothing else.
+    let err = c.infer("parallel", &hurried(50)).await.unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err}");
+    assert!(
+        err.to_string()
+            .contains("pipeline `parallel`: the request timed out after 50ms"),
+        "{err}"
+    );
+    // Async requests are counted when their work ends, with how it ended, not at the 202.
+    let failed_model = c.infer_async("broken", &prism_tests::one_row(1.0)).await.unwrap();
+    let failed_pipeline = c
+        .infer_async(
+            "failing",
+            &InferRequest {
+                inputs: vec![InferInput::fp32("X", vec![1, 1], vec![1.0])],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let late = c.infer_async("parallel", &hurried(50)).await.unwrap();
+    let refs: Vec<ObjectRef> = [&failed_model, &failed_pipeline, &late]
+        .iter()
+        .map(|p| p[0].1.clone())
+        .collect();
+    let (ready, _) = c.wait(&refs, 3, Some(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(ready.len(), 3);
+    assert_eq!(c.object_meta(&late[0].1).await.unwrap()["error"]["kind"], "Timeout");
+
+    let expected = [
+        ("ensemble", "success", 1.0),
+        ("ensemble", "bad_request", 1.0),
+        ("parallel", "timeout", 2.0),
+        ("broken", "failed", 1.0),
+        ("failing", "failed", 1.0),
+    ];
+    // The count follows the object's settling by a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let m = c.metrics().await.unwrap();
+        if expected.iter().all(|(model, o, n)| requests(&m, model, o) == *n) || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for (model, outcome, n) in expected {
+        assert_eq!(requests(&metrics, model, outcome), n, "{model} {outcome}");
+    }
+    // Once each: the outcomes add up to the requests sent.
+    let total = |model: &str| {
+        [
+            "success",
+            "bad_request",
+            "not_found",
+            "rejected",
+            "timeout",
+            "unavailable",
+            "failed",
+            "cancelled",
+        ]
+        .iter()
+        .map(|o| requests(&metrics, model, o))
+        .sum::<f64>()
+    };
+    assert_eq!(
+        (total("ensemble"), total("parallel"), total("broken"), total("failing")),
+        (2.0, 2.0, 1.0, 1.0)
+    );
+    for r in &refs {
+        c.delete(r).await.unwrap();
+    }
+    s.stop().await.unwrap();
+}
+
 #[test]
 fn pipeline_files_are_checked_at_start_up() {
     let dir = tempfile::tempdir().unwrap();

@@ -289,3 +289,126 @@ fn request_timeout(parameters: Option<&Parameters>) -> Result<Option<Duration>, 
         (None, Some(v)) => Ok(Some(Duration::from_millis(positive("timeout_ms", "milliseconds", v)?))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(header: &str, binary: &'static [u8]) -> String {
+        match decode(header.as_bytes(), Bytes::from_static(binary)) {
+            Ok(r) => panic!("expected a refusal, got {r:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn binary_parts_go_to_the_inputs_that_announce_them_in_order() {
+        let header = r#"{"inputs":[
+            {"name":"A","shape":[2],"datatype":"UINT8","parameters":{"binary_data_size":2}},
+            {"name":"B","shape":[1],"datatype":"FP32","data":[1.5]},
+            {"name":"C","shape":[3],"datatype":"UINT8","parameters":{"binary_data_size":3}}]}"#;
+        let r = decode(header.as_bytes(), Bytes::from_static(&[1, 2, 7, 8, 9])).unwrap();
+        let bytes = |i: usize| match &r.inputs[i].value {
+            InputValue::Tensor(Tensor {
+                values: Values::Binary(b),
+                ..
+            }) => b.to_vec(),
+            other => panic!("binary expected, got {other:?}"),
+        };
+        assert_eq!((bytes(0), bytes(2)), (vec![1, 2], vec![7, 8, 9]));
+        assert!(matches!(
+            &r.inputs[1].value,
+            InputValue::Tensor(Tensor {
+                values: Values::Json(_),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn binary_data_that_does_not_add_up_is_refused() {
+        let one = r#"{"inputs":[{"name":"A","shape":[4],"datatype":"UINT8","parameters":{"binary_data_size":4}}]}"#;
+        assert!(
+            refused(one, &[1, 2])
+                .contains("the body ends after 2 bytes of binary data, but binary_data_size announces 4")
+        );
+        assert!(refused(one, &[0; 6]).contains("the body has 6 bytes of binary data, but the inputs announce only 4"));
+        let json = r#"{"inputs":[{"name":"A","shape":[1],"datatype":"UINT8","data":[1]}]}"#;
+        assert!(
+            refused(json, &[0; 3])
+                .contains("3 bytes of binary data after the JSON header, but no input has `binary_data_size`")
+        );
+    }
+
+    #[test]
+    fn an_input_carries_one_kind_of_data_and_comes_once() {
+        let r = "ab".repeat(16);
+        let both = format!(
+            r#"{{"inputs":[{{"name":"A","shape":[1],"datatype":"FP32","data":[1],"parameters":{{"object_ref":"{r}"}}}}]}}"#
+        );
+        assert!(refused(&both, &[]).contains("input `A`: has both `object_ref` and data"));
+        let data_and_binary =
+            r#"{"inputs":[{"name":"A","shape":[1],"datatype":"FP32","data":[1],"parameters":{"binary_data_size":4}}]}"#;
+        assert!(refused(data_and_binary, &[0; 4]).contains("has both `data` and `binary_data_size`"));
+        let neither = r#"{"inputs":[{"name":"A","shape":[1],"datatype":"FP32"}]}"#;
+        assert!(refused(neither, &[]).contains("input `A`: has no `data`"));
+        let twice = r#"{"inputs":[{"name":"A","shape":[1],"datatype":"FP32","data":[1]},{"name":"A","shape":[1],"datatype":"FP32","data":[2]}]}"#;
+        assert!(refused(twice, &[]).contains("input `A` is given more than once"));
+        let bad_ref = r#"{"inputs":[{"name":"A","parameters":{"object_ref":"nope"}}]}"#;
+        assert!(refused(bad_ref, &[]).contains("is not an object ref"));
+        let dtype = r#"{"inputs":[{"name":"A","shape":[1],"datatype":"FLOAT32","data":[1]}]}"#;
+        assert!(refused(dtype, &[]).contains("input `A`: unknown datatype `FLOAT32`"));
+    }
+
+    #[test]
+    fn request_parameters_are_read_and_checked() {
+        let r = decode(
+            br#"{"id":"x","inputs":[],"parameters":{"timeout":1500,"async":true,"binary_data_output":true},
+                "outputs":[{"name":"Y","parameters":{"object_ref":true,"binary_data":false}}]}"#,
+            Bytes::new(),
+        )
+        .unwrap();
+        assert_eq!(r.id.as_deref(), Some("x"));
+        assert_eq!(r.timeout, Some(Duration::from_micros(1500)));
+        assert!(r.run_async && r.binary_output);
+        assert_eq!((r.outputs[0].binary, r.outputs[0].by_ref), (Some(false), true));
+        let ms = decode(br#"{"inputs":[],"parameters":{"timeout_ms":30}}"#, Bytes::new()).unwrap();
+        assert_eq!(ms.timeout, Some(Duration::from_millis(30)));
+        assert!(
+            refused(r#"{"inputs":[],"parameters":{"timeout":0}}"#, &[])
+                .contains("expected a positive number of microseconds")
+        );
+        assert!(refused(r#"{"inputs":[],"parameters":{"timeout":1,"timeout_ms":1}}"#, &[]).contains("not both"));
+    }
+
+    #[test]
+    fn a_body_is_split_where_its_header_length_says() {
+        let (h, b) = body_parts(None, Some(b"2"), Bytes::from_static(b"{}xyz")).unwrap();
+        assert_eq!((&h[..], &b[..]), (&b"{}"[..], &b"xyz"[..]));
+        let (h, b) = body_parts(Some(b"identity"), None, Bytes::from_static(b"{}")).unwrap();
+        assert_eq!((&h[..], b.len()), (&b"{}"[..], 0));
+        assert_eq!(
+            body_parts(Some(b"gzip"), None, Bytes::new()).unwrap_err(),
+            DecodeError::UnsupportedEncoding("gzip".into())
+        );
+        let err = body_parts(None, Some(b"9"), Bytes::from_static(b"{}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("says the JSON header is 9 bytes, but the whole body is only 2 bytes"),
+            "{err}"
+        );
+        assert!(header_length(Some(b"0")).unwrap_err().to_string().contains("is 0"));
+        assert!(
+            header_length(Some(b"ten"))
+                .unwrap_err()
+                .to_string()
+                .contains("expected a byte count, got \"ten\"")
+        );
+        let err = refused("{\"inputs\":[]}xyz", &[]);
+        assert!(
+            err.contains("needs the Inference-Header-Content-Length header"),
+            "{err}"
+        );
+    }
+}

@@ -277,3 +277,109 @@ impl Deployment {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn celsius(delay: Duration) -> Spec {
+        let mut spec = prism_config::Config::embedded_default()
+            .deployments
+            .into_iter()
+            .find(|d| d.name == "celsius")
+            .expect("celsius");
+        spec.num_replicas = 1;
+        if !delay.is_zero() {
+            spec.fault_injection = prism_config::FaultInjection {
+                delay,
+                delay_rate: 1.0,
+                ..Default::default()
+            };
+        }
+        spec
+    }
+
+    fn row(x: f32) -> Rows {
+        Rows::Owned(Array2::from_elem((1, 1), x))
+    }
+
+    async fn fahrenheit(d: &Deployment, x: f32) -> Result<f32, ServeError> {
+        Ok(d.infer(row(x)).await?[[0, 0]])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unload_and_load_move_a_deployment_between_its_states() {
+        let d = Deployment::start(celsius(Duration::ZERO), &Arc::new(Metrics::new())).unwrap();
+        assert!(d.is_loaded() && d.is_ready());
+        assert_eq!(fahrenheit(&d, 100.0).await.unwrap(), 212.0);
+
+        d.unload().await;
+        assert!(!d.is_loaded() && !d.is_ready() && d.replicas().is_empty());
+        assert!(matches!(d.submit(row(1.0)), Err(ServeError::NotReady(m)) if m == "celsius"));
+        d.unload().await;
+        assert!(!d.is_loaded(), "unloading an unloaded deployment does nothing");
+
+        d.load().await.unwrap();
+        assert!(d.is_loaded() && d.is_ready());
+        assert_eq!(d.replicas().len(), 1);
+        assert_eq!(fahrenheit(&d, 0.0).await.unwrap(), 32.0);
+
+        d.join().await;
+        assert!(!d.is_ready());
+        let err = d.load().await.unwrap_err().to_string();
+        assert!(err.contains("shutting down"), "no load after the server stops: {err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_swaps_engines_while_the_old_one_finishes_what_it_holds() {
+        let d = Deployment::start(celsius(Duration::from_millis(100)), &Arc::new(Metrics::new())).unwrap();
+        // Taken by the old engine: one running, one prefetched, one queued.
+        let held: Vec<_> = (0..3).map(|i| d.submit(row(i as f32)).unwrap()).collect();
+        let reloaded = d.load();
+        let answers = futures::future::join_all(held.into_iter().map(|rx| d.answer(rx)));
+        let (reloaded, answers) = tokio::join!(reloaded, answers);
+        reloaded.unwrap();
+        for (i, a) in answers.into_iter().enumerate() {
+            assert_eq!(
+                a.unwrap()[[0, 0]],
+                9.0 / 5.0 * i as f32 + 32.0,
+                "request {i} survived the swap"
+            );
+        }
+        assert!(d.is_ready());
+        assert_eq!(fahrenheit(&d, 100.0).await.unwrap(), 212.0, "the new engine serves");
+        d.join().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_with_its_size() {
+        let mut spec = celsius(Duration::from_millis(200));
+        spec.batching.max_queue_size = 1;
+        spec.batching.max_batch_size = 1;
+        let d = Deployment::start(spec, &Arc::new(Metrics::new())).unwrap();
+        let mut held = Vec::new();
+        let refused = loop {
+            match d.submit(row(1.0)) {
+                Ok(rx) => held.push(rx),
+                Err(e) => break e,
+            }
+            // Let the batcher hand what it can to the replica.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(
+                held.len() <= 4,
+                "a queue of 1 behind one replica (2 slots) holds at most 3"
+            );
+        };
+        assert!(
+            matches!(&refused, ServeError::QueueFull { max_queue_size: 1, .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("queue is full (1 requests waiting)"));
+        for rx in held {
+            d.answer(rx).await.unwrap();
+        }
+        d.join().await;
+    }
+}
