@@ -81,16 +81,23 @@ pub struct TaskOptions {
     /// Custom logical resources, as declared in `[server.resources]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resources: BTreeMap<String, f64>,
+    /// Signed on the wire, so that a negative count is refused by the server with the
+    /// range it takes rather than by the parser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-    /// Application error kinds retried as well (`InjectedFault`, `ShapeError`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub max_retries: Option<i64>,
+    /// Application error kinds retried as well (`InjectedFault`, `ShapeError`); `null`
+    /// is none.
+    #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
     pub retry_exceptions: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_injection: Option<FaultInjection>,
     /// Time-to-live of the result, seconds after its last access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_s: Option<f64>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Option::<Vec<String>>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 /// Deliberate failures and delays of a task's executions, as a deployment file's
@@ -126,6 +133,8 @@ mod tests {
             serde_json::json!({"num_cpus": 0.5, "fault_injection": {"delay_ms": 5.0}})
         );
         assert_eq!(serde_json::from_value::<TaskOptions>(v).unwrap(), o);
+        let none: TaskOptions = serde_json::from_value(serde_json::json!({"retry_exceptions": null})).unwrap();
+        assert!(none.retry_exceptions.is_empty());
         let err = serde_json::from_value::<TaskOptions>(serde_json::json!({"num_cpu": 1})).unwrap_err();
         assert!(err.to_string().contains("unknown field `num_cpu`"), "{err}");
     }

@@ -16,9 +16,10 @@
 //! serving::replica (its own thread)            gathers rows, runs the model, retries
 //!   │  prism_kernels: Model::forward (CPU) or GpuModel::forward (cuBLAS, NVRTC)
 //!   ▼  one oneshot reply per request
-//! inference ── codec::response::encode         rows → V2 JSON or binary
+//! inference                                    the rows as a codec::Answer (or a ref, kept)
 //!   ▼
-//! api::respond::encoded                        the HTTP answer; errors through respond::status
+//! api::infer ── codec::response::encode        the answer → V2 JSON or binary
+//!   │  api::respond::encoded                   the HTTP answer; errors through respond::status
 //! ```
 //!
 //! A pipeline takes the same path, but `inference` puts its inputs into the `store` and

@@ -1,5 +1,8 @@
 //! Prometheus metrics: every name in one place, registered once per server, with
 //! explicit buckets. HTTP metrics are labelled by the matched route, never the raw URI.
+//!
+//! Owns every metric name and registration; the rest of the server only increments what
+//! it is handed (bound once, at start-up, where it can be).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,

@@ -179,7 +179,8 @@ impl Pipeline {
                     Ok(lease) => run_model(d, lease).await,
                 };
                 match result {
-                    Ok(y) => store.fulfil_array(out, y.into_dyn(), d.spec.output.datatype).await,
+                    // A result the store cannot hold fails the object with StoreFull.
+                    Ok(y) => drop(store.fulfil_array(out, y.into_dyn(), d.spec.output.datatype).await),
                     Err(f) => failed(f),
                 }
             }
@@ -188,7 +189,7 @@ impl Pipeline {
                 let y = tasks.run(*op, args, &TaskOptions::pipeline_step()).await;
                 release();
                 match y {
-                    Ok(y) => store.fulfil_array(out, y, DType::F32).await,
+                    Ok(y) => drop(store.fulfil_array(out, y, DType::F32).await),
                     Err(f) => failed(f),
                 }
             }

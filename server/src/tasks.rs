@@ -104,10 +104,10 @@ impl TaskOptions {
         }
         options.ask.resources = o.resources;
         if let Some(r) = o.max_retries {
-            if r > 1000 {
-                return Err(format!("options.max_retries: expected 0 to 1000, got {r}"));
-            }
-            options.retries.max_retries = r;
+            options.retries.max_retries = u32::try_from(r)
+                .ok()
+                .filter(|r| *r <= 1000)
+                .ok_or_else(|| format!("options.max_retries: expected 0 to 1000, got {r}"))?;
         }
         options.retries.retry_exceptions = o
             .retry_exceptions
@@ -179,7 +179,8 @@ impl Tasks {
         tokio::spawn(async move {
             let _settles = Settles::new(Arc::clone(&tasks.store), result, "the task");
             match tasks.run(op, args, &options).await {
-                Ok(y) => tasks.store.fulfil_array(result, y, DType::F32).await,
+                // A result the store cannot hold fails the object with StoreFull.
+                Ok(y) => drop(tasks.store.fulfil_array(result, y, DType::F32).await),
                 Err(failure) => tasks.store.fail(result, failure),
             }
         });

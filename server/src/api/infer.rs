@@ -17,6 +17,7 @@ pub async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let arrived = tokio::time::Instant::now();
     let target = match served(&app, path) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
@@ -26,7 +27,7 @@ pub async fn infer(
         let header_length = headers.get(v2::HEADER_LENGTH).map(|v| v.as_bytes());
         codec::request::decode_body(encoding, header_length, body)
     });
-    match app.infer(target, request).await {
+    match app.infer(target, request, arrived).await {
         Ok(answer) => {
             let status = match answer.value {
                 AnswerValue::Ref { accepted: true, .. } => StatusCode::ACCEPTED,

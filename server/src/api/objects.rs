@@ -91,10 +91,9 @@ pub async fn put(State(app): App, headers: HeaderMap, body: Body) -> Result<Resp
     })?;
     let meta = tensor::object_meta(&object, "object")?;
     let owner = owner(store, object.parameters.as_ref())?;
-    let size = match (
-        tensor::carried("object", object.data.as_ref(), object.parameters.as_ref())?,
-        header_len,
-    ) {
+    let carried = tensor::carried(object.data.as_ref(), object.parameters.as_ref())
+        .map_err(|e| invalid(format!("object: {e}")))?;
+    let size = match (carried, header_len) {
         (Carried::Json(data), None) => {
             let bytes = tensor::json_bytes(Some(data), &meta, "object")?;
             return Ok(created(store.put_async(meta, bytes, owner).await?));

@@ -58,7 +58,13 @@ pub fn status(e: &ApiError) -> StatusCode {
         ApiError::Inference(InferenceError::Serve(e)) => match e {
             ServeError::NotReady(_) | ServeError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Batch(BatchError::ShuttingDown { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-            ServeError::Batch(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Batch(
+                BatchError::Model { .. }
+                | BatchError::Panicked { .. }
+                | BatchError::InjectedFault { .. }
+                | BatchError::Lost { .. }
+                | BatchError::Retried { .. },
+            ) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         // Triton answers an expired request timeout UNAVAILABLE.
         ApiError::Inference(InferenceError::DeadlineExceeded { .. }) => StatusCode::SERVICE_UNAVAILABLE,

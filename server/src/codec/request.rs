@@ -224,13 +224,12 @@ fn tensor(
     claimed: &mut u64,
 ) -> Result<Tensor, DecodeError> {
     let datatype: DType = datatype.parse().map_err(|e| invalid(format!("input `{name}`: {e}")))?;
-    let what = format!("input `{name}`");
-    let values = match carried(&what, data.as_ref(), parameters)? {
+    let values = match carried(data.as_ref(), parameters).map_err(|e| invalid(format!("input `{name}`: {e}")))? {
         Carried::Json(_) => Values::Json(data.expect("carried in `data`")),
         Carried::Binary(size) => {
             if (binary.len() as u64) < size {
                 return Err(invalid(format!(
-                    "{what}: the body ends after {} bytes of binary data, but binary_data_size announces {size} (truncated body?)",
+                    "input `{name}`: the body ends after {} bytes of binary data, but binary_data_size announces {size} (truncated body?)",
                     binary.len()
                 )));
             }

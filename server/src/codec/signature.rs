@@ -8,7 +8,7 @@ use super::request::{Input, InputValue, Request, Tensor, Values};
 use super::tensor::{check_binary_size, check_count};
 use super::{DecodeError, invalid, shape};
 use crate::serving::Rows;
-use crate::store::{Lease, Meta, ObjectRef};
+use crate::store::{Lease, ObjectRef};
 
 /// Where a model request's input rows come from.
 pub enum Source {
@@ -70,20 +70,19 @@ fn inline_rows(spec: &Spec, name: &str, t: Tensor) -> Result<Array2<f32>, Decode
             spec.batching.max_batch_size
         )));
     }
-    let meta = Meta {
-        datatype: dtype,
-        shape: vec![rows, want.features],
-    };
-    let what = format!("input `{name}`");
+    // The tensor's name is written only into a refusal.
+    let what = || format!("input `{name}`");
+    let count = rows * want.features;
     let values = match t.values {
         Values::Json(data) => {
-            check_count(&data, &meta, &what)?;
+            check_count(&data, count, &t.shape, what)?;
             data.to_f32()
-                .ok_or_else(|| invalid(format!("{what}: datatype {dtype} needs numbers, got strings")))?
+                .ok_or_else(|| invalid(format!("{}: datatype {dtype} needs numbers, got strings", what())))?
         }
         Values::Binary(bytes) => {
-            check_binary_size(&bytes, dtype, &t.shape, meta.bytes(), &what)?;
-            let mut values = Vec::with_capacity(meta.elements());
+            let need = count * dtype.size().expect("numeric datatypes have a size");
+            check_binary_size(&bytes, dtype, &t.shape, need, what)?;
+            let mut values = Vec::with_capacity(count);
             dtype.decode_le(&bytes, &mut values);
             values
         }

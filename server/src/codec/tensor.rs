@@ -45,20 +45,13 @@ pub enum Carried<'a> {
     Binary(u64),
 }
 
-/// Where the values of the tensor `what` travel: in `data` or, by its `binary_data_size`
-/// parameter, in the binary part; one of the two, not both.
-pub fn carried<'a>(
-    what: &str,
-    data: Option<&'a TensorData>,
-    parameters: Option<&Parameters>,
-) -> Result<Carried<'a>, DecodeError> {
+/// Where a tensor's values travel: in `data` or, by its `binary_data_size` parameter, in
+/// the binary part; one of the two, not both. A refusal is the end of the message, for
+/// the caller to name the tensor (`input `A`: ...`) only when it is refused.
+pub fn carried<'a>(data: Option<&'a TensorData>, parameters: Option<&Parameters>) -> Result<Carried<'a>, &'static str> {
     match (data, prism_protocol::v2::binary_data_size(parameters)) {
-        (Some(_), Some(_)) => Err(invalid(format!(
-            "{what}: has both `data` and `binary_data_size`; send one"
-        ))),
-        (None, None) => Err(invalid(format!(
-            "{what}: has no `data` (and no `binary_data_size` parameter for binary data)"
-        ))),
+        (Some(_), Some(_)) => Err("has both `data` and `binary_data_size`; send one"),
+        (None, None) => Err("has no `data` (and no `binary_data_size` parameter for binary data)"),
         (Some(data), None) => Ok(Carried::Json(data)),
         (None, Some(size)) => Ok(Carried::Binary(size)),
     }
@@ -69,37 +62,43 @@ pub fn json_bytes(data: Option<&TensorData>, meta: &Meta, what: &str) -> Result<
     let Some(data) = data else {
         return Err(invalid(format!("{what}: has no `data`")));
     };
-    check_count(data, meta, what)?;
+    check_count(data, meta.elements(), &meta.shape, || what.to_owned())?;
     let mut out = Vec::with_capacity(meta.bytes());
     prism_protocol::binary::encode_tensor(what, meta.datatype, data, &mut out)
         .map_err(|e| invalid(format!("{what}: {e}")))?;
     Ok(out)
 }
 
-/// JSON `data` must hold as many values as the shape.
-pub fn check_count(data: &TensorData, meta: &Meta, what: &str) -> Result<(), DecodeError> {
-    if data.len() != meta.elements() {
+/// JSON `data` must hold as many values (`count`) as `dims` has elements. `what` names
+/// the tensor, and is only asked for when it is refused.
+pub fn check_count(
+    data: &TensorData,
+    count: usize,
+    dims: &impl std::fmt::Debug,
+    what: impl FnOnce() -> String,
+) -> Result<(), DecodeError> {
+    if data.len() != count {
         return Err(shape(format!(
-            "{what}: shape {:?} needs {} values, got {}",
-            meta.shape,
-            meta.elements(),
+            "{}: shape {dims:?} needs {count} values, got {}",
+            what(),
             data.len()
         )));
     }
     Ok(())
 }
 
-/// Binary data must be exactly as long as the shape of the datatype needs.
+/// Binary data must be exactly the `need` bytes that `dims` of `datatype` take.
 pub fn check_binary_size(
     bytes: &[u8],
     datatype: DType,
-    shape_: &[i64],
+    dims: &[i64],
     need: usize,
-    what: &str,
+    what: impl FnOnce() -> String,
 ) -> Result<(), DecodeError> {
     if bytes.len() != need {
         return Err(shape(format!(
-            "{what}: binary_data_size is {} bytes, but shape {shape_:?} of {datatype} needs {need} bytes",
+            "{}: binary_data_size is {} bytes, but shape {dims:?} of {datatype} needs {need} bytes",
+            what(),
             bytes.len()
         )));
     }
@@ -113,7 +112,7 @@ pub fn stored(t: Tensor, what: &str) -> Result<(Meta, Bytes), DecodeError> {
     let bytes = match t.values {
         Values::Json(data) => json_bytes(Some(&data), &meta, what)?.into(),
         Values::Binary(bytes) => {
-            check_binary_size(&bytes, t.datatype, &t.shape, meta.bytes(), what)?;
+            check_binary_size(&bytes, t.datatype, &t.shape, meta.bytes(), || what.to_owned())?;
             bytes
         }
     };

@@ -8,8 +8,9 @@
 //!   for input objects, the queue, the run;
 //! * `async`: answer at once with the ref the output will have, run in the background;
 //! * an output kept in the store (`object_ref`) or sent (JSON or binary);
-//! * the request metrics: every request counted once, with its real outcome and
-//!   duration, when it ends (for an async request, when its work ends).
+//! * the request metrics: every request counted once when it ends (an async request when
+//!   its work ends), with its outcome and its duration from arrival; one whose client
+//!   left is counted as cancelled.
 //!
 //! It does not parse or write any wire format (`codec` does) and never runs a kernel
 //! (replicas and tasks do).
@@ -153,8 +154,8 @@ impl Deadline {
     }
 }
 
-/// Counts one request once: with its outcome when it ends, or as cancelled when it is
-/// dropped before (its client left).
+/// Counts one request once: with its outcome and duration when it ends, or as cancelled
+/// (no duration, no statistics) when it is dropped before (its client left).
 struct Count {
     target: Served,
     started: Instant,
@@ -162,10 +163,10 @@ struct Count {
 }
 
 impl Count {
-    fn start(target: Served) -> Self {
+    fn start(target: Served, started: Instant) -> Self {
         Count {
             target,
-            started: Instant::now(),
+            started,
             done: false,
         }
     }
@@ -220,13 +221,15 @@ impl Reply {
 }
 
 impl AppState {
-    /// Runs `request` (or counts its refusal) on what `target` serves.
+    /// Runs `request` (or counts its refusal) on what `target` serves. `arrived`: when
+    /// the request came in, before it was decoded (its duration counts from there).
     pub async fn infer(
         self: &Arc<Self>,
         target: Served,
         request: Result<codec::Request, DecodeError>,
+        arrived: Instant,
     ) -> Result<Answer, InferenceError> {
-        let count = Count::start(target.clone());
+        let count = Count::start(target.clone(), arrived);
         let admitted = request.and_then(|r| {
             let flags = signature::output_flags(&r, (target.kind(), target.name()), target.output_name())?;
             Ok((r, flags))
@@ -347,10 +350,11 @@ impl AppState {
                 tokio::spawn(async move {
                     let _settles = Settles::new(Arc::clone(&store), object_ref, "the inference");
                     let result = match deadline.bound(&target, output).await {
-                        Ok(y) => {
-                            store.fulfil_array(object_ref, y.into_dyn(), datatype).await;
-                            Ok(())
-                        }
+                        // A result the store cannot hold fails the object and is counted so.
+                        Ok(y) => store
+                            .fulfil_array(object_ref, y.into_dyn(), datatype)
+                            .await
+                            .map_err(InferenceError::from),
                         Err(e) => {
                             store.fail(object_ref, e.failure());
                             Err(e)
@@ -367,7 +371,7 @@ impl AppState {
             }
             Work::Pipeline { pipeline, output, .. } => {
                 tokio::spawn(async move {
-                    let settled = async { store.get(output, None).await.map(drop).map_err(InferenceError::from) };
+                    let settled = async { Ok(store.settled(output).await?) };
                     let result = deadline.bound(&target, settled).await;
                     if let Err(e @ InferenceError::DeadlineExceeded { .. }) = &result {
                         store.fail(output, e.failure());

@@ -5,6 +5,8 @@
 //! stands in for cards that are not there (`prism-server --simulate-gpus 2x80GiB`). A
 //! missing NVML library or driver means zero GPUs and one log line saying why, never a
 //! panic.
+//!
+//! Reads the machine and nothing else: what is placed on it is [`super::plan`]'s.
 
 use serde::Serialize;
 

@@ -8,6 +8,8 @@
 //!
 //! Shares are counted in ten-thousandths of a card, so `0.1 × 10` fills a card exactly,
 //! with no floating-point drift.
+//!
+//! Pure arithmetic over free memory and asks: no inventory, no config.
 
 /// Shares of one card.
 pub const CARD: u32 = 10_000;

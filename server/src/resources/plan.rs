@@ -1,6 +1,7 @@
 //! The start-up plan: where each replica goes (GPU slots, CPU fallback or pending) and
 //! what the replicas leave of the machine's logical resources for tasks. Decided once,
-//! from the deployment file, the inventory and the CUDA probe; it starts nothing.
+//! from the deployment file, the inventory and the CUDA probe; it starts nothing, and
+//! knows a model only by the card memory one replica needs.
 
 use std::collections::BTreeMap;
 

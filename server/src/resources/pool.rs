@@ -1,6 +1,8 @@
 //! The run-time task pool: the logical resources (CPUs, card shares, custom resources)
 //! the replicas left, which tasks take while they run and give back, in the order they
 //! asked.
+//!
+//! Accounts only: it runs no task and reads no request.
 
 use std::collections::BTreeMap;
 

@@ -12,6 +12,9 @@
 //! The batcher is an actor: [`BatcherHandle`] is a cheap clone holding a sender, and one
 //! task owns the queue. Batch formation is a plain method on [`State`], unit-tested
 //! without channels or clocks.
+//!
+//! Owns the queue of one deployment; it runs no kernel, reads no request and counts no
+//! request outcome (whoever waits for an answer does).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -2,6 +2,9 @@
 //! lifecycle. While loaded it has one [`Engine`]; `unload` stops it, `load` starts a new
 //! one on the same slots and swaps it in while the old one finishes what it holds.
 //! Requests that meet an engine being swapped out go to the new one.
+//!
+//! Takes rows, answers rows or a [`ServeError`]; decoding and metrics per request are the
+//! inference path's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

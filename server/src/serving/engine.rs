@@ -1,6 +1,9 @@
 //! A deployment's running part: the replica threads, each opening its device, and the
 //! batcher task in front of them; started from a loaded model and the replicas'
 //! placements, stopped by draining what it holds.
+//!
+//! It decides no placement (the start-up plan did) and takes no request (the deployment
+//! hands them to its batcher).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,8 +1,8 @@
 //! Failure handling shared by a deployment's batches and by tasks: the fault injection's
 //! dice, the one retry loop, and what a caught panic says.
 //!
-//! Pure functions over closures: no channels, no metrics, no store, so the retry rule is
-//! tested here once for both callers.
+//! Plain functions over closures: no channels, no metrics, no store, so the retry rule
+//! is tested here once for both callers.
 
 use prism_config::{ErrorKind, FaultInjection, Retries};
 use rand::Rng;

@@ -5,6 +5,9 @@
 //! the answer back per request, and tells the batcher it is free. A panic inside the
 //! model fails that batch's requests and the replica carries on: the model is immutable,
 //! so there is no state to rebuild.
+//!
+//! The only code that runs a model's kernels; it knows nothing of requests beyond their
+//! rows, and of the store only the leases of objects it is handed.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;

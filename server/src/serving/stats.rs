@@ -1,6 +1,8 @@
 //! Triton's statistics extension (`GET /v2/models[/{m}]/stats`): cumulative counts and
 //! nanoseconds per model, and per batch size. `perf_analyzer` reads these to split a
 //! request's latency into queue and compute.
+//!
+//! Counters only: replicas record batches, the inference path records requests.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

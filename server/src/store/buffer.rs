@@ -1,5 +1,5 @@
 //! Where objects' bytes live: aligned heap memory, page-locked memory, or a spill file's
-//! mapping. All of the store's `unsafe` is here.
+//! mapping. All of the store's `unsafe` is here; it keeps no accounts.
 
 use std::alloc::Layout;
 use std::io::Write;

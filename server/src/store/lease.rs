@@ -1,5 +1,6 @@
 //! Leases: read handles on ready objects. While one lives its object is not spilled, and
-//! its bytes stay valid even if the object is deleted.
+//! its bytes stay valid even if the object is deleted. A lease counts a use of its
+//! object; it changes no byte account.
 
 use std::fmt;
 use std::sync::Arc;

@@ -318,6 +318,69 @@ impl Inner {
     }
 }
 
+/// Where a cancel-safe put stands, between its blocking thread and its caller. Whichever
+/// side comes second learns that the other is gone, and deletes the object.
+#[derive(Debug, PartialEq)]
+enum Handoff {
+    Waiting,
+    /// Stored, not yet taken by the caller.
+    Stored(ObjectRef),
+    /// The caller has its ref.
+    Taken,
+    /// The caller stopped waiting.
+    Abandoned,
+}
+
+impl Handoff {
+    fn lock(cell: &Mutex<Handoff>) -> MutexGuard<'_, Handoff> {
+        cell.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The put's side, once `r` is stored: whether its caller still waits for it (if
+    /// not, `r` is for the put to delete).
+    fn stored(cell: &Mutex<Handoff>, r: ObjectRef) -> bool {
+        let mut h = Handoff::lock(cell);
+        if *h == Handoff::Abandoned {
+            return false;
+        }
+        *h = Handoff::Stored(r);
+        true
+    }
+
+    /// The caller's side, with its answer in hand.
+    fn take(cell: &Mutex<Handoff>) {
+        *Handoff::lock(cell) = Handoff::Taken;
+    }
+
+    /// The caller's side, when it stops waiting: the object it leaves behind, for the
+    /// caller to delete.
+    fn abandon(cell: &Mutex<Handoff>) -> Option<ObjectRef> {
+        let mut h = Handoff::lock(cell);
+        match std::mem::replace(&mut *h, Handoff::Abandoned) {
+            Handoff::Stored(r) => Some(r),
+            Handoff::Taken => {
+                *h = Handoff::Taken;
+                None
+            }
+            Handoff::Waiting | Handoff::Abandoned => None,
+        }
+    }
+}
+
+/// Abandons a put when its caller's future is dropped, deleting what it stored.
+struct HandoffGuard {
+    store: Arc<Store>,
+    handoff: Arc<Mutex<Handoff>>,
+}
+
+impl Drop for HandoffGuard {
+    fn drop(&mut self) {
+        if let Some(r) = Handoff::abandon(&self.handoff) {
+            self.store.delete(r);
+        }
+    }
+}
+
 /// The object store. Cheap to share behind an `Arc`.
 pub struct Store {
     inner: Mutex<Inner>,
@@ -394,29 +457,28 @@ impl Store {
         Ok(self.commit(reservation, meta, buf, owner))
     }
 
-    /// [`Store::put`] from async code, on a blocking thread.
+    /// [`Store::put`] from async code, on a blocking thread. Cancel-safe: an object
+    /// stored after the caller stopped waiting is deleted (nobody else knows its ref).
     pub async fn put_async(
         self: &Arc<Self>,
         meta: Meta,
         bytes: impl AsRef<[u8]> + Send + 'static,
         owner: Owner,
     ) -> Result<ObjectRef, StoreError> {
-        let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || store.put(meta, bytes.as_ref(), owner))
+        self.put_blocking(move |store| store.put(meta, bytes.as_ref(), owner))
             .await
-            .unwrap_or_else(|e| Err(StoreError::Internal(format!("a put stopped: {e}"))))
     }
 
     /// `y` as a new ready object of `datatype` (a model's answer kept for the client),
-    /// on a blocking thread. FP32 values are copied once, straight into the store.
+    /// as [`Store::put_async`] stores it. FP32 values are copied once, straight into the
+    /// store.
     pub async fn put_array(
         self: &Arc<Self>,
         y: ndarray::ArrayD<f32>,
         datatype: DType,
         owner: Owner,
     ) -> Result<ObjectRef, StoreError> {
-        let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        self.put_blocking(move |store| {
             let y = y.as_standard_layout();
             let meta = Meta {
                 datatype,
@@ -425,7 +487,34 @@ impl Store {
             store.put(meta, &encoded(y.as_slice().expect("standard layout"), datatype), owner)
         })
         .await
-        .unwrap_or_else(|e| Err(StoreError::Internal(format!("a put stopped: {e}"))))
+    }
+
+    /// Runs `put` on a blocking thread and hands its ref over; if the waiting future is
+    /// dropped first (a deadline, a client gone), whichever side comes second deletes the
+    /// object, so nothing is left that nobody can name.
+    async fn put_blocking(
+        self: &Arc<Self>,
+        put: impl FnOnce(&Arc<Store>) -> Result<ObjectRef, StoreError> + Send + 'static,
+    ) -> Result<ObjectRef, StoreError> {
+        let handoff = Arc::new(Mutex::new(Handoff::Waiting));
+        let guard = HandoffGuard {
+            store: Arc::clone(self),
+            handoff: Arc::clone(&handoff),
+        };
+        let store = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || {
+            let result = put(&store);
+            if let Ok(r) = &result
+                && !Handoff::stored(&handoff, *r)
+            {
+                store.delete(*r);
+            }
+            result
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Internal(format!("a put stopped: {e}"))));
+        Handoff::take(&guard.handoff);
+        result
     }
 
     /// Room for `bytes` and a buffer holding a copy of them, not yet an object.

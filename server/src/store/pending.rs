@@ -1,5 +1,7 @@
 //! Objects that work will produce: created pending, then fulfilled or failed exactly
-//! once; `get` and `wait` block on them, like `ray.get` and `ray.wait`.
+//! once; `get` and `wait` block on them, like `ray.get` and `ray.wait`. Who produces an
+//! object (a task, an inference, a pipeline step) is not the store's concern: a
+//! [`Settles`] guard makes sure it settles.
 
 use std::fmt;
 use std::sync::Arc;
@@ -110,10 +112,11 @@ impl Store {
     }
 
     /// Gives a pending object its value. If the object was deleted meanwhile the value is
-    /// dropped; if the store cannot hold it, the object fails with `StoreFull`.
-    pub fn fulfil(self: &Arc<Self>, r: ObjectRef, meta: Meta, bytes: &[u8]) {
+    /// dropped; if the store cannot hold it, the object fails with `StoreFull` and that is
+    /// the error.
+    pub fn fulfil(self: &Arc<Self>, r: ObjectRef, meta: Meta, bytes: &[u8]) -> Result<(), StoreError> {
         if !self.is_pending(r) {
-            return;
+            return Ok(());
         }
         let (reservation, buf) = match self.copy_in(bytes) {
             Ok(copied) => copied,
@@ -123,7 +126,8 @@ impl Store {
                     message: e.to_string(),
                     attempts: 1,
                 };
-                return self.fail(r, failure);
+                self.fail(r, failure);
+                return Err(e);
             }
         };
         let mut g = self.lock();
@@ -131,7 +135,7 @@ impl Store {
             // Deleted (or settled) while the bytes were copied; the reservation gives its
             // room back once the lock is released.
             drop(g);
-            return;
+            return Ok(());
         }
         let old = g.objects.remove(&r).expect("checked above");
         reservation.keep();
@@ -140,6 +144,7 @@ impl Store {
         entry.uses = old.uses;
         entry.settled.send_replace(true);
         g.insert(r, entry);
+        Ok(())
     }
 
     fn is_pending(&self, r: ObjectRef) -> bool {
@@ -149,21 +154,28 @@ impl Store {
             .is_some_and(|e| matches!(e.state, State::Pending))
     }
 
-    /// Fulfils `r` with `y` stored as `datatype` (the answer of a model or a task). FP32
-    /// values are copied once, straight into the store; other datatypes are encoded first.
-    pub async fn fulfil_array(self: &Arc<Self>, r: ObjectRef, y: ndarray::ArrayD<f32>, datatype: DType) {
+    /// Fulfils `r` with `y` stored as `datatype` (the answer of a model or a task), as
+    /// [`Store::fulfil`] does. FP32 values are copied once, straight into the store; other
+    /// datatypes are encoded first.
+    pub async fn fulfil_array(
+        self: &Arc<Self>,
+        r: ObjectRef,
+        y: ndarray::ArrayD<f32>,
+        datatype: DType,
+    ) -> Result<(), StoreError> {
         let store = Arc::clone(self);
         // If the blocking task dies, the object stays pending until its `Settles` guard
         // fails it.
-        let _ = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let y = y.as_standard_layout();
             let meta = Meta {
                 datatype,
                 shape: y.shape().to_vec(),
             };
-            store.fulfil(r, meta, &encoded(y.as_slice().expect("standard layout"), datatype));
+            store.fulfil(r, meta, &encoded(y.as_slice().expect("standard layout"), datatype))
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Internal(format!("storing a result stopped: {e}"))))
     }
 
     /// Settles a pending object as failed; an object already settled (or deleted) is
@@ -180,6 +192,24 @@ impl Store {
             e.settled_seq = seq;
             e.touch(tick, Instant::now());
             e.settled.send_replace(true);
+        }
+    }
+
+    /// Waits until `r` has settled: `Ok` once ready, its failure once failed, `NotFound`
+    /// when it is gone. Takes no lease and counts as no access.
+    pub async fn settled(&self, r: ObjectRef) -> Result<(), StoreError> {
+        let mut settled = {
+            let g = self.lock();
+            g.objects.get(&r).ok_or(StoreError::NotFound(r))?.settled.subscribe()
+        };
+        let _ = settled.wait_for(|s| *s).await;
+        match self.lock().objects.get(&r).map(|e| &e.state) {
+            Some(State::Ready { .. }) => Ok(()),
+            Some(State::Failed(failure)) => Err(StoreError::Failed {
+                object_ref: r,
+                failure: failure.clone(),
+            }),
+            Some(State::Pending) | None => Err(StoreError::NotFound(r)),
         }
     }
 

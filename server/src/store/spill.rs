@@ -1,5 +1,6 @@
 //! Making room: reservations for puts in flight, spilling the least recently used
-//! objects that nothing uses to files, and restoring spilled objects into memory.
+//! objects that nothing uses to files, and restoring spilled objects into memory. Files
+//! are written outside the store's lock; accounts change only under it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

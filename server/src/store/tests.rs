@@ -140,7 +140,7 @@ async fn get_and_wait_block_until_settled() {
     let s2 = Arc::clone(&s);
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        s2.fulfil(p2, meta(2), &[4, 5]);
+        s2.fulfil(p2, meta(2), &[4, 5]).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         s2.fail(
             p1,
@@ -183,7 +183,7 @@ async fn client_objects_expire_unless_in_use() {
     let pending = s.create_pending(short);
     s.info(pending).unwrap();
     assert_eq!(s.expire(Instant::now() + Duration::from_secs(1)), 0);
-    s.fulfil(pending, meta(1), &[4]);
+    s.fulfil(pending, meta(1), &[4]).unwrap();
     assert_eq!(s.expire(Instant::now() + Duration::from_secs(1)), 1);
 }
 
@@ -248,7 +248,7 @@ fn a_settled_object_is_never_settled_again() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(1000, dir.path());
     let p = s.create_pending(CLIENT);
-    s.fulfil(p, meta(2), &[1, 2]);
+    s.fulfil(p, meta(2), &[1, 2]).unwrap();
     s.fail(
         p,
         Failure {
@@ -257,9 +257,42 @@ fn a_settled_object_is_never_settled_again() {
             attempts: 0,
         },
     );
-    s.fulfil(p, meta(3), &[7, 7, 7]);
+    s.fulfil(p, meta(3), &[7, 7, 7]).unwrap();
     assert_eq!(s.lease(p).unwrap().unwrap().bytes(), &[1, 2]);
     assert_eq!(s.usage(), (1, 2, 0));
     let clone = s.lease(p).unwrap().unwrap().clone();
     assert_eq!(clone.bytes(), &[1, 2]);
+}
+
+#[test]
+fn a_put_whose_caller_stopped_waiting_is_deleted_by_whichever_side_comes_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(1000, dir.path());
+    // The caller gives up first: the put, finishing, learns it and deletes.
+    let cell = Mutex::new(Handoff::Waiting);
+    assert_eq!(Handoff::abandon(&cell), None);
+    let r = s.put(meta(4), &[1; 4], CLIENT).unwrap();
+    assert!(!Handoff::stored(&cell, r), "nobody waits for it");
+    // The put finishes first: the caller, giving up, finds the ref and deletes.
+    let cell = Mutex::new(Handoff::Waiting);
+    assert!(Handoff::stored(&cell, r));
+    assert_eq!(Handoff::abandon(&cell), Some(r));
+    // The caller took its ref: nothing is deleted.
+    let cell = Mutex::new(Handoff::Waiting);
+    assert!(Handoff::stored(&cell, r));
+    Handoff::take(&cell);
+    assert_eq!(Handoff::abandon(&cell), None);
+    assert_eq!(*cell.lock().unwrap(), Handoff::Taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_from_async_code_hands_over_its_ref() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(1000, dir.path());
+    let r = s.put_async(meta(3), vec![1u8, 2, 3], CLIENT).await.unwrap();
+    assert_eq!(s.lease(r).unwrap().unwrap().bytes(), &[1, 2, 3]);
+    let y = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2]), vec![1.0f32, -2.0]).unwrap();
+    let r = s.put_array(y, DType::I16, CLIENT).await.unwrap();
+    assert_eq!(s.lease(r).unwrap().unwrap().bytes(), &[1, 0, 0xfe, 0xff]);
+    assert_eq!(s.usage().0, 2);
 }
