@@ -12,6 +12,7 @@
 pub mod builtin;
 pub mod cuda;
 pub mod device;
+pub mod encoder;
 pub mod error;
 pub mod model;
 pub mod ops;

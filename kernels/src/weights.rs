@@ -58,6 +58,11 @@ impl WeightFile {
         })
     }
 
+    /// Whether the file has a tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.parse().is_ok_and(|st| st.tensor(name).is_ok())
+    }
+
     /// The tensor `name` as `f32`, in place when it is stored as aligned little-endian F32.
     pub fn tensor(&self, name: &str) -> Result<Weight, ModelError> {
         let st = self.parse()?;
