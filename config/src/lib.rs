@@ -15,6 +15,7 @@ use std::time::Duration;
 
 pub use prism_kernels::LayerSpec;
 pub use prism_kernels::cuda::Precision;
+pub use prism_kernels::encoder::{Overrides as EncoderOverrides, Pooling};
 pub use prism_protocol::{DType, ErrorKind};
 
 /// The embedded default deployment file.
@@ -135,8 +136,6 @@ pub struct Deployment {
     pub num_replicas: usize,
     pub fallback: Fallback,
     pub model: ModelSource,
-    pub input: TensorSpec,
-    pub output: TensorSpec,
     pub actor: ActorOptions,
     pub batching: Batching,
     pub fault_injection: FaultInjection,
@@ -175,10 +174,36 @@ pub enum Fallback {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelSource {
     /// A model built into the server (`celsius`, `mlp`).
-    Builtin(String),
+    Builtin { name: String, io: RowsIo },
     /// Layers over the tensors of a safetensors file (the path resolved against the
     /// deployment file's folder).
-    Layers { weights: PathBuf, layers: Vec<LayerSpec> },
+    Layers {
+        weights: PathBuf,
+        layers: Vec<LayerSpec>,
+        io: RowsIo,
+    },
+    /// A Hugging Face / sentence-transformers encoder folder (resolved against the
+    /// deployment file's folder), served as it is: its tensors come from the folder when it
+    /// loads. `overrides`: the file's `pooling`, `normalize` and `max_seq_length`.
+    HuggingFace { dir: PathBuf, overrides: EncoderOverrides },
+}
+
+/// The one input and one output of a model over rows of numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowsIo {
+    pub input: TensorSpec,
+    pub output: TensorSpec,
+}
+
+impl ModelSource {
+    /// The tensors of a model over rows (built-ins and layer stacks); `None` for an
+    /// encoder folder.
+    pub fn rows_io(&self) -> Option<&RowsIo> {
+        match self {
+            ModelSource::Builtin { io, .. } | ModelSource::Layers { io, .. } => Some(io),
+            ModelSource::HuggingFace { .. } => None,
+        }
+    }
 }
 
 /// A model input or output: `[-1, features]`, the first dimension being the batch.
@@ -208,8 +233,11 @@ pub struct ActorOptions {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batching {
-    /// Most rows in one batch (a request of `[n, f]` counts `n`).
+    /// Most rows in one batch (a request of `[n, f]` counts `n`; a text counts 1).
     pub max_batch_size: usize,
+    /// Most padded tokens in one batch of an encoder (texts × the longest text's tokens),
+    /// as text-embeddings-inference counts them.
+    pub max_batch_tokens: usize,
     /// Longest a batch waits for more requests after its first one arrived.
     pub batch_wait_timeout: Duration,
     /// Requests waiting for a batch beyond this get 503 at once.
@@ -465,6 +493,13 @@ fn validate_deployment(
     }
 
     let max_batch_size = in_range("batching.max_batch_size", d.batching.max_batch_size, 32, 1, 1 << 16)?;
+    let max_batch_tokens = in_range(
+        "batching.max_batch_tokens",
+        d.batching.max_batch_tokens,
+        16_384,
+        1,
+        1 << 24,
+    )?;
     let batch_wait_timeout = seconds(
         "batching.batch_wait_timeout_ms",
         d.batching.batch_wait_timeout_ms.unwrap_or(2.0),
@@ -499,14 +534,12 @@ fn validate_deployment(
         Some(p) => p.parse().map_err(|e: String| ("precision".to_owned(), e))?,
     };
 
-    let (model, input, output) = validate_model(&d.model, base_dir)?;
+    let model = validate_model(&d.model, base_dir)?;
     Ok(Deployment {
         name: d.name.clone(),
         num_replicas,
         fallback,
         model,
-        input,
-        output,
         actor: ActorOptions {
             num_cpus,
             num_gpus,
@@ -515,6 +548,7 @@ fn validate_deployment(
         },
         batching: Batching {
             max_batch_size,
+            max_batch_tokens,
             batch_wait_timeout,
             max_queue_size,
         },
@@ -527,9 +561,61 @@ fn validate_deployment(
     })
 }
 
-fn validate_model(m: &raw::Model, base_dir: Option<&Path>) -> Result<(ModelSource, TensorSpec, TensorSpec), Invalid> {
-    match (&m.builtin, &m.weights, &m.layers) {
-        (Some(name), None, None) => {
+fn validate_model(m: &raw::Model, base_dir: Option<&Path>) -> Result<ModelSource, Invalid> {
+    let resolve = |p: &PathBuf| match base_dir {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.clone(),
+    };
+    if m.huggingface.is_none() {
+        for (key, set) in [
+            ("model.pooling", m.pooling.is_some()),
+            ("model.normalize", m.normalize.is_some()),
+            ("model.max_seq_length", m.max_seq_length.is_some()),
+        ] {
+            if set {
+                return invalid(key, "applies to a `huggingface` encoder folder only");
+            }
+        }
+    }
+    match (&m.builtin, &m.weights, &m.layers, &m.huggingface) {
+        (None, None, None, Some(dir)) => {
+            if m.inputs.is_some() || m.outputs.is_some() {
+                return invalid(
+                    "model.inputs",
+                    "an encoder folder's tensors come from the folder (TEXT in; EMBEDDING, or LOGITS and LABEL, out); remove `inputs` / `outputs`",
+                );
+            }
+            let dir = resolve(dir);
+            if !dir.is_dir() {
+                return invalid("model.huggingface", format!("{} is not a folder", dir.display()));
+            }
+            let pooling = match &m.pooling {
+                None => None,
+                Some(p) => Some(Pooling::parse(p).map_or_else(
+                    || {
+                        invalid(
+                            "model.pooling",
+                            format!("unknown pooling {p:?}; the poolings are {}", Pooling::NAMES),
+                        )
+                    },
+                    Ok,
+                )?),
+            };
+            let max_seq_length = match m.max_seq_length {
+                None => None,
+                Some(n) if (1..=1 << 20).contains(&n) => Some(n as usize),
+                Some(n) => return invalid("model.max_seq_length", format!("must be at least 1, got {n}")),
+            };
+            Ok(ModelSource::HuggingFace {
+                dir,
+                overrides: EncoderOverrides {
+                    pooling,
+                    normalize: m.normalize,
+                    max_seq_length,
+                },
+            })
+        }
+        (Some(name), None, None, None) => {
             if m.inputs.is_some() || m.outputs.is_some() {
                 return invalid(
                     "model.inputs",
@@ -557,37 +643,39 @@ fn validate_model(m: &raw::Model, base_dir: Option<&Path>) -> Result<(ModelSourc
                 datatype: DType::F32,
                 features,
             };
-            Ok((
-                ModelSource::Builtin(name.clone()),
-                spec("INPUT0", input),
-                spec("OUTPUT0", output),
-            ))
+            Ok(ModelSource::Builtin {
+                name: name.clone(),
+                io: RowsIo {
+                    input: spec("INPUT0", input),
+                    output: spec("OUTPUT0", output),
+                },
+            })
         }
-        (None, Some(weights), Some(layers)) => {
+        (None, Some(weights), Some(layers), None) => {
             if layers.is_empty() {
                 return invalid("model.layers", "must list at least one layer");
             }
-            let weights = match base_dir {
-                Some(dir) if weights.is_relative() => dir.join(weights),
-                _ => weights.clone(),
-            };
             let input = single_tensor("model.inputs", m.inputs.as_deref())?;
             let output = single_tensor("model.outputs", m.outputs.as_deref())?;
-            Ok((
-                ModelSource::Layers {
-                    weights,
-                    layers: layers.clone(),
-                },
-                input,
-                output,
-            ))
+            Ok(ModelSource::Layers {
+                weights: resolve(weights),
+                layers: layers.clone(),
+                io: RowsIo { input, output },
+            })
         }
-        (Some(_), _, _) => invalid("model", "set either `builtin`, or `weights` and `layers`, not both"),
-        (None, None, _) => invalid(
-            "model.weights",
-            "missing: a model needs `builtin = \"...\"`, or `weights` (a safetensors file) and `layers`",
+        (b, w, _, h) if [b.is_some(), w.is_some(), h.is_some()].iter().filter(|&&x| x).count() > 1 => invalid(
+            "model",
+            "set either `builtin`, or `weights` and `layers`, or `huggingface`, not both",
         ),
-        (None, Some(_), None) => invalid("model.layers", "missing: list the layers to apply to the weights"),
+        (None, None, _, None) => invalid(
+            "model.weights",
+            "missing: a model needs `builtin = \"...\"`, `weights` (a safetensors file) and `layers`, or `huggingface = \"folder\"`",
+        ),
+        (None, Some(_), None, None) => invalid("model.layers", "missing: list the layers to apply to the weights"),
+        _ => invalid(
+            "model",
+            "`layers` go with `weights`, not with `builtin` or `huggingface`",
+        ),
     }
 }
 
@@ -669,12 +757,23 @@ fn validate_pipeline(p: &raw::Pipeline, deployments: &[Deployment]) -> Result<Pi
         }
         let run = match (&s.model, &s.op) {
             (Some(m), None) => {
-                if !deployments.iter().any(|d| &d.name == m) {
-                    let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
-                    return invalid(
-                        &format!("{key}.model"),
-                        format!("no deployment `{m}` in this file (it has: {})", names.join(", ")),
-                    );
+                match deployments.iter().find(|d| &d.name == m) {
+                    None => {
+                        let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
+                        return invalid(
+                            &format!("{key}.model"),
+                            format!("no deployment `{m}` in this file (it has: {})", names.join(", ")),
+                        );
+                    }
+                    Some(d) if d.model.rows_io().is_none() => {
+                        return invalid(
+                            &format!("{key}.model"),
+                            format!(
+                                "`{m}` is an encoder (texts in): a pipeline step runs a model over rows of numbers; feed its EMBEDDING on by ref instead"
+                            ),
+                        );
+                    }
+                    Some(_) => {}
                 }
                 if s.inputs.len() != 1 {
                     return invalid(

@@ -91,6 +91,10 @@ pub(crate) struct Model {
     pub layers: Option<Vec<LayerSpec>>,
     pub inputs: Option<Vec<Tensor>>,
     pub outputs: Option<Vec<Tensor>>,
+    pub huggingface: Option<PathBuf>,
+    pub pooling: Option<String>,
+    pub normalize: Option<bool>,
+    pub max_seq_length: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +119,7 @@ pub(crate) struct Actor {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Batching {
     pub max_batch_size: Option<i64>,
+    pub max_batch_tokens: Option<i64>,
     pub batch_wait_timeout_ms: Option<f64>,
     pub max_queue_size: Option<i64>,
 }

@@ -16,8 +16,9 @@ fn the_embedded_default_serves_celsius_and_mlp() {
     assert_eq!(c.server.http_addr, "127.0.0.1:8000".parse().unwrap());
     let names: Vec<_> = c.deployments.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["celsius", "mlp"]);
-    assert_eq!(c.deployments[1].input.shape(), [-1, 784]);
-    assert_eq!(c.deployments[1].output.features, 10);
+    let io = c.deployments[1].model.rows_io().unwrap();
+    assert_eq!(io.input.shape(), [-1, 784]);
+    assert_eq!(io.output.features, 10);
 }
 
 #[test]
@@ -26,9 +27,9 @@ fn the_example_file_parses_with_paths_relative_to_it() {
     let d = &c.deployments[0];
     assert_eq!(d.num_replicas, 2);
     assert_eq!(d.batching.batch_wait_timeout, Duration::from_millis(2));
-    assert_eq!(d.input.features, 64);
+    assert_eq!(d.model.rows_io().unwrap().input.features, 64);
     match &d.model {
-        ModelSource::Layers { weights, layers } => {
+        ModelSource::Layers { weights, layers, .. } => {
             assert_eq!(weights, Path::new("/models/digits.safetensors"));
             assert_eq!(layers.len(), 4);
         }
@@ -104,7 +105,7 @@ fn model_sources_are_exclusive_and_complete() {
     assert!(error(&format!("{builtin}weights = \"w.safetensors\"")).contains("model.layers: missing"));
     assert!(error(builtin).contains("model.weights: missing"));
     let ok = parse(&format!("{builtin}builtin = \"celsius\"")).unwrap();
-    assert_eq!(ok.deployments[0].model, ModelSource::Builtin("celsius".into()));
+    assert!(matches!(&ok.deployments[0].model, ModelSource::Builtin { name, .. } if name == "celsius"));
     assert_eq!(ok.deployments[0].batching.max_batch_size, 32);
 }
 

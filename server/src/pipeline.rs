@@ -64,7 +64,12 @@ impl Pipeline {
         let widths: Vec<Option<(DType, usize)>> = runners
             .iter()
             .map(|r| match r {
-                Runner::Model(d) => Some((d.spec.output.datatype, d.spec.output.features)),
+                Runner::Model(d) => {
+                    let io = d
+                        .rows_io()
+                        .expect("pipeline steps run models over rows (validated with the config)");
+                    Some((io.output.datatype, io.output.features))
+                }
                 Runner::Op(_) => None,
             })
             .collect();
@@ -180,7 +185,7 @@ impl Pipeline {
                 };
                 match result {
                     // A result the store cannot hold fails the object with StoreFull.
-                    Ok(y) => drop(store.fulfil_array(out, y.into_dyn(), d.spec.output.datatype).await),
+                    Ok((y, datatype)) => drop(store.fulfil_array(out, y.into_dyn(), datatype).await),
                     Err(f) => failed(f),
                 }
             }
@@ -201,9 +206,14 @@ impl Pipeline {
     }
 }
 
-async fn run_model(d: &Arc<Deployment>, lease: Lease) -> Result<ndarray::Array2<f32>, Failure> {
-    let rows = codec::signature::object_rows(&d.spec, lease).map_err(|e| e.failure())?;
-    d.infer(rows).await.map_err(|e| e.failure())
+/// A model step over its input object: the output rows and their datatype.
+async fn run_model(d: &Arc<Deployment>, lease: Lease) -> Result<(ndarray::Array2<f32>, DType), Failure> {
+    let io = d
+        .rows_io()
+        .expect("pipeline steps run models over rows (validated with the config)");
+    let rows = codec::signature::object_rows(&d.spec, io, lease).map_err(|e| e.failure())?;
+    let y = d.infer(rows).await.map_err(|e| e.failure())?;
+    Ok((y, io.output.datatype))
 }
 
 /// The output's datatype and its shape as far as they are known before running (`-1`

@@ -64,11 +64,16 @@ impl Served {
         }
     }
 
-    /// The name of its one output.
-    pub fn output_name(&self) -> &str {
+    /// Its outputs' names and datatypes, in order.
+    pub fn outputs(&self) -> Vec<(&str, prism_protocol::DType)> {
         match self {
-            Served::Deployment(d) => &d.spec.output.name,
-            Served::Pipeline(p) => &p.spec.output_name,
+            Served::Deployment(d) => d
+                .signature
+                .outputs
+                .iter()
+                .map(|t| (t.name.as_str(), t.datatype))
+                .collect(),
+            Served::Pipeline(p) => vec![(p.spec.output_name.as_str(), p.output_datatype())],
         }
     }
 

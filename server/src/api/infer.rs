@@ -9,7 +9,7 @@ use bytes::Bytes;
 use prism_protocol::v2;
 
 use super::{ApiError, App, ModelParam, respond, served};
-use crate::codec::{self, AnswerValue, DecodeError};
+use crate::codec::{self, DecodeError};
 
 pub async fn infer(
     State(app): App,
@@ -29,9 +29,10 @@ pub async fn infer(
     });
     match app.infer(target, request, arrived).await {
         Ok(answer) => {
-            let status = match answer.value {
-                AnswerValue::Ref { accepted: true, .. } => StatusCode::ACCEPTED,
-                _ => StatusCode::OK,
+            let status = if answer.accepted() {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
             };
             respond::encoded(status, codec::response::encode(answer))
         }

@@ -9,14 +9,14 @@ use serde_json::{Value, json};
 
 use super::{ApiError, App, ModelParam, deployment, served};
 use crate::resources::ReplicaPlacement;
-use crate::serving::{Deployment, MODEL_VERSION};
+use crate::serving::{Deployment, MODEL_VERSION, TensorSig};
 use crate::state::Served;
 
-fn metadata_tensor(t: &prism_config::TensorSpec) -> MetadataTensor {
+fn metadata_tensor(t: &TensorSig) -> MetadataTensor {
     MetadataTensor {
         name: t.name.clone(),
         datatype: t.datatype.to_string(),
-        shape: t.shape().to_vec(),
+        shape: t.shape.clone(),
     }
 }
 
@@ -46,8 +46,8 @@ pub async fn metadata(State(app): App, path: ModelParam) -> Result<Json<ModelMet
             name: d.name().to_owned(),
             versions: vec![MODEL_VERSION.into()],
             platform: d.platform.into(),
-            inputs: vec![metadata_tensor(&d.spec.input)],
-            outputs: vec![metadata_tensor(&d.spec.output)],
+            inputs: d.signature.inputs.iter().map(metadata_tensor).collect(),
+            outputs: d.signature.outputs.iter().map(metadata_tensor).collect(),
         },
     }))
 }
@@ -80,22 +80,28 @@ pub async fn config(State(app): App, path: ModelParam) -> Result<Json<Value>, Ap
         "backend": "prism",
         "version_policy": { "latest": { "num_versions": 1 } },
         "max_batch_size": s.batching.max_batch_size,
-        "input": [{
-            "name": s.input.name,
-            "data_type": triton_type(s.input.datatype),
-            "format": "FORMAT_NONE",
-            "dims": [s.input.features],
-            "is_shape_tensor": false,
-            "allow_ragged_batch": false,
-            "optional": false,
-        }],
-        "output": [{
-            "name": s.output.name,
-            "data_type": triton_type(s.output.datatype),
-            "dims": [s.output.features],
-            "label_filename": "",
-            "is_shape_tensor": false,
-        }],
+        "input": d.signature.inputs.iter().map(|t| {
+            let mut v = json!({
+                "name": t.name,
+                "data_type": triton_type(t.datatype),
+                "format": "FORMAT_NONE",
+                "is_shape_tensor": false,
+                "allow_ragged_batch": false,
+                "optional": t.optional,
+            });
+            dims(&mut v, &t.shape);
+            v
+        }).collect::<Vec<_>>(),
+        "output": d.signature.outputs.iter().map(|t| {
+            let mut v = json!({
+                "name": t.name,
+                "data_type": triton_type(t.datatype),
+                "label_filename": "",
+                "is_shape_tensor": false,
+            });
+            dims(&mut v, &t.shape);
+            v
+        }).collect::<Vec<_>>(),
         "dynamic_batching": {
             "preferred_batch_size": [],
             "max_queue_delay_microseconds": s.batching.batch_wait_timeout.as_micros() as u64,
@@ -113,6 +119,19 @@ pub async fn config(State(app): App, path: ModelParam) -> Result<Json<Value>, Ap
             "precision": { "string_value": s.precision.to_string() },
         },
     })))
+}
+
+/// Triton's `dims` of a tensor whose first dimension is the batch: the rest, or, for a
+/// tensor of one value per row (`[-1]`), `[1]` reshaped away, as Triton writes it.
+fn dims(v: &mut Value, shape: &[i64]) {
+    match shape {
+        [_] => {
+            v["dims"] = json!([1]);
+            v["reshape"] = json!({ "shape": [] });
+        }
+        [_, rest @ ..] => v["dims"] = json!(rest),
+        [] => v["dims"] = json!([]),
+    }
 }
 
 /// Triton's instance groups from where the replicas run: one `KIND_GPU` group per card

@@ -68,6 +68,7 @@ pub fn status(e: &ApiError) -> StatusCode {
         },
         // Triton answers an expired request timeout UNAVAILABLE.
         ApiError::Inference(InferenceError::DeadlineExceeded { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Inference(InferenceError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         ApiError::Inference(InferenceError::Store(e)) | ApiError::Store(e) | ApiError::Task(TaskError::Store(e)) => {
             store(e)
         }

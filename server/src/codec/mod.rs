@@ -19,7 +19,7 @@ pub mod signature;
 pub mod tensor;
 
 pub use request::{Input, InputValue, Request, RequestedOutput, Tensor, Values};
-pub use response::{Answer, AnswerValue, Encoded};
+pub use response::{Answer, AnswerOutput, AnswerValue, Encoded};
 pub use signature::Source;
 
 use prism_protocol::ErrorKind;

@@ -25,6 +25,9 @@ pub struct Request {
     pub binary_output: bool,
     /// `async`: answer at once with the refs the outputs will have.
     pub run_async: bool,
+    /// `truncate` (texts, default true): cut a text longer than the model takes at its
+    /// limit, rather than refuse it.
+    pub truncate: bool,
     /// How long the client will wait: Triton's `timeout` parameter (microseconds) or
     /// Prism's `timeout_ms`.
     pub timeout: Option<Duration>,
@@ -208,6 +211,12 @@ pub fn decode(header: &[u8], mut binary: Bytes) -> Result<Request, DecodeError> 
         outputs,
         binary_output: parameter("binary_data_output"),
         run_async: parameter("async"),
+        truncate: match request.parameters.as_ref().and_then(|p| p.get("truncate")) {
+            None => true,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| invalid(format!("parameter `truncate`: expected true or false, got {v}")))?,
+        },
         timeout: request_timeout(request.parameters.as_ref())?,
     })
 }

@@ -2,7 +2,8 @@
 //! one output, or a pipeline's declared inputs and output.
 
 use ndarray::Array2;
-use prism_config::Deployment as Spec;
+use prism_config::{Deployment as Spec, RowsIo};
+use prism_protocol::DType;
 
 use super::request::{Input, InputValue, Request, Tensor, Values};
 use super::tensor::{check_binary_size, check_count};
@@ -18,9 +19,9 @@ pub enum Source {
     Object(ObjectRef),
 }
 
-/// The input of a request for the model `spec`: exactly its one input.
-pub fn model_input(spec: &Spec, inputs: Vec<Input>) -> Result<Source, DecodeError> {
-    let want = &spec.input;
+/// The input of a request for the model `spec` over rows (`io`): exactly its one input.
+pub fn model_input(spec: &Spec, io: &RowsIo, inputs: Vec<Input>) -> Result<Source, DecodeError> {
+    let want = &io.input;
     if let Some(other) = inputs.iter().find(|i| i.name != want.name) {
         return Err(invalid(format!(
             "model `{}` has no input `{}`; its input is `{}`",
@@ -35,13 +36,13 @@ pub fn model_input(spec: &Spec, inputs: Vec<Input>) -> Result<Source, DecodeErro
     };
     match input.value {
         InputValue::Object(r) => Ok(Source::Object(r)),
-        InputValue::Tensor(t) => Ok(Source::Inline(inline_rows(spec, &input.name, t)?)),
+        InputValue::Tensor(t) => Ok(Source::Inline(inline_rows(spec, io, &input.name, t)?)),
     }
 }
 
 /// The rows of a tensor sent for the model `spec`, checked against its input.
-fn inline_rows(spec: &Spec, name: &str, t: Tensor) -> Result<Array2<f32>, DecodeError> {
-    let want = &spec.input;
+fn inline_rows(spec: &Spec, io: &RowsIo, name: &str, t: Tensor) -> Result<Array2<f32>, DecodeError> {
+    let want = &io.input;
     let dtype = t.datatype;
     if !dtype.is_numeric() {
         return Err(invalid(format!(
@@ -92,8 +93,8 @@ fn inline_rows(spec: &Spec, name: &str, t: Tensor) -> Result<Array2<f32>, Decode
 
 /// The rows of an object passed as the input of the model `spec`: it must be
 /// `[rows, features]` of a numeric type. FP32 objects are read in place.
-pub fn object_rows(spec: &Spec, lease: Lease) -> Result<Rows, DecodeError> {
-    let want = &spec.input;
+pub fn object_rows(spec: &Spec, io: &RowsIo, lease: Lease) -> Result<Rows, DecodeError> {
+    let want = &io.input;
     let name = &want.name;
     let rows = match lease.meta.shape.as_slice() {
         [rows, f] if *f == want.features && *rows >= 1 => *rows,
@@ -110,7 +111,7 @@ pub fn object_rows(spec: &Spec, lease: Lease) -> Result<Rows, DecodeError> {
             lease.object_ref, spec.batching.max_batch_size
         )));
     }
-    if lease.meta.datatype == prism_protocol::DType::F32 {
+    if lease.meta.datatype == DType::F32 {
         return Ok(Rows::Object {
             lease,
             rows,
@@ -123,7 +124,7 @@ pub fn object_rows(spec: &Spec, lease: Lease) -> Result<Rows, DecodeError> {
     ))
 }
 
-/// How a request wants its one output answered.
+/// How a request wants one output answered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutputFlags {
     /// In the binary part of the answer.
@@ -132,24 +133,145 @@ pub struct OutputFlags {
     pub by_ref: bool,
 }
 
-/// The output flags of `request` for `(kind, name)` (a `model` or a `pipeline`), whose
-/// only output is `output`: a requested output with another name is refused.
-pub fn output_flags(request: &Request, (kind, name): (&str, &str), output: &str) -> Result<OutputFlags, DecodeError> {
-    let mut flags = OutputFlags {
+/// The outputs `request` wants of `(kind, name)` (a `model` or a `pipeline`) whose
+/// outputs are `outputs`, each with its flags, in the model's order: those the request
+/// names, or every one when it names none. An output it names that is not there, or
+/// twice, is refused.
+pub fn wanted_outputs<'a>(
+    request: &Request,
+    (kind, name): (&str, &str),
+    outputs: &[&'a str],
+) -> Result<Vec<(&'a str, OutputFlags)>, DecodeError> {
+    let default = OutputFlags {
         binary: request.binary_output,
         by_ref: false,
     };
+    if request.outputs.is_empty() {
+        return Ok(outputs.iter().map(|o| (*o, default)).collect());
+    }
+    let mut wanted = Vec::with_capacity(request.outputs.len());
     for o in &request.outputs {
-        if o.name != output {
+        let Some(known) = outputs.iter().find(|k| **k == o.name) else {
+            let names = outputs.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            let (its, are) = if outputs.len() == 1 {
+                ("its output", "is")
+            } else {
+                ("its outputs", "are")
+            };
             return Err(invalid(format!(
-                "{kind} `{name}` has no output `{}`; its output is `{output}`",
+                "{kind} `{name}` has no output `{}`; {its} {are} {names}",
                 o.name
             )));
+        };
+        if wanted.iter().any(|(w, _)| *w == o.name) {
+            return Err(invalid(format!("output `{}` is asked for more than once", o.name)));
         }
-        flags.binary = o.binary.unwrap_or(request.binary_output);
-        flags.by_ref = o.by_ref;
+        let flags = OutputFlags {
+            binary: o.binary.unwrap_or(request.binary_output),
+            by_ref: o.by_ref,
+        };
+        wanted.push((*known, flags));
     }
-    Ok(flags)
+    // In the model's order, whatever the request's.
+    wanted.sort_by_key(|(w, _)| outputs.iter().position(|k| k == w));
+    Ok(wanted)
+}
+
+/// Texts sent to an encoder: `TEXT`, and `TEXT_PAIR` where the model takes pairs.
+#[derive(Debug, PartialEq)]
+pub struct Texts {
+    pub texts: Vec<String>,
+    pub pairs: Option<Vec<String>>,
+}
+
+/// The texts of a request for the encoder `model`, whose inputs are `names` (`TEXT`, and
+/// `TEXT_PAIR` when it takes pairs): `BYTES` of shape `[n]` or `[n, 1]`, in JSON strings
+/// or Triton's binary form, UTF-8, at least one.
+pub fn text_input(model: &str, names: &[&str], inputs: Vec<Input>) -> Result<Texts, DecodeError> {
+    if let Some(other) = inputs.iter().find(|i| !names.contains(&i.name.as_str())) {
+        let list = names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+        return Err(invalid(format!(
+            "model `{model}` has no input `{}`; its inputs are {list}",
+            other.name
+        )));
+    }
+    let mut texts = None;
+    let mut pairs = None;
+    for input in inputs {
+        let strings = strings(&input.name, input.value)?;
+        if input.name == names[0] {
+            texts = Some(strings);
+        } else {
+            pairs = Some(strings);
+        }
+    }
+    let Some(texts) = texts else {
+        return Err(invalid(format!(
+            "input `{}` is missing (the request has no texts)",
+            names[0]
+        )));
+    };
+    if let Some(p) = &pairs
+        && p.len() != texts.len()
+    {
+        return Err(shape(format!(
+            "input `{}` has {} texts, but `{}` has {}: one pair per text",
+            names[1],
+            p.len(),
+            names[0],
+            texts.len()
+        )));
+    }
+    Ok(Texts { texts, pairs })
+}
+
+/// The strings of a `BYTES` input.
+fn strings(name: &str, value: InputValue) -> Result<Vec<String>, DecodeError> {
+    let t = match value {
+        InputValue::Tensor(t) => t,
+        InputValue::Object(_) => {
+            return Err(invalid(format!(
+                "input `{name}`: texts cannot come from the object store (it holds numeric tensors); send them"
+            )));
+        }
+    };
+    if t.datatype != DType::Bytes {
+        return Err(invalid(format!(
+            "input `{name}`: datatype {} cannot carry text; send BYTES (one string per text)",
+            t.datatype
+        )));
+    }
+    let n = match t.shape.as_slice() {
+        [n] | [n, 1] if *n >= 1 => *n as usize,
+        [0] | [0, 1] => {
+            return Err(shape(format!(
+                "input `{name}`: the batch is empty; send at least one text"
+            )));
+        }
+        other => {
+            return Err(shape(format!(
+                "input `{name}`: expected shape [-1] (one string per text) or [-1, 1], got {other:?}"
+            )));
+        }
+    };
+    let strings = match t.values {
+        Values::Json(prism_protocol::v2::TensorData::Strings(s)) => s,
+        Values::Json(other) => {
+            return Err(invalid(format!(
+                "input `{name}`: datatype BYTES needs strings, got {}",
+                other.kind()
+            )));
+        }
+        Values::Binary(bytes) => super::tensor::utf8_elements(&bytes, &format!("input `{name}`"))?,
+    };
+    if strings.len() != n {
+        return Err(shape(format!(
+            "input `{name}`: shape {:?} needs {n} strings, got {}",
+            t.shape,
+            strings.len()
+        )));
+    }
+    Ok(strings)
 }
 
 /// Whether `shape` fits the `declared` one: same rank, equal where the declaration fixes
@@ -175,7 +297,9 @@ mod tests {
 
     fn input(json: &str) -> Result<Source, DecodeError> {
         let request = decode(json.as_bytes(), Bytes::new())?;
-        model_input(&celsius(), request.inputs)
+        let spec = celsius();
+        let io = spec.model.rows_io().unwrap().clone();
+        model_input(&spec, &io, request.inputs)
     }
 
     fn message<T>(r: Result<T, DecodeError>) -> String {
@@ -245,44 +369,144 @@ mod tests {
         let header =
             r#"{"inputs":[{"name":"INPUT0","shape":[2,1],"datatype":"INT16","parameters":{"binary_data_size":4}}]}"#;
         let request = decode(header.as_bytes(), Bytes::from_static(&[3, 0, 0xfd, 0xff])).unwrap();
-        let Source::Inline(rows) = model_input(&celsius(), request.inputs).unwrap() else {
+        let spec = celsius();
+        let Source::Inline(rows) = model_input(&spec, spec.model.rows_io().unwrap(), request.inputs).unwrap() else {
             panic!("inline data")
         };
         assert_eq!(rows, ndarray::array![[3.0], [-3.0]]);
     }
 
     #[test]
-    fn output_flags_follow_the_request_and_refuse_other_outputs() {
+    fn wanted_outputs_follow_the_request_in_the_model_s_order() {
         let mut request = decode(
             br#"{"inputs":[],"parameters":{"binary_data_output":true}}"#,
             Bytes::new(),
         )
         .unwrap();
-        let at = ("model", "celsius");
+        let at = ("model", "c");
+        let binary = OutputFlags {
+            binary: true,
+            by_ref: false,
+        };
         assert_eq!(
-            output_flags(&request, at, "OUTPUT0").unwrap(),
-            OutputFlags {
-                binary: true,
-                by_ref: false
-            }
+            wanted_outputs(&request, at, &["LOGITS", "LABEL"]).unwrap(),
+            vec![("LOGITS", binary), ("LABEL", binary)],
+            "every output when the request names none"
         );
         request.outputs.push(RequestedOutput {
-            name: "OUTPUT0".into(),
+            name: "LABEL".into(),
             binary: Some(false),
+            by_ref: false,
+        });
+        request.outputs.push(RequestedOutput {
+            name: "LOGITS".into(),
+            binary: None,
             by_ref: true,
         });
+        let plain = OutputFlags::default();
+        let by_ref = OutputFlags {
+            binary: true,
+            by_ref: true,
+        };
         assert_eq!(
-            output_flags(&request, at, "OUTPUT0").unwrap(),
-            OutputFlags {
-                binary: false,
-                by_ref: true
-            }
+            wanted_outputs(&request, at, &["LOGITS", "LABEL"]).unwrap(),
+            vec![("LOGITS", by_ref), ("LABEL", plain)]
         );
         request.outputs[0].name = "Y".into();
         assert_eq!(
-            message(output_flags(&request, ("pipeline", "p"), "OUTPUT0")),
+            message(wanted_outputs(&request, ("pipeline", "p"), &["OUTPUT0"])),
             "pipeline `p` has no output `Y`; its output is `OUTPUT0`"
         );
+        request.outputs[0].name = "LOGITS".into();
+        assert_eq!(
+            message(wanted_outputs(&request, at, &["LOGITS", "LABEL"])),
+            "output `LOGITS` is asked for more than once"
+        );
+    }
+
+    fn texts(json: &str, binary: &'static [u8]) -> Result<Texts, DecodeError> {
+        let request = decode(json.as_bytes(), Bytes::from_static(binary))?;
+        text_input("enc", &["TEXT", "TEXT_PAIR"], request.inputs)
+    }
+
+    #[test]
+    fn texts_arrive_as_json_strings_or_triton_s_binary_bytes() {
+        let t = texts(
+            r#"{"inputs":[{"name":"TEXT","shape":[2],"datatype":"BYTES","data":["a b","c"]}]}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            Texts {
+                texts: vec!["a b".into(), "c".into()],
+                pairs: None
+            }
+        );
+        let header =
+            r#"{"inputs":[{"name":"TEXT","shape":[2,1],"datatype":"BYTES","parameters":{"binary_data_size":11}}]}"#;
+        let t = texts(header, b"\x02\0\0\0hi\x01\0\0\0!").unwrap();
+        assert_eq!(t.texts, vec!["hi", "!"]);
+        let pair = r#"{"inputs":[{"name":"TEXT","shape":[1],"datatype":"BYTES","data":["q"]},
+            {"name":"TEXT_PAIR","shape":[1],"datatype":"BYTES","data":["d"]}]}"#;
+        assert_eq!(texts(pair, &[]).unwrap().pairs, Some(vec!["d".into()]));
+    }
+
+    #[test]
+    fn bad_texts_are_refused_with_the_reason() {
+        let cases = [
+            (r#"{"inputs":[]}"#, &b""[..], "input `TEXT` is missing"),
+            (
+                r#"{"inputs":[{"name":"X","shape":[1],"datatype":"BYTES","data":["a"]}]}"#,
+                b"",
+                "has no input `X`",
+            ),
+            (
+                r#"{"inputs":[{"name":"TEXT","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+                b"",
+                "datatype FP32 cannot carry text",
+            ),
+            (
+                r#"{"inputs":[{"name":"TEXT","shape":[1],"datatype":"BYTES","data":[1]}]}"#,
+                b"",
+                "BYTES needs strings, got numbers",
+            ),
+            (
+                r#"{"inputs":[{"name":"TEXT","shape":[0],"datatype":"BYTES","data":[]}]}"#,
+                b"",
+                "the batch is empty",
+            ),
+            (
+                r#"{"inputs":[{"name":"TEXT","shape":[2],"datatype":"BYTES","data":["a"]}]}"#,
+                b"",
+                "needs 2 strings, got 1",
+            ),
+            (
+                r#"{"inputs":[{"name":"TEXT","shape":[1,2],"datatype":"BYTES","data":["a","b"]}]}"#,
+                b"",
+                "expected shape [-1]",
+            ),
+            (
+                r#"{"inputs":[{"name":"TEXT","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":6}}]}"#,
+                b"\x02\0\0\0\xff\xfe",
+                "element 0 is not UTF-8",
+            ),
+            (
+                r#"{"inputs":[{"name":"TEXT","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":5}}]}"#,
+                b"\x09\0\0\0a",
+                "announces 9 bytes, but only 1 are left",
+            ),
+            (
+                r#"{"inputs":[{"name":"TEXT","shape":[2],"datatype":"BYTES","data":["a","b"]},
+                  {"name":"TEXT_PAIR","shape":[1],"datatype":"BYTES","data":["c"]}]}"#,
+                b"",
+                "`TEXT_PAIR` has 1 texts, but `TEXT` has 2",
+            ),
+        ];
+        for (json, binary, want) in cases {
+            let got = message(texts(json, binary));
+            assert!(got.contains(want), "{json}: {got}");
+        }
     }
 
     #[test]

@@ -134,6 +134,35 @@ pub fn object_array(t: &ObjectTensor, what: &str) -> Result<ArrayD<f32>, DecodeE
     Ok(ArrayD::from_shape_vec(IxDyn(&meta.shape), values).expect("length checked against the shape"))
 }
 
+/// The elements of binary `BYTES` data (each a 4-byte little-endian length, then its
+/// bytes), each of which must be UTF-8 text.
+pub fn utf8_elements(mut bytes: &[u8], what: &str) -> Result<Vec<String>, DecodeError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+            return Err(invalid(format!(
+                "{what}: element {} is cut short: {} bytes left where a 4-byte length belongs",
+                out.len(),
+                bytes.len()
+            )));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(invalid(format!(
+                "{what}: element {} announces {len} bytes, but only {} are left",
+                out.len(),
+                rest.len()
+            )));
+        }
+        let (text, rest) = rest.split_at(len);
+        let text = std::str::from_utf8(text)
+            .map_err(|e| invalid(format!("{what}: element {} is not UTF-8 text ({e})", out.len())))?;
+        out.push(text.to_owned());
+        bytes = rest;
+    }
+    Ok(out)
+}
+
 /// `values` as JSON data of `dtype`: integers without a fraction, booleans as `true` /
 /// `false`, each converted as the binary form would be (a cast: integers round toward
 /// zero and saturate).

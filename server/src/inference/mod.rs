@@ -15,24 +15,23 @@
 //! It does not parse or write any wire format (`codec` does) and never runs a kernel
 //! (replicas and tasks do).
 
+mod model;
 mod pipeline;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ndarray::Array2;
 use prism_config::ErrorKind;
+use prism_protocol::DType;
 use tokio::time::Instant;
 
 use crate::codec::signature::{self, OutputFlags};
-use crate::codec::{self, Answer, AnswerValue, DecodeError, Source};
+use crate::codec::{self, Answer, AnswerOutput, DecodeError, invalid};
 use crate::metrics::Outcome;
-use crate::pipeline::Pipeline;
-use crate::serving::{Deployment, Rows, ServeError};
+use crate::serving::ServeError;
 use crate::state::{AppState, Served};
-use crate::store::{Failure, ObjectRef, Settles, StoreError};
+use crate::store::{Failure, StoreError};
 
 /// Why an inference was not answered.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +53,9 @@ pub enum InferenceError {
         name: String,
         timeout: Duration,
     },
+    /// A bug: work that cannot fail did (a blocking thread stopped).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl InferenceError {
@@ -63,6 +65,7 @@ impl InferenceError {
             InferenceError::Decode(e) => e.kind(),
             InferenceError::Serve(e) => e.kind(),
             InferenceError::DeadlineExceeded { .. } => ErrorKind::Timeout,
+            InferenceError::Internal(_) => ErrorKind::Lost,
             InferenceError::Store(e) => match e {
                 StoreError::Failed { failure, .. } => failure.kind,
                 StoreError::NotFound(_) => ErrorKind::ObjectLost,
@@ -85,6 +88,7 @@ impl InferenceError {
                 ServeError::Batch(_) => Outcome::Failed,
             },
             InferenceError::DeadlineExceeded { .. } => Outcome::Timeout,
+            InferenceError::Internal(_) => Outcome::Failed,
             InferenceError::Store(e) => match e {
                 StoreError::NotFound(_) => Outcome::NotFound,
                 StoreError::Full { .. } => Outcome::Rejected,
@@ -109,20 +113,16 @@ impl InferenceError {
 
 /// The running part of a request, once its inputs were accepted.
 enum Work {
-    /// A model's rows are queued (or will be, once their input object is ready); the
-    /// future yields the output rows. `rows`: how many, when known already.
-    Model {
-        deployment: Arc<Deployment>,
-        rows: Option<usize>,
-        output: Pin<Box<dyn Future<Output = Result<Array2<f32>, InferenceError>> + Send>>,
-    },
-    /// A pipeline runs; its output will be `output`. `cleanup` deletes what this request
-    /// put in the store for itself when it ends or goes away.
-    Pipeline {
-        pipeline: Arc<Pipeline>,
-        output: ObjectRef,
-        cleanup: pipeline::Cleanup,
-    },
+    Model(model::ModelWork),
+    Pipeline(pipeline::PipelineWork),
+}
+
+/// An output a request wants, with how it wants it.
+#[derive(Clone, Debug)]
+struct Wanted {
+    name: String,
+    datatype: DType,
+    flags: OutputFlags,
 }
 
 /// When a request gives up: its `timeout` after it arrived.
@@ -200,26 +200,6 @@ impl Drop for Count {
     }
 }
 
-/// How the answer is addressed, whatever its value.
-struct Reply {
-    model: String,
-    id: Option<String>,
-    output: String,
-    binary: bool,
-}
-
-impl Reply {
-    fn with(self, value: AnswerValue) -> Answer {
-        Answer {
-            model: self.model,
-            id: self.id,
-            output: self.output,
-            binary: self.binary,
-            value,
-        }
-    }
-}
-
 impl AppState {
     /// Runs `request` (or counts its refusal) on what `target` serves. `arrived`: when
     /// the request came in, before it was decoded (its duration counts from there).
@@ -231,160 +211,95 @@ impl AppState {
     ) -> Result<Answer, InferenceError> {
         let count = Count::start(target.clone(), arrived);
         let admitted = request.and_then(|r| {
-            let flags = signature::output_flags(&r, (target.kind(), target.name()), target.output_name())?;
-            Ok((r, flags))
+            let wanted = wanted(&target, &r)?;
+            Ok((r, wanted))
         });
-        let (request, flags) = match admitted {
+        let (request, wanted) = match admitted {
             Ok(admitted) => admitted,
             Err(e) => return count.finish(Err(e.into())),
         };
         let deadline = Deadline::after(request.timeout);
-        let reply = Reply {
-            model: target.name().to_owned(),
-            id: request.id,
-            output: target.output_name().to_owned(),
-            binary: flags.binary,
-        };
-        let keep = request.run_async || flags.by_ref;
-        let work = match deadline.bound(&target, self.begin(&target, request.inputs, keep)).await {
+        let (model, id) = (target.name().to_owned(), request.id.clone());
+        let answer = |outputs| Answer { model, id, outputs };
+        let run_async = request.run_async;
+        let keep = run_async || wanted.iter().any(|w| w.flags.by_ref);
+        let work = match deadline.bound(&target, self.begin(&target, request, keep)).await {
             Ok(work) => work,
             Err(e) => return count.finish(Err(e)),
         };
-        if request.run_async {
-            return Ok(reply.with(self.accept(target, work, deadline, count)));
+        if run_async {
+            return Ok(answer(self.accept(target, work, wanted, deadline, count)));
         }
-        let value = deadline.bound(&target, self.complete(work, flags)).await;
-        count.finish(value.map(|v| reply.with(v)))
+        let outputs = deadline.bound(&target, self.complete(work, &wanted)).await;
+        count.finish(outputs.map(answer))
     }
 
-    /// Checks the inputs against `target` and starts the work: a model's rows are
-    /// queued at once (a full queue refuses now), a pipeline's inputs go into the store
-    /// and its steps start. `keep`: the output is the client's (async or by ref).
-    async fn begin(&self, target: &Served, inputs: Vec<codec::Input>, keep: bool) -> Result<Work, InferenceError> {
-        let d = match target {
-            Served::Pipeline(p) => return pipeline::begin(self, p, inputs, keep).await,
-            Served::Deployment(d) => Arc::clone(d),
-        };
-        Ok(match signature::model_input(&d.spec, inputs)? {
-            Source::Inline(a) => {
-                let rows = Some(a.nrows());
-                let queued = d.submit(Rows::Owned(a))?;
-                let deployment = Arc::clone(&d);
-                Work::Model {
-                    deployment,
-                    rows,
-                    output: Box::pin(async move { Ok(d.answer(queued).await?) }),
-                }
-            }
-            Source::Object(r) => {
-                // An unknown object is refused now; a pending one is waited for by the
-                // work (the output of async work chained in).
-                let info = self.store.info(r)?;
-                let rows = info.shape.as_ref().and_then(|s| s.first().copied());
-                let store = Arc::clone(&self.store);
-                let deployment = Arc::clone(&d);
-                Work::Model {
-                    deployment,
-                    rows,
-                    output: Box::pin(async move {
-                        let lease = store.get(r, None).await?;
-                        let rows = signature::object_rows(&d.spec, lease)?;
-                        Ok(d.infer(rows).await?)
-                    }),
-                }
-            }
+    /// Checks the inputs against `target` and starts the work: a model's input is queued
+    /// at once (a full queue refuses now), a pipeline's inputs go into the store and its
+    /// steps start. `keep`: the output is the client's (async or by ref).
+    async fn begin(&self, target: &Served, request: codec::Request, keep: bool) -> Result<Work, InferenceError> {
+        Ok(match target {
+            Served::Deployment(d) => Work::Model(model::begin(self, d, request).await?),
+            Served::Pipeline(p) => Work::Pipeline(pipeline::begin(self, p, request.inputs, keep).await?),
         })
     }
 
-    /// Waits for the work and answers its output as the request wants it.
-    async fn complete(&self, work: Work, flags: OutputFlags) -> Result<AnswerValue, InferenceError> {
+    /// Waits for the work and answers its outputs as the request wants them.
+    async fn complete(&self, work: Work, wanted: &[Wanted]) -> Result<Vec<AnswerOutput>, InferenceError> {
         match work {
-            Work::Model { deployment, output, .. } => {
-                let values = output.await?;
-                let datatype = deployment.spec.output.datatype;
-                if !flags.by_ref {
-                    return Ok(AnswerValue::Rows { values, datatype });
-                }
-                let shape = vec![values.nrows() as i64, values.ncols() as i64];
-                let object_ref = self
-                    .store
-                    .put_array(values.into_dyn(), datatype, self.store.client_owner())
-                    .await?;
-                Ok(AnswerValue::Ref {
-                    object_ref,
-                    datatype,
-                    shape,
-                    accepted: false,
-                })
-            }
-            Work::Pipeline { output, cleanup, .. } => {
-                let lease = self.store.get(output, None).await?;
-                // A server-owned output is deleted now; the lease keeps its bytes.
-                drop(cleanup);
-                if !flags.by_ref {
-                    return Ok(AnswerValue::Object(lease));
-                }
-                Ok(AnswerValue::Ref {
-                    object_ref: output,
-                    datatype: lease.meta.datatype,
-                    shape: lease.meta.shape.iter().map(|&d| d as i64).collect(),
-                    accepted: false,
-                })
-            }
+            Work::Model(w) => model::complete(self, w, wanted).await,
+            Work::Pipeline(w) => pipeline::complete(self, w, wanted).await,
         }
     }
 
     /// `async`: the work goes on in the background, bounded by the request's deadline,
     /// and its output lands in the store; the request is counted when it ends. Answers
     /// the ref at once, with the shape as far as it is known.
-    fn accept(self: &Arc<Self>, target: Served, work: Work, deadline: Deadline, count: Count) -> AnswerValue {
-        let store = Arc::clone(&self.store);
+    fn accept(
+        self: &Arc<Self>,
+        target: Served,
+        work: Work,
+        wanted: Vec<Wanted>,
+        deadline: Deadline,
+        count: Count,
+    ) -> Vec<AnswerOutput> {
         match work {
-            Work::Model {
-                deployment,
-                rows,
-                output,
-            } => {
-                let datatype = deployment.spec.output.datatype;
-                let object_ref = store.create_pending(store.client_owner());
-                tokio::spawn(async move {
-                    let _settles = Settles::new(Arc::clone(&store), object_ref, "the inference");
-                    let result = match deadline.bound(&target, output).await {
-                        // A result the store cannot hold fails the object and is counted so.
-                        Ok(y) => store
-                            .fulfil_array(object_ref, y.into_dyn(), datatype)
-                            .await
-                            .map_err(InferenceError::from),
-                        Err(e) => {
-                            store.fail(object_ref, e.failure());
-                            Err(e)
-                        }
-                    };
-                    let _ = count.finish(result);
-                });
-                AnswerValue::Ref {
-                    object_ref,
-                    datatype,
-                    shape: vec![rows.map_or(-1, |n| n as i64), deployment.spec.output.features as i64],
-                    accepted: true,
-                }
-            }
-            Work::Pipeline { pipeline, output, .. } => {
-                tokio::spawn(async move {
-                    let settled = async { Ok(store.settled(output).await?) };
-                    let result = deadline.bound(&target, settled).await;
-                    if let Err(e @ InferenceError::DeadlineExceeded { .. }) = &result {
-                        store.fail(output, e.failure());
-                    }
-                    let _ = count.finish(result);
-                });
-                AnswerValue::Ref {
-                    object_ref: output,
-                    datatype: pipeline.output_datatype(),
-                    shape: pipeline.output_shape().to_vec(),
-                    accepted: true,
-                }
-            }
+            Work::Model(w) => model::accept(self, target, w, wanted, deadline, count),
+            Work::Pipeline(w) => pipeline::accept(self, target, w, wanted, deadline, count),
         }
     }
+}
+
+/// The outputs `request` wants of `target`, checked: only numeric outputs can be kept in
+/// the store (by ref, or for an async request).
+fn wanted(target: &Served, request: &codec::Request) -> Result<Vec<Wanted>, DecodeError> {
+    let outputs = target.outputs();
+    let names: Vec<&str> = outputs.iter().map(|(n, _)| *n).collect();
+    let chosen = signature::wanted_outputs(request, (target.kind(), target.name()), &names)?;
+    let wanted: Vec<Wanted> = chosen
+        .into_iter()
+        .map(|(name, flags)| Wanted {
+            name: name.to_owned(),
+            datatype: outputs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, d)| *d)
+                .expect("chosen among them"),
+            flags,
+        })
+        .collect();
+    for w in &wanted {
+        if w.datatype == DType::Bytes && (w.flags.by_ref || request.run_async) {
+            let why = if request.run_async {
+                "an async request answers refs"
+            } else {
+                "`object_ref` was asked"
+            };
+            return Err(invalid(format!(
+                "output `{}` is BYTES, and the object store holds numeric tensors only ({why}); ask for the numeric outputs alone",
+                w.name
+            )));
+        }
+    }
+    Ok(wanted)
 }

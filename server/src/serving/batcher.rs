@@ -23,6 +23,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
 use ndarray::{Array2, ArrayView2};
+use prism_kernels::encoder::Tokens;
 use prometheus::IntGauge;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -76,17 +77,60 @@ impl From<Array2<f32>> for Rows {
     }
 }
 
+/// What one request brings to a batch: rows of numbers, or an encoder's tokenized texts.
+#[derive(Debug)]
+pub enum Input {
+    Rows(Rows),
+    Tokens(Tokens),
+}
+
+impl Input {
+    /// Rows, or texts: what `max_batch_size` counts.
+    pub fn rows(&self) -> usize {
+        match self {
+            Input::Rows(r) => r.nrows(),
+            Input::Tokens(t) => t.texts(),
+        }
+    }
+
+    /// The token count of its longest text (0 for rows): with the batch's texts, what
+    /// `max_batch_tokens` counts.
+    pub fn longest(&self) -> usize {
+        match self {
+            Input::Rows(_) => 0,
+            Input::Tokens(t) => t.lengths.iter().copied().max().unwrap_or(0),
+        }
+    }
+}
+
+impl From<Rows> for Input {
+    fn from(r: Rows) -> Self {
+        Input::Rows(r)
+    }
+}
+
+impl From<Array2<f32>> for Input {
+    fn from(a: Array2<f32>) -> Self {
+        Input::Rows(Rows::Owned(a))
+    }
+}
+
+impl From<Tokens> for Input {
+    fn from(t: Tokens) -> Self {
+        Input::Tokens(t)
+    }
+}
+
 /// One request waiting for a batch.
 pub struct Entry {
-    /// `[rows, in_features]`.
-    pub input: Rows,
+    pub input: Input,
     pub reply: oneshot::Sender<Reply>,
     pub enqueued: Instant,
 }
 
 impl Entry {
     pub fn rows(&self) -> usize {
-        self.input.nrows()
+        self.input.rows()
     }
 }
 
@@ -101,15 +145,18 @@ pub struct State {
     queue: VecDeque<Entry>,
     rows: usize,
     max_batch_size: usize,
+    /// Padded tokens a batch of texts may hold (texts × its longest text).
+    max_batch_tokens: usize,
     window: Duration,
 }
 
 impl State {
-    pub fn new(max_batch_size: usize, window: Duration) -> Self {
+    pub fn new(max_batch_size: usize, max_batch_tokens: usize, window: Duration) -> Self {
         State {
             queue: VecDeque::new(),
             rows: 0,
             max_batch_size,
+            max_batch_tokens,
             window,
         }
     }
@@ -136,6 +183,12 @@ impl State {
         before - self.queue.len()
     }
 
+    /// Padded tokens the whole queue would make as one batch (0 for rows).
+    fn queued_tokens(&self) -> usize {
+        let longest = self.queue.iter().map(|e| e.input.longest()).max().unwrap_or(0);
+        self.rows * longest
+    }
+
     /// When the oldest waiting request's window closes.
     pub fn deadline(&self) -> Option<Instant> {
         self.queue.front().map(|e| e.enqueued + self.window)
@@ -145,7 +198,9 @@ impl State {
     /// nothing to do, so waiting would only add latency.
     pub fn next_batch(&mut self, now: Instant, replica_idle: bool) -> Option<Batch> {
         let deadline = self.deadline()?;
-        let full = self.rows >= self.max_batch_size;
+        // Only a queue of texts has tokens to count (a deployment takes one kind).
+        let texts = self.queue.front().is_some_and(|e| matches!(e.input, Input::Tokens(_)));
+        let full = self.rows >= self.max_batch_size || (texts && self.queued_tokens() >= self.max_batch_tokens);
         if !(full || replica_idle || now >= deadline) {
             return None;
         }
@@ -153,13 +208,17 @@ impl State {
             entries: Vec::new(),
             rows: 0,
         };
+        let mut longest = 0;
         while let Some(front) = self.queue.front() {
-            // A request never exceeds max_batch_size alone (validated at the door), so
-            // the first one always fits.
-            if !batch.entries.is_empty() && batch.rows + front.rows() > self.max_batch_size {
+            // A request never exceeds max_batch_size or max_batch_tokens alone (the
+            // inference path splits what is larger), so the first one always fits.
+            let widest = longest.max(front.input.longest());
+            let rows = batch.rows + front.rows();
+            if !batch.entries.is_empty() && (rows > self.max_batch_size || rows * widest > self.max_batch_tokens) {
                 break;
             }
             let entry = self.queue.pop_front().expect("front exists");
+            longest = widest;
             batch.rows += entry.rows();
             batch.entries.push(entry);
         }
@@ -187,7 +246,7 @@ pub struct BatcherHandle {
 impl BatcherHandle {
     /// Queues `input`; the receiver yields its answer. Refuses at once when
     /// `max_queue_size` requests are already waiting, and gives the input back.
-    pub fn submit(&self, input: impl Into<Rows>) -> Result<oneshot::Receiver<Reply>, (SubmitError, Rows)> {
+    pub fn submit(&self, input: impl Into<Input>) -> Result<oneshot::Receiver<Reply>, (SubmitError, Input)> {
         let input = input.into();
         if self
             .queued
@@ -251,10 +310,9 @@ pub struct Batcher {
 impl Batcher {
     /// A batcher over `replicas`, each of which reports its index on `done` when it
     /// finishes a batch. Returns the handle and the task to spawn.
+    /// `limits`: the deployment's batching (sizes, window, queue bound).
     pub fn new(
-        max_batch_size: usize,
-        window: Duration,
-        max_queue_size: usize,
+        limits: &prism_config::Batching,
         replicas: Vec<SyncSender<Batch>>,
         done: mpsc::UnboundedReceiver<usize>,
         hooks: Hooks,
@@ -265,7 +323,7 @@ impl Batcher {
         let handle = BatcherHandle {
             tx,
             queued: Arc::clone(&queued),
-            max_queue_size,
+            max_queue_size: limits.max_queue_size,
         };
         let replicas = replicas
             .into_iter()
@@ -276,7 +334,11 @@ impl Batcher {
             })
             .collect();
         let batcher = Batcher {
-            state: State::new(max_batch_size, window),
+            state: State::new(
+                limits.max_batch_size,
+                limits.max_batch_tokens,
+                limits.batch_wait_timeout,
+            ),
             rx,
             done,
             replicas,
@@ -411,7 +473,7 @@ mod tests {
     #[test]
     fn a_batch_waits_for_its_window_while_replicas_are_busy() {
         let t0 = Instant::now();
-        let mut s = State::new(4, 2 * MS);
+        let mut s = State::new(4, usize::MAX, 2 * MS);
         let _keep: Vec<_> = (0..3)
             .map(|i| {
                 let (e, rx) = entry(1, t0 + i * MS / 2);
@@ -433,7 +495,7 @@ mod tests {
     #[test]
     fn a_full_batch_leaves_at_once_and_never_exceeds_max_rows() {
         let t0 = Instant::now();
-        let mut s = State::new(4, 100 * MS);
+        let mut s = State::new(4, usize::MAX, 100 * MS);
         let _keep: Vec<_> = [2, 1, 2, 3]
             .iter()
             .map(|&r| {
@@ -453,7 +515,7 @@ mod tests {
     #[test]
     fn an_idle_replica_takes_a_lone_request_without_waiting() {
         let t0 = Instant::now();
-        let mut s = State::new(32, 2 * MS);
+        let mut s = State::new(32, usize::MAX, 2 * MS);
         let (e, _rx) = entry(1, t0);
         s.push(e);
         assert_eq!(s.next_batch(t0, true).unwrap().rows, 1);
@@ -462,7 +524,7 @@ mod tests {
     #[test]
     fn requests_whose_client_left_are_dropped_before_batching() {
         let t0 = Instant::now();
-        let mut s = State::new(8, MS);
+        let mut s = State::new(8, usize::MAX, MS);
         let (a, rx_a) = entry(2, t0);
         let (b, _rx_b) = entry(3, t0);
         s.push(a);
@@ -470,6 +532,56 @@ mod tests {
         drop(rx_a);
         assert_eq!(s.drop_cancelled(), 1);
         assert_eq!(s.next_batch(t0 + MS, false).unwrap().rows, 3);
+    }
+
+    fn texts(lengths: &[usize], at: Instant) -> (Entry, oneshot::Receiver<Reply>) {
+        let (reply, rx) = oneshot::channel();
+        let total: usize = lengths.iter().sum();
+        let tokens = Tokens {
+            ids: vec![0; total],
+            type_ids: vec![0; total],
+            lengths: lengths.to_vec(),
+        };
+        (
+            Entry {
+                input: tokens.into(),
+                reply,
+                enqueued: at,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn a_batch_of_texts_is_bounded_by_its_padded_tokens() {
+        let t0 = Instant::now();
+        // 10 texts at most, 40 padded tokens at most (texts × the longest).
+        let mut s = State::new(10, 40, 100 * MS);
+        let _keep: Vec<_> = [&[5, 8][..], &[10], &[3, 3, 3], &[20, 2]]
+            .iter()
+            .map(|l| {
+                let (e, rx) = texts(l, t0);
+                s.push(e);
+                rx
+            })
+            .collect();
+        let b = s.next_batch(t0, true).unwrap();
+        assert_eq!(
+            b.rows, 3,
+            "2 texts of ≤ 8, then one of 10: 3 × 10 = 30 ≤ 40; adding 3 more makes 60"
+        );
+        let b = s.next_batch(t0, true).unwrap();
+        assert_eq!(
+            b.rows, 3,
+            "3 × 3 = 9; the next request's 20-token text would make 5 × 20 = 100"
+        );
+        let b = s.next_batch(t0, true).unwrap();
+        assert_eq!(b.rows, 2, "alone, 2 × 20 = 40 fits");
+        assert!(s.is_empty());
+        // Enough waiting tokens make a full batch, which leaves before its window.
+        let (e, _rx) = texts(&[30, 30], t0);
+        s.push(e);
+        assert!(s.next_batch(t0, false).is_some(), "60 padded tokens ≥ 40: full");
     }
 
     struct Harness {
@@ -487,7 +599,13 @@ mod tests {
             model: "m".into(),
         };
         let (close, closing) = watch::channel(false);
-        let (handle, batcher) = Batcher::new(max_batch, window, max_queue, txs, done_rx, hooks, closing);
+        let limits = prism_config::Batching {
+            max_batch_size: max_batch,
+            max_batch_tokens: usize::MAX,
+            batch_wait_timeout: window,
+            max_queue_size: max_queue,
+        };
+        let (handle, batcher) = Batcher::new(&limits, txs, done_rx, hooks, closing);
         tokio::spawn(batcher.run());
         Harness {
             handle,

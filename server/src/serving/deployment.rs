@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::Array2;
 use prism_config::Deployment as Spec;
+use prism_kernels::encoder::TextTokenizer;
 
-use super::batcher::{Reply, Rows, SubmitError};
-use super::engine::{Engine, Loaded, ReplicaStatus, StartError, load};
+use super::batcher::{Input, Reply, SubmitError};
+use super::engine::{Engine, ReplicaStatus, StartError};
+use super::model::{Loaded, Signature, load};
 use super::stats::ModelStats;
 use super::{BatchError, ServeError};
 use crate::metrics::{Metrics, RequestMetrics};
@@ -28,8 +30,11 @@ pub const MODEL_VERSION: &str = "1";
 /// old ones finish what they hold.
 pub struct Deployment {
     pub spec: Spec,
-    /// `prism_builtin` or `prism_safetensors`, for the metadata's `platform`.
+    /// `prism_builtin`, `prism_safetensors` or `prism_huggingface`, for the metadata's
+    /// `platform`.
     pub platform: &'static str,
+    /// What it takes and answers, from the model loaded at start-up.
+    pub signature: Signature,
     pub stats: Arc<ModelStats>,
     /// This model's request counters and latency histogram, bound once.
     pub request_metrics: RequestMetrics,
@@ -69,6 +74,7 @@ impl Deployment {
         let engine = Engine::start(&spec, loaded.model, placements.clone(), &stats, metrics, false)?;
         Ok(Arc::new(Deployment {
             platform: loaded.platform,
+            signature: loaded.signature,
             spec,
             stats,
             request_metrics,
@@ -131,6 +137,12 @@ impl Deployment {
         let loaded = tokio::task::spawn_blocking(move || load(&spec))
             .await
             .unwrap_or_else(|e| Err(self.load_error(format!("reading the model panicked: {e}"))))?;
+        if loaded.signature != self.signature {
+            return Err(self.load_error(
+                "the model's tensors changed (names, datatypes or widths); restart the server to serve the new ones"
+                    .into(),
+            ));
+        }
         let on_gpu = self
             .placements
             .iter()
@@ -209,20 +221,33 @@ impl Deployment {
         self.engine().is_some_and(|e| e.ready.load(Ordering::Acquire))
     }
 
+    /// The one input and output of a model over rows; `None` for an encoder.
+    pub fn rows_io(&self) -> Option<&prism_config::RowsIo> {
+        match &self.signature.io {
+            super::model::Io::Rows(io) => Some(io),
+            super::model::Io::Text { .. } => None,
+        }
+    }
+
+    /// An encoder's tokenizer (`None` for a model over rows, or while unloaded).
+    pub fn tokenizer(&self) -> Option<Arc<TextTokenizer>> {
+        self.engine().and_then(|e| e.tokenizer.clone())
+    }
+
     pub fn queued(&self) -> usize {
         self.engine().map_or(0, |e| e.handle.queued())
     }
 
     /// Runs `input` (`[rows, in_features]`, validated) through a batch and waits for its
     /// rows of the answer.
-    pub async fn infer(&self, input: impl Into<Rows>) -> Result<Array2<f32>, ServeError> {
+    pub async fn infer(&self, input: impl Into<Input>) -> Result<Array2<f32>, ServeError> {
         let rx = self.submit(input)?;
         self.answer(rx).await
     }
 
     /// Queues `input`; refuses at once when the deployment is not ready or its queue is
     /// full. The receiver yields the answer (see [`Deployment::answer`]).
-    pub fn submit(&self, input: impl Into<Rows>) -> Result<tokio::sync::oneshot::Receiver<Reply>, ServeError> {
+    pub fn submit(&self, input: impl Into<Input>) -> Result<tokio::sync::oneshot::Receiver<Reply>, ServeError> {
         let not_ready = || ServeError::NotReady(self.spec.name.clone());
         let mut input = input.into();
         loop {
@@ -286,6 +311,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::serving::Rows;
 
     fn celsius(delay: Duration) -> Spec {
         let mut spec = prism_config::Config::embedded_default()

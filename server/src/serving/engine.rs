@@ -9,15 +9,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use prism_config::{Deployment as Spec, ModelSource};
-use prism_kernels::{Device, Model, WeightFile, builtin};
+use prism_config::Deployment as Spec;
+use prism_kernels::Device;
 use tokio::sync::{mpsc, watch};
 
 use super::batcher::{Batcher, BatcherHandle, Hooks};
+use super::model::ServedModel;
 use super::replica::{self, ReplicaMetrics, ReplicaSpec};
 use super::stats::ModelStats;
 use crate::metrics::Metrics;
 use crate::resources::ReplicaPlacement;
+use prism_kernels::encoder::TextTokenizer;
 
 /// A deployment that could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,11 @@ pub enum StartError {
         produced: usize,
         declared: usize,
     },
+    #[error("deployment `{name}`: {source}")]
+    Encoder {
+        name: String,
+        source: prism_kernels::encoder::EncoderError,
+    },
     #[error("deployment `{name}`: cannot start replica {index}: {reason}")]
     Replica { name: String, index: usize, reason: String },
     /// A load through the repository API could not run.
@@ -49,6 +56,8 @@ pub(super) struct Engine {
     pub(super) ready: AtomicBool,
     close: watch::Sender<bool>,
     pub(super) replicas: Vec<ReplicaStatus>,
+    /// An encoder's tokenizer, for the requests to use before they queue.
+    pub(super) tokenizer: Option<Arc<TextTokenizer>>,
     /// `prism_replicas` children this engine counts in, given back when it stops.
     replica_gauges: std::sync::Mutex<Vec<prometheus::IntGauge>>,
     threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -65,58 +74,12 @@ pub struct ReplicaStatus {
     pub device: Option<String>,
 }
 
-/// A deployment's model, loaded once; replicas share its weights.
-pub struct Loaded {
-    pub model: Model,
-    pub platform: &'static str,
-}
-
-impl Loaded {
-    /// Bytes one replica needs on a card, as the CUDA backend allocates them.
-    pub fn replica_memory(&self, spec: &Spec) -> u64 {
-        prism_kernels::cuda::GpuModel::memory_needed(&self.model, spec.precision, spec.batching.max_batch_size)
-    }
-}
-
-/// Loads the model of `spec` once; replicas share its weights.
-pub fn load(spec: &Spec) -> Result<Loaded, StartError> {
-    let (model, platform) = load_model(spec)?;
-    Ok(Loaded { model, platform })
-}
-
-fn load_model(spec: &Spec) -> Result<(Model, &'static str), StartError> {
-    let fail = |source| StartError::Model {
-        name: spec.name.clone(),
-        source,
-    };
-    let (model, platform, file) = match &spec.model {
-        ModelSource::Builtin(name) => {
-            let model = builtin::by_name(name).expect("built-in names are validated with the config. This is a bug.");
-            (model, "prism_builtin", format!("builtin:{name}"))
-        }
-        ModelSource::Layers { weights, layers } => {
-            let file = WeightFile::open(weights).map_err(fail)?;
-            let model = Model::load(&file, layers, spec.input.features).map_err(fail)?;
-            (model, "prism_safetensors", weights.display().to_string())
-        }
-    };
-    if model.out_features() != spec.output.features {
-        return Err(StartError::OutputWidth {
-            name: spec.name.clone(),
-            file,
-            produced: model.out_features(),
-            declared: spec.output.features,
-        });
-    }
-    Ok((model, platform))
-}
-
 impl Engine {
     /// Starts the replicas that `placements` lets run and the batcher. Must run inside the
     /// tokio runtime.
     pub(super) fn start(
         spec: &Spec,
-        model: Model,
+        model: ServedModel,
         placements: Vec<ReplicaPlacement>,
         stats: &Arc<ModelStats>,
         metrics: &Metrics,
@@ -223,15 +186,7 @@ impl Engine {
         };
         let b = &spec.batching;
         let (close, closing) = watch::channel(false);
-        let (handle, batcher) = Batcher::new(
-            b.max_batch_size,
-            b.batch_wait_timeout,
-            b.max_queue_size,
-            senders,
-            done_rx,
-            hooks,
-            closing,
-        );
+        let (handle, batcher) = Batcher::new(b, senders, done_rx, hooks, closing);
         let batcher = tokio::spawn(batcher.run());
         tracing::info!(
             model = %name,
@@ -243,7 +198,12 @@ impl Engine {
             batch_wait_timeout_ms = b.batch_wait_timeout.as_secs_f64() * 1e3,
             "deployment ready"
         );
+        let tokenizer = match &model {
+            ServedModel::Encoder(e) => Some(Arc::new(e.tokenizer().clone())),
+            ServedModel::Rows(_) => None,
+        };
         Ok(Engine {
+            tokenizer,
             handle,
             ready: AtomicBool::new(!senders_empty),
             close,

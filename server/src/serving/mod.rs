@@ -10,12 +10,14 @@ pub mod batcher;
 mod deployment;
 mod engine;
 pub mod faults;
+pub mod model;
 mod replica;
 pub mod stats;
 
-pub use batcher::Rows;
+pub use batcher::{Input, Rows};
 pub use deployment::{Deployment, MODEL_VERSION};
-pub use engine::{Loaded, ReplicaStatus, StartError, load};
+pub use engine::{ReplicaStatus, StartError};
+pub use model::{Io, Loaded, ServedModel, Signature, TensorSig, load};
 
 use prism_config::ErrorKind;
 

@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 use ndarray::{Array2, ArrayView2, Axis, s};
 use prism_config::{FaultInjection, Precision, Retries};
 use prism_kernels::cuda::{CudaDevice, GpuModel};
-use prism_kernels::{CpuDevice, Device, Model};
+use prism_kernels::encoder::Tokens;
+use prism_kernels::{CpuDevice, Device};
 use prometheus::{Histogram, IntCounterVec};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::BatchError;
-use super::batcher::{Batch, Entry, REPLICA_SLOTS, Reply, Rows};
+use super::batcher::{Batch, Entry, Input, REPLICA_SLOTS, Reply, Rows};
 use super::faults;
+use super::model::ServedModel;
 use super::stats::{BatchTimes, ModelStats};
 
 /// The metrics one replica writes, bound to its model's labels once.
@@ -41,7 +43,7 @@ pub struct ReplicaMetrics {
 pub struct ReplicaSpec {
     pub model_name: String,
     pub index: usize,
-    pub model: Model,
+    pub model: ServedModel,
     pub device: Device,
     /// Intra-op threads, for a CPU fallback when the GPU cannot be opened.
     pub threads: usize,
@@ -91,7 +93,16 @@ impl Backend {
         match &spec.device {
             Device::Cpu(cpu) => (Backend::Cpu(cpu.clone()), Ok(())),
             Device::Cuda { ordinal } => {
-                match CudaDevice::new(*ordinal).and_then(|d| GpuModel::upload(&spec.model, d, spec.precision)) {
+                let model = match &spec.model {
+                    ServedModel::Rows(m) => m,
+                    ServedModel::Encoder(_) => {
+                        let cpu = CpuDevice::new(spec.threads).unwrap_or_else(|_| CpuDevice::single());
+                        let why = format!("cuda:{ordinal}: encoder models have no GPU kernels yet");
+                        tracing::warn!(model = %spec.model_name, replica = spec.index, "{why}; this replica runs on the CPU");
+                        return (Backend::Cpu(cpu), Err(why));
+                    }
+                };
+                match CudaDevice::new(*ordinal).and_then(|d| GpuModel::upload(model, d, spec.precision)) {
                     Ok(model) => (Backend::Cuda(Box::new(model)), Ok(())),
                     Err(e) => {
                         tracing::error!(model = %spec.model_name, replica = spec.index, gpu = ordinal, error = %e,
@@ -159,7 +170,7 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     let gathered = Instant::now();
     let result = faults::with_retries(
         &spec.retries,
-        || run_model(spec, backend, input.view()),
+        || run_model(spec, backend, &input),
         // Nobody left to answer (clients gone, deadlines passed): no point running again.
         || batch.entries.iter().all(|e| e.reply.is_closed()),
         |kind, attempts| {
@@ -217,24 +228,44 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     }
 }
 
-/// One matrix of all the batch's rows. A lone request's matrix is moved out of it, a lone
-/// object is read in place (its lease cloned).
-fn gather(entries: &mut [Entry]) -> Rows {
+/// One input of all the batch's requests: their rows in one matrix (a lone request's
+/// matrix moved out of it, a lone object read in place, its lease cloned), or their texts'
+/// tokens one after the other.
+fn gather(entries: &mut [Entry]) -> Input {
     if let [only] = entries {
         return match &mut only.input {
-            Rows::Owned(a) => Rows::Owned(std::mem::take(a)),
-            Rows::Object { lease, rows, cols } => Rows::Object {
+            Input::Rows(Rows::Owned(a)) => Input::Rows(Rows::Owned(std::mem::take(a))),
+            Input::Rows(Rows::Object { lease, rows, cols }) => Input::Rows(Rows::Object {
                 lease: lease.clone(),
                 rows: *rows,
                 cols: *cols,
-            },
+            }),
+            Input::Tokens(t) => Input::Tokens(std::mem::take(t)),
         };
     }
-    let views: Vec<ArrayView2<'_, f32>> = entries.iter().map(|e| e.input.view()).collect();
-    Rows::Owned(ndarray::concatenate(Axis(0), &views).expect("every request was validated to the model's input width"))
+    if matches!(entries.first().map(|e| &e.input), Some(Input::Tokens(_))) {
+        let mut all = Tokens::default();
+        for e in entries.iter() {
+            match &e.input {
+                Input::Tokens(t) => all.extend(t),
+                Input::Rows(_) => unreachable!("a deployment takes one kind of input. This is a bug."),
+            }
+        }
+        return Input::Tokens(all);
+    }
+    let views: Vec<ArrayView2<'_, f32>> = entries
+        .iter()
+        .map(|e| match &e.input {
+            Input::Rows(r) => r.view(),
+            Input::Tokens(_) => unreachable!("a deployment takes one kind of input. This is a bug."),
+        })
+        .collect();
+    Input::Rows(Rows::Owned(
+        ndarray::concatenate(Axis(0), &views).expect("every request was validated to the model's input width"),
+    ))
 }
 
-fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: ArrayView2<'_, f32>) -> Result<Array2<f32>, BatchError> {
+fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: &Input) -> Result<Array2<f32>, BatchError> {
     if faults::injected_failure(&spec.faults) {
         return Err(BatchError::InjectedFault {
             model: spec.model_name.clone(),
@@ -242,16 +273,21 @@ fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: ArrayView2<'_, f3
         });
     }
     let forward = || -> Result<Array2<f32>, String> {
-        match backend {
-            Backend::Cpu(cpu) => spec.model.forward(cpu, input).map_err(|e| e.to_string()),
-            Backend::Cuda(gpu) => {
-                let rows = input.nrows();
-                let x = input.as_standard_layout();
-                let y = gpu
-                    .forward(x.as_slice().expect("standard layout is contiguous"), rows)
-                    .map_err(|e| e.to_string())?;
-                Ok(Array2::from_shape_vec((rows, spec.model.out_features()), y).expect("the GPU answers rows × out"))
+        match (backend, &spec.model, input) {
+            (Backend::Cpu(cpu), ServedModel::Rows(m), Input::Rows(rows)) => {
+                m.forward(cpu, rows.view()).map_err(|e| e.to_string())
             }
+            (Backend::Cpu(cpu), ServedModel::Encoder(e), Input::Tokens(tokens)) => Ok(e.forward(cpu, tokens)),
+            (Backend::Cuda(gpu), ServedModel::Rows(m), Input::Rows(rows)) => {
+                let x = rows.view();
+                let n = x.nrows();
+                let x = x.as_standard_layout();
+                let y = gpu
+                    .forward(x.as_slice().expect("standard layout is contiguous"), n)
+                    .map_err(|e| e.to_string())?;
+                Ok(Array2::from_shape_vec((n, m.out_features()), y).expect("the GPU answers rows × out"))
+            }
+            _ => unreachable!("the input matches the model, and encoders run on the CPU. This is a bug."),
         }
     };
     match catch_unwind(AssertUnwindSafe(forward)) {
