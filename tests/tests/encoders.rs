@@ -346,3 +346,118 @@ async fn all_minilm_l6_v2_answers_sentence_transformers_vectors() {
     assert!(d <= 1e-5, "over HTTP, differs from sentence-transformers by {d}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_openai_embeddings_route_answers_in_openai_s_shapes() {
+    let r = reference("tiny-mean");
+    let server = TestServer::start(deployments(&[("mean", &encoder_fixtures().join("tiny-mean"))], "")).await;
+    let http = reqwest::Client::new();
+    let post = |body: Value| http.post(format!("{}/v1/embeddings", server.url)).json(&body).send();
+    let texts = strings(&r["texts"]);
+    let want = matrix(&r["embeddings"]);
+    let a: Value = post(serde_json::json!({"model": "mean", "input": texts}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["object"], "list");
+    assert_eq!(a["model"], "mean");
+    let tokens: u64 = r["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap().min(24))
+        .sum();
+    assert_eq!(a["usage"]["prompt_tokens"], tokens);
+    let got: Vec<f32> = a["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| {
+            d["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(max_diff(&got, &want) <= 1e-5);
+    // base64: the little-endian floats themselves.
+    let b: Value = post(serde_json::json!({"model": "mean", "input": texts[0], "encoding_format": "base64"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats, got[..64].to_vec());
+
+    for (body, status, kind, code, says) in [
+        (
+            serde_json::json!({"model": "nope", "input": "x"}),
+            404,
+            "invalid_request_error",
+            Value::from("model_not_found"),
+            "unknown model `nope`",
+        ),
+        (
+            serde_json::json!({"model": "mean", "input": [1, 2]}),
+            400,
+            "invalid_request_error",
+            Value::Null,
+            "token ids are not supported",
+        ),
+        (
+            serde_json::json!({"model": "mean", "input": []}),
+            400,
+            "invalid_request_error",
+            Value::Null,
+            "the list is empty",
+        ),
+        (
+            serde_json::json!({"model": "mean", "input": "x", "dimensions": 8}),
+            400,
+            "invalid_request_error",
+            Value::Null,
+            "answers 64 dimensions",
+        ),
+        (
+            serde_json::json!({"model": "mean", "input": "x", "encoding_format": "hex"}),
+            400,
+            "invalid_request_error",
+            Value::Null,
+            "expected \"float\" or \"base64\"",
+        ),
+        (
+            serde_json::json!({"modle": "mean", "input": "x"}),
+            400,
+            "invalid_request_error",
+            Value::Null,
+            "unknown field `modle`",
+        ),
+    ] {
+        let answer = post(body.clone()).await.unwrap();
+        assert_eq!(answer.status().as_u16(), status, "{body}");
+        let e: Value = answer.json().await.unwrap();
+        assert_eq!(e["error"]["type"], kind, "{body}: {e}");
+        assert_eq!(e["error"]["code"], code, "{body}: {e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains(says), "{body}: {e}");
+    }
+    let models: Value = reqwest::get(format!("{}/v1/models", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "mean");
+    server.stop().await.unwrap();
+}

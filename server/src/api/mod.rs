@@ -10,6 +10,7 @@ mod admin;
 mod infer;
 mod models;
 mod objects;
+mod openai;
 mod repository;
 pub mod respond;
 mod tasks;
@@ -83,6 +84,8 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v2/objects/{object_ref}/meta", get(objects::meta))
         .route("/v2/wait", post(objects::wait))
         .route("/v2/tasks/{op}", post(tasks::submit))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
         .route("/metrics", get(admin::metrics));
     r = model_routes(r, "", get(models::metadata));
     r = model_routes(r, "/ready", get(models::ready));

@@ -78,6 +78,22 @@ pub fn status(e: &ApiError) -> StatusCode {
     }
 }
 
+/// OpenAI's error `type` and `code` for an error, the `/v1` routes' table, from the
+/// same classification as the statuses.
+pub fn openai_error(e: &ApiError) -> (&'static str, Option<&'static str>) {
+    if matches!(e, ApiError::Lookup(LookupError::ModelNotFound(_))) {
+        return ("invalid_request_error", Some("model_not_found"));
+    }
+    let s = status(e);
+    if s == StatusCode::SERVICE_UNAVAILABLE {
+        ("server_error", Some("service_unavailable"))
+    } else if s.is_client_error() {
+        ("invalid_request_error", None)
+    } else {
+        ("server_error", None)
+    }
+}
+
 impl ApiError {
     /// The failed object behind this error, if it is one.
     fn failed_object(&self) -> Option<&crate::store::Failure> {

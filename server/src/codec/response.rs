@@ -16,6 +16,8 @@ pub struct Answer {
     pub id: Option<String>,
     /// In the model's order.
     pub outputs: Vec<AnswerOutput>,
+    /// The tokens an encoder read (OpenAI's `usage.prompt_tokens`); `None` for rows.
+    pub tokens: Option<usize>,
 }
 
 impl Answer {
@@ -66,7 +68,7 @@ pub enum Encoded {
 
 /// The V2 response of `answer`.
 pub fn encode(answer: Answer) -> Encoded {
-    let Answer { model, id, outputs } = answer;
+    let Answer { model, id, outputs, .. } = answer;
     let response = |outputs: Vec<InferOutput>| InferResponse {
         model_name: model,
         model_version: Some(MODEL_VERSION.into()),
@@ -201,6 +203,7 @@ mod tests {
         Answer {
             model: "m".into(),
             id: Some("7".into()),
+            tokens: None,
             outputs: vec![AnswerOutput {
                 name: "Y".into(),
                 binary,
@@ -267,6 +270,7 @@ mod tests {
         let a = Answer {
             model: "m".into(),
             id: None,
+            tokens: None,
             outputs: vec![
                 AnswerOutput {
                     name: "LOGITS".into(),

@@ -220,18 +220,27 @@ impl AppState {
         };
         let deadline = Deadline::after(request.timeout);
         let (model, id) = (target.name().to_owned(), request.id.clone());
-        let answer = |outputs| Answer { model, id, outputs };
+        let answer = |tokens, outputs| Answer {
+            model,
+            id,
+            outputs,
+            tokens,
+        };
         let run_async = request.run_async;
         let keep = run_async || wanted.iter().any(|w| w.flags.by_ref);
         let work = match deadline.bound(&target, self.begin(&target, request, keep)).await {
             Ok(work) => work,
             Err(e) => return count.finish(Err(e)),
         };
+        let tokens = match &work {
+            Work::Model(w) => w.tokens,
+            Work::Pipeline(_) => None,
+        };
         if run_async {
-            return Ok(answer(self.accept(target, work, wanted, deadline, count)));
+            return Ok(answer(tokens, self.accept(target, work, wanted, deadline, count)));
         }
         let outputs = deadline.bound(&target, self.complete(work, &wanted)).await;
-        count.finish(outputs.map(answer))
+        count.finish(outputs.map(|o| answer(tokens, o)))
     }
 
     /// Checks the inputs against `target` and starts the work: a model's input is queued

@@ -25,6 +25,8 @@ type Rows2 = Pin<Box<dyn Future<Output = Result<Array2<f32>, InferenceError>> + 
 pub(super) struct ModelWork {
     deployment: Arc<Deployment>,
     rows: Option<usize>,
+    /// The tokens of an encoder's texts.
+    pub(super) tokens: Option<usize>,
     output: Rows2,
 }
 
@@ -54,6 +56,7 @@ fn rows(
             ModelWork {
                 deployment,
                 rows,
+                tokens: None,
                 output: Box::pin(async move { Ok(d.answer(queued).await?) }),
             }
         }
@@ -67,6 +70,7 @@ fn rows(
             ModelWork {
                 deployment,
                 rows,
+                tokens: None,
                 output: Box::pin(async move {
                     let lease = store.get(r, None).await?;
                     let rows = signature::object_rows(&d.spec, &io, lease)?;
@@ -93,7 +97,7 @@ async fn texts(d: &Arc<Deployment>, request: codec::Request) -> Result<ModelWork
     .await
     .map_err(|e| InferenceError::Internal(format!("tokenizing stopped: {e}")))?
     .map_err(|e| tokenize_refusal(&text_input, e))?;
-    let rows = tokens.texts();
+    let (rows, total) = (tokens.texts(), tokens.total());
     let b = &d.spec.batching;
     let parts = split(&tokens.lengths, b.max_batch_size, b.max_batch_tokens);
     let queued = if parts.len() == 1 {
@@ -109,6 +113,7 @@ async fn texts(d: &Arc<Deployment>, request: codec::Request) -> Result<ModelWork
     Ok(ModelWork {
         deployment,
         rows: Some(rows),
+        tokens: Some(total),
         output: Box::pin(async move {
             let answers = futures::future::join_all(queued.into_iter().map(|q| d.answer(q))).await;
             let parts = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -233,6 +238,7 @@ pub(super) fn accept(
         deployment,
         rows,
         output,
+        ..
     } = work;
     let w = wanted
         .into_iter()
