@@ -187,3 +187,36 @@ fn a_system_failure_is_retried_always_an_application_error_when_named() {
     assert!(r.again(ErrorKind::InjectedFault, 2) && !r.again(ErrorKind::InjectedFault, 3));
     assert!(!r.again(ErrorKind::ModelError, 1), "not named");
 }
+
+#[test]
+fn an_encoder_folder_is_a_model_source_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("enc")).unwrap();
+    let parse_here = |text: &str| Config::parse(text, "enc.toml", Some(dir.path()));
+    let base = "[[deployments]]\nname = \"e\"\n[deployments.model]\nhuggingface = \"enc\"\n";
+    let c = parse_here(&format!(
+        "{base}pooling = \"cls\"\nnormalize = true\nmax_seq_length = 64\n"
+    ))
+    .unwrap();
+    match &c.deployments[0].model {
+        ModelSource::HuggingFace { dir: d, overrides } => {
+            assert_eq!(d, &dir.path().join("enc"));
+            assert_eq!(overrides.pooling, Some(Pooling::Cls));
+            assert_eq!((overrides.normalize, overrides.max_seq_length), (Some(true), Some(64)));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(c.deployments[0].model.rows_io().is_none());
+    assert_eq!(c.deployments[0].batching.max_batch_tokens, 16_384);
+    let err = |text: &str| parse_here(text).unwrap_err().to_string();
+    assert!(err(&format!("{base}pooling = \"sum\"\n")).contains("model.pooling: unknown pooling \"sum\""));
+    assert!(err(&base.replace("\"enc\"", "\"missing\"")).contains("model.huggingface:"));
+    assert!(err(&format!("{base}inputs = []\n")).contains("tensors come from the folder"));
+    assert!(
+        err("[[deployments]]\nname = \"m\"\n[deployments.model]\nbuiltin = \"mlp\"\npooling = \"cls\"\n")
+            .contains("model.pooling: applies to a `huggingface` encoder folder only")
+    );
+    let pipeline = "[[pipelines]]\nname = \"p\"\ninputs = [{ name = \"X\", datatype = \"FP32\", shape = [-1, 1] }]\n\
+                    output = { step = \"a\" }\n[[pipelines.steps]]\nname = \"a\"\nmodel = \"e\"\ninputs = [\"X\"]\n";
+    assert!(err(&format!("{base}{pipeline}")).contains("`e` is an encoder (texts in)"));
+}

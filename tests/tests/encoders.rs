@@ -461,3 +461,37 @@ async fn the_openai_embeddings_route_answers_in_openai_s_shapes() {
     assert_eq!(models["data"][0]["id"], "mean");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_embedding_kept_in_the_store_feeds_a_layer_model_by_ref() {
+    let dir = tempfile::tempdir().unwrap();
+    // A head over the embedding: 64 → 2, y = x·Wᵀ with W = [[1, 0, ...], [0, 1, ...]].
+    let mut w = vec![0.0f32; 2 * 64];
+    w[0] = 1.0;
+    w[64 + 1] = 1.0;
+    prism_tests::write_safetensors(&dir.path().join("head.safetensors"), &[("w", vec![2, 64], w)]);
+    let text = format!(
+        "[[deployments]]\nname = \"mean\"\n[deployments.model]\nhuggingface = \"{}\"\n\
+         [[deployments]]\nname = \"head\"\n[deployments.model]\nweights = \"head.safetensors\"\n\
+         layers = [{{ op = \"linear\", weight = \"w\" }}]\n\
+         inputs = [{{ name = \"X\", datatype = \"FP32\", shape = [-1, 64] }}]\n\
+         outputs = [{{ name = \"Y\", datatype = \"FP32\", shape = [-1, 2] }}]\n",
+        encoder_fixtures().join("tiny-mean").display()
+    );
+    let server = TestServer::start(prism_tests::config(&text, dir.path())).await;
+    let c = &server.client;
+    let r = reference("tiny-mean");
+    let texts = strings(&r["texts"]);
+    let refs = c
+        .infer_to_refs("mean", &texts_request(&texts[..3]), &["EMBEDDING"])
+        .await
+        .unwrap();
+    let by_ref = InferRequest {
+        inputs: vec![InferInput::object_ref("X", &refs[0].1.0)],
+        ..Default::default()
+    };
+    let y = floats(&c.infer("head", &by_ref).await.unwrap(), "Y");
+    let want: Vec<Vec<f32>> = matrix(&r["embeddings"])[..3].iter().map(|e| vec![e[0], e[1]]).collect();
+    assert!(max_diff(&y, &want) <= 1e-5, "{y:?} vs {want:?}");
+    server.stop().await.unwrap();
+}
