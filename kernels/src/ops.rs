@@ -178,11 +178,23 @@ pub fn tanh<D: Dimension>(x: &mut Array<f32, D>) {
 
 /// GELU as PyTorch's `nn.GELU()`: exact (`erf`) by default, or its `tanh` approximation.
 pub fn gelu(x: &mut Array2<f32>, tanh_approximation: bool) {
+    match x.as_slice_mut() {
+        Some(values) => gelu_slice(values, tanh_approximation),
+        None => x.mapv_inplace(|v| gelu_one(v, tanh_approximation)),
+    }
+}
+
+/// [`gelu`] over a slice of values.
+pub fn gelu_slice(values: &mut [f32], tanh_approximation: bool) {
+    values.iter_mut().for_each(|v| *v = gelu_one(*v, tanh_approximation));
+}
+
+fn gelu_one(v: f32, tanh_approximation: bool) -> f32 {
     if tanh_approximation {
         const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-        x.mapv_inplace(|v| 0.5 * v * (1.0 + (C * (v + 0.044_715 * v * v * v)).tanh()));
+        0.5 * v * (1.0 + (C * (v + 0.044_715 * v * v * v)).tanh())
     } else {
-        x.mapv_inplace(|v| 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2)));
+        0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2))
     }
 }
 

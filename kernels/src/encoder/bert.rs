@@ -175,14 +175,29 @@ impl Layer {
         self.attention_norm.add_and_apply(&mut a, Some(&x));
         drop(x);
         let mut up = self.up.forward(device, a.view());
-        match shape.activation {
-            Activation::Gelu => ops::gelu(&mut up, false),
-            Activation::GeluTanh => ops::gelu(&mut up, true),
-            Activation::Relu => ops::relu(&mut up),
-        }
+        activate(device, &mut up, shape.activation);
         let mut out = self.down.forward(device, up.view());
         self.output_norm.add_and_apply(&mut out, Some(&a));
         out
+    }
+}
+
+/// The feed-forward activation, in place, split across the device's threads in bands of
+/// rows (it is the largest element-wise pass of the model: tokens × intermediate).
+fn activate(device: &CpuDevice, x: &mut Array2<f32>, activation: Activation) {
+    let cols = x.ncols().max(1);
+    let values = x.as_slice_mut().expect("a fresh GEMM output is contiguous");
+    let run = |band: &mut [f32]| match activation {
+        Activation::Gelu => ops::gelu_slice(band, false),
+        Activation::GeluTanh => ops::gelu_slice(band, true),
+        Activation::Relu => band.iter_mut().for_each(|v| *v = v.max(0.0)),
+    };
+    let rows = values.len() / cols;
+    if device.threads() > 1 && rows >= 2 * device.threads() {
+        let band = rows.div_ceil(device.threads()) * cols;
+        device.install(|| values.par_chunks_mut(band).for_each(run));
+    } else {
+        run(values);
     }
 }
 
