@@ -16,6 +16,7 @@ pub mod encoder;
 pub mod error;
 pub mod model;
 pub mod ops;
+pub mod packed;
 pub mod tasks;
 pub mod testing;
 pub mod weights;

@@ -15,6 +15,7 @@ use super::config::{Activation, BertShape};
 use super::tokenize::Tokens;
 use crate::device::CpuDevice;
 use crate::ops;
+use crate::packed::PackedWeight;
 use crate::weights::{Weight, WeightFile};
 
 /// Tensors of one file, found under the checkpoint's prefix, with their shapes checked.
@@ -54,12 +55,11 @@ impl<'a> Tensors<'a> {
     }
 }
 
-/// `y = x · W + b`, `W` repacked once at load from PyTorch's `[out, in]` into `[in, out]`,
-/// the layout the GEMM streams fastest (see [`ops::matmul`]).
+/// `y = x · W + b`, `W` repacked once at load from PyTorch's `[out, in]` into the layout its
+/// GEMM streams fastest ([`PackedWeight`]).
 pub(super) struct Dense {
-    weight: Vec<f32>,
+    weight: PackedWeight,
     bias: Weight,
-    out: usize,
 }
 
 impl Dense {
@@ -67,40 +67,37 @@ impl Dense {
         let w = t.get(&format!("{name}.weight"), &[out, inp], bare)?;
         let bias = t.get(&format!("{name}.bias"), &[out], bare)?;
         Ok(Dense {
-            weight: ops::transpose(w.as_slice(), out, inp),
+            weight: PackedWeight::pack(&ops::transpose(w.as_slice(), out, inp), inp, out),
             bias,
-            out,
         })
     }
 
-    /// One projection of several stacked side by side (`[q; k; v]` into one GEMM).
-    fn fused(parts: Vec<Dense>) -> Dense {
-        let inp = parts[0].weight.len() / parts[0].out;
-        let out: usize = parts.iter().map(|p| p.out).sum();
-        let mut weight = vec![0.0; inp * out];
-        let mut bias = Vec::with_capacity(out);
-        let mut col = 0;
-        for p in &parts {
+    /// One projection of several of the same input, side by side (`[q; k; v]` into one
+    /// GEMM), from their `[out, in]` tensors `name.weight` and `name.bias`.
+    fn fused(t: &Tensors<'_>, names: &[String], out: usize, inp: usize) -> Result<Dense, EncoderError> {
+        let total = out * names.len();
+        let mut weight = vec![0.0; inp * total];
+        let mut bias = Vec::with_capacity(total);
+        for (i, name) in names.iter().enumerate() {
+            let w = t.get(&format!("{name}.weight"), &[out, inp], false)?;
+            let w = ops::transpose(w.as_slice(), out, inp);
             for r in 0..inp {
-                weight[r * out + col..r * out + col + p.out].copy_from_slice(&p.weight[r * p.out..(r + 1) * p.out]);
+                weight[r * total + i * out..r * total + (i + 1) * out].copy_from_slice(&w[r * out..(r + 1) * out]);
             }
-            bias.extend_from_slice(p.bias.as_slice());
-            col += p.out;
+            bias.extend_from_slice(t.get(&format!("{name}.bias"), &[out], false)?.as_slice());
         }
-        Dense {
-            weight,
-            bias: Weight::from_vec(vec![out], bias),
-            out,
-        }
+        Ok(Dense {
+            weight: PackedWeight::pack(&weight, inp, total),
+            bias: Weight::from_vec(vec![total], bias),
+        })
     }
 
     pub(super) fn forward(&self, device: &CpuDevice, x: ArrayView2<'_, f32>) -> Array2<f32> {
-        ops::matmul(device, x, &self.weight, self.out, Some(self.bias.as_slice()))
-            .expect("shapes are checked at load. This is a bug.")
+        self.weight.matmul(device, x, Some(self.bias.as_slice()))
     }
 
     pub(super) fn bytes(&self) -> usize {
-        self.weight.len() * 4 + self.bias.byte_len()
+        self.weight.bytes() + self.bias.byte_len()
     }
 }
 
@@ -153,12 +150,12 @@ impl Layer {
     fn load(t: &Tensors<'_>, i: usize, shape: &BertShape) -> Result<Layer, EncoderError> {
         let (h, f, eps) = (shape.hidden, shape.intermediate, shape.layer_norm_eps);
         let p = format!("encoder.layer.{i}");
-        let qkv = ["query", "key", "value"]
+        let qkv: Vec<String> = ["query", "key", "value"]
             .iter()
-            .map(|n| Dense::load(t, &format!("{p}.attention.self.{n}"), h, h, false))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|n| format!("{p}.attention.self.{n}"))
+            .collect();
         Ok(Layer {
-            qkv: Dense::fused(qkv),
+            qkv: Dense::fused(t, &qkv, h, h)?,
             attention_out: Dense::load(t, &format!("{p}.attention.output.dense"), h, h, false)?,
             attention_norm: Norm::load(t, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
             up: Dense::load(t, &format!("{p}.intermediate.dense"), f, h, false)?,

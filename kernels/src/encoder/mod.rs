@@ -65,7 +65,7 @@ enum Head {
         normalize: bool,
     },
     Classification {
-        classifier: Classifier,
+        classifier: Box<Classifier>,
         labels: Vec<String>,
     },
 }
@@ -99,7 +99,7 @@ impl Encoder {
                     }
                 };
                 Head::Classification {
-                    classifier: Classifier::load(&tensors, config.shape.hidden, n)?,
+                    classifier: Box::new(Classifier::load(&tensors, config.shape.hidden, n)?),
                     labels,
                 }
             }
