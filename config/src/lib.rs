@@ -535,6 +535,14 @@ fn validate_deployment(
     };
 
     let model = validate_model(&d.model, base_dir)?;
+    if num_gpus > 0.0 && model.rows_io().is_none() {
+        return invalid(
+            "actor.num_gpus",
+            format!(
+                "{num_gpus}: an encoder folder (huggingface) runs on the CPU (its GPU kernels are not written yet); set num_gpus = 0"
+            ),
+        );
+    }
     Ok(Deployment {
         name: d.name.clone(),
         num_replicas,
@@ -604,7 +612,12 @@ fn validate_model(m: &raw::Model, base_dir: Option<&Path>) -> Result<ModelSource
             let max_seq_length = match m.max_seq_length {
                 None => None,
                 Some(n) if (1..=1 << 20).contains(&n) => Some(n as usize),
-                Some(n) => return invalid("model.max_seq_length", format!("must be at least 1, got {n}")),
+                Some(n) => {
+                    return invalid(
+                        "model.max_seq_length",
+                        format!("must be from 1 to {}, got {n}", 1 << 20),
+                    );
+                }
             };
             Ok(ModelSource::HuggingFace {
                 dir,

@@ -266,7 +266,9 @@ mod avx512 {
             Some(b) => unsafe {
                 (
                     _mm512_maskz_loadu_ps(lo, b.as_ptr()),
-                    _mm512_maskz_loadu_ps(hi, b.as_ptr().add(16)),
+                    // The upper half's address may lie past a short bias: formed with
+                    // wrapping arithmetic, and read only in the lanes `hi` allows.
+                    _mm512_maskz_loadu_ps(hi, b.as_ptr().wrapping_add(16)),
                 )
             },
             None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
@@ -281,10 +283,12 @@ mod avx512 {
                     v1 = _mm512_add_ps(v1, bias_hi);
                 } else {
                     v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(lo, row));
-                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(hi, row.add(16)));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(hi, row.wrapping_add(16)));
                 }
                 _mm512_mask_storeu_ps(row, lo, v0);
-                _mm512_mask_storeu_ps(row.add(16), hi, v1);
+                // Past the row's end when `cols <= 16`: then `hi` is empty and nothing is
+                // written.
+                _mm512_mask_storeu_ps(row.wrapping_add(16), hi, v1);
             }
         }
     }

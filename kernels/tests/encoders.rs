@@ -260,6 +260,15 @@ fn what_cannot_be_served_is_refused_with_the_file_the_key_and_the_value() {
         e.contains("max_seq_length 65 is longer than the model's 64 positions"),
         "{e}"
     );
+    let tiny = Overrides {
+        max_seq_length: Some(3),
+        ..Overrides::default()
+    };
+    let e = refusal(&fixtures().join("tiny-cross-encoder"), &tiny);
+    assert!(
+        e.contains("tokenizer.json: max_seq_length: 3 tokens leave no room for text"),
+        "{e}"
+    );
     let short = Overrides {
         max_seq_length: Some(8),
         ..Overrides::default()

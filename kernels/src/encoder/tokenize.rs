@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::EncoderError;
 
@@ -57,6 +57,10 @@ pub enum TokenizeError {
     TooLong { index: usize, tokens: usize, limit: usize },
     #[error("text {index}: the tokenizer failed: {reason}")]
     Failed { index: usize, reason: String },
+    /// The tokenizer made no token of text `index` (a tokenizer without `[CLS]`/`[SEP]`
+    /// given an empty text).
+    #[error("text {index} has no tokens; send some text")]
+    Empty { index: usize },
 }
 
 /// A folder's tokenizer, set up as sentence-transformers uses it.
@@ -84,11 +88,21 @@ impl TextTokenizer {
         whole
             .with_truncation(None)
             .map_err(|e| fail("truncation", e.to_string()))?;
-        let size = whole.get_vocab_size(true);
-        if size > vocab_size {
+        // Every id the tokenizer can give must index the model's embeddings.
+        if let Some((token, id)) = whole.get_vocab(true).into_iter().max_by_key(|(_, id)| *id)
+            && id as usize >= vocab_size
+        {
             return Err(fail(
                 "model.vocab",
-                format!("{size} tokens, more than the model's vocab_size of {vocab_size}"),
+                format!("token {token:?} has id {id}, past the model's vocab_size of {vocab_size}"),
+            ));
+        }
+        // The limit counts `[CLS]` and `[SEP]`: it must leave room for text, even in a pair.
+        let specials = whole.get_post_processor().map_or(0, |p| p.added_tokens(true));
+        if max_len <= specials {
+            return Err(fail(
+                "max_seq_length",
+                format!("{max_len} tokens leave no room for text beside the {specials} special tokens of a pair"),
             ));
         }
         let mut truncating = whole.clone();
@@ -133,6 +147,9 @@ impl TextTokenizer {
                 reason: e.to_string(),
             })?;
             let n = encoded.get_ids().len();
+            if n == 0 {
+                return Err(TokenizeError::Empty { index });
+            }
             if !truncate && n > self.max_len {
                 return Err(TokenizeError::TooLong {
                     index,

@@ -100,6 +100,16 @@ async fn texts(d: &Arc<Deployment>, request: codec::Request) -> Result<ModelWork
     let (rows, total) = (tokens.texts(), tokens.total());
     let b = &d.spec.batching;
     let parts = split(&tokens.lengths, b.max_batch_size, b.max_batch_tokens);
+    if parts.len() > b.max_queue_size {
+        // A queue that can never hold them all: retrying would not help (503 would say it
+        // might).
+        return Err(invalid(format!(
+            "input `{text_input}`: {rows} texts make {} batches, more than the model's queue holds (max_queue_size {}); send fewer texts a request",
+            parts.len(),
+            b.max_queue_size
+        ))
+        .into());
+    }
     let queued = if parts.len() == 1 {
         vec![d.submit(tokens)?]
     } else {
@@ -129,7 +139,7 @@ async fn texts(d: &Arc<Deployment>, request: codec::Request) -> Result<ModelWork
 fn tokenize_refusal(input: &str, e: TokenizeError) -> DecodeError {
     match e {
         TokenizeError::TooLong { .. } => shape(format!("input `{input}`: {e}")),
-        TokenizeError::Failed { .. } => invalid(format!("input `{input}`: {e}")),
+        TokenizeError::Failed { .. } | TokenizeError::Empty { .. } => invalid(format!("input `{input}`: {e}")),
     }
 }
 

@@ -165,10 +165,10 @@ pub fn load(spec: &Spec) -> Result<Loaded, StartError> {
                 return Err(StartError::Encoder {
                     name: name(),
                     source: EncoderError::Config {
-                        file: dir.join("config.json"),
-                        key: "max_seq_length".into(),
+                        file: dir.clone(),
+                        key: "batching.max_batch_tokens".into(),
                         reason: format!(
-                            "{max} tokens do not fit in one batch: batching.max_batch_tokens is {}; raise it or lower max_seq_length",
+                            "{} cannot hold one text of the model's {max} tokens (max_seq_length); raise it, or lower model.max_seq_length",
                             spec.batching.max_batch_tokens
                         ),
                     },
