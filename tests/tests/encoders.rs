@@ -9,39 +9,16 @@ use std::path::Path;
 use prism_client::v2::{InferInput, InferRequest, Parameters, RequestedOutput, TensorData};
 use prism_kernels::CpuDevice;
 use prism_kernels::encoder::{Encoder, Overrides};
-use prism_tests::{TestServer, encoder_fixtures, minilm_dir};
+use prism_tests::{TestServer, encoder_fixtures, matrix, minilm_dir, strings};
 use serde_json::Value;
 
 fn reference(name: &str) -> Value {
     let path = encoder_fixtures().join(name);
-    let path = if path.is_dir() {
+    prism_tests::json_file(&if path.is_dir() {
         path.join("reference.json")
     } else {
         path
-    };
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn matrix(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
+    })
 }
 
 /// The largest `|got - want|` of a flat answer against rows.

@@ -1,43 +1,22 @@
 //! Encoder folders against sentence-transformers and transformers: the answers computed by
 //! them (tests/encoders/make_fixtures.py) for small random BERTs of several shapes; the
 //! same text alone and in any batch; refusals that name the file and the key.
-//! (all-MiniLM-L6-v2 itself is tested in tests/tests/encoders.rs, beside its wheel.)
+//! In process, without a server (tests/tests/encoders.rs serves them over HTTP, and
+//! all-MiniLM-L6-v2 too).
 
 use std::path::{Path, PathBuf};
 
 use prism_kernels::CpuDevice;
 use prism_kernels::encoder::{Encoder, EncoderError, Overrides, Pooling, Task, TokenizeError};
+use prism_tests::{encoder_fixtures, matrix, strings};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/encoders")
+    encoder_fixtures()
 }
 
 fn reference(folder: &Path) -> Value {
-    let text = std::fs::read_to_string(folder.join("reference.json")).expect("reference.json");
-    serde_json::from_str(&text).expect("JSON")
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn matrix(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
+    prism_tests::json_file(&folder.join("reference.json"))
 }
 
 /// The largest `|got - want|`, row by row.
