@@ -14,3 +14,20 @@ pub const LINEAR_SHAPES: &[(usize, usize, usize)] = &[
 ];
 
 pub use prism_kernels::testing::uniform as values;
+
+/// Returns when a CUDA device can be used; otherwise prints why and exits: with status 1
+/// under `PRISM_REQUIRE_GPU=1` (scripts/gpu-check sets it: there a skip is a failure),
+/// else 0.
+pub fn require_gpu() {
+    let why = match prism_kernels::cuda::probe() {
+        Ok(n) if n > 0 => return,
+        Ok(_) => "no CUDA device".to_owned(),
+        Err(why) => why,
+    };
+    println!("skipped: {why}");
+    std::process::exit(if std::env::var("PRISM_REQUIRE_GPU").as_deref() == Ok("1") {
+        1
+    } else {
+        0
+    });
+}

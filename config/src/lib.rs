@@ -535,14 +535,6 @@ fn validate_deployment(
     };
 
     let model = validate_model(&d.model, base_dir)?;
-    if num_gpus > 0.0 && model.rows_io().is_none() {
-        return invalid(
-            "actor.num_gpus",
-            format!(
-                "{num_gpus}: an encoder folder (huggingface) runs on the CPU (its GPU kernels are not written yet); set num_gpus = 0"
-            ),
-        );
-    }
     Ok(Deployment {
         name: d.name.clone(),
         num_replicas,

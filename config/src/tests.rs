@@ -212,9 +212,9 @@ fn an_encoder_folder_is_a_model_source_of_its_own() {
     assert!(err(&format!("{base}pooling = \"sum\"\n")).contains("model.pooling: unknown pooling \"sum\""));
     assert!(err(&base.replace("\"enc\"", "\"missing\"")).contains("model.huggingface:"));
     assert!(err(&format!("{base}inputs = []\n")).contains("tensors come from the folder"));
-    assert!(
-        err(&format!("{base}[deployments.actor]\nnum_gpus = 0.5\n")).contains("actor.num_gpus: 0.5: an encoder folder")
-    );
+    // Encoders run on GPU slots as layer models do.
+    let on_gpu = parse_here(&format!("{base}[deployments.actor]\nnum_gpus = 0.5\n")).unwrap();
+    assert_eq!(on_gpu.deployments[0].actor.num_gpus, 0.5);
     assert!(
         err("[[deployments]]\nname = \"m\"\n[deployments.model]\nbuiltin = \"mlp\"\npooling = \"cls\"\n")
             .contains("model.pooling: applies to a `huggingface` encoder folder only")

@@ -2,8 +2,8 @@
 //! GPU and the CUDA libraries are found; elsewhere it says it was skipped.
 
 use prism_kernels::cuda::{CudaDevice, GpuModel, Precision, probe};
-use prism_kernels::testing::{relative_error, uniform};
-use prism_kernels::{CpuDevice, Layer, Model, Weight, builtin};
+use prism_kernels::testing::{every_op_model, mlp_logits, relative_error, uniform};
+use prism_kernels::{CpuDevice, builtin};
 
 /// Whether there is a GPU to test on. Without one the tests say they were skipped, unless
 /// `PRISM_REQUIRE_GPU=1` (scripts/gpu-check sets it): then a missing GPU is a failure, so
@@ -20,52 +20,6 @@ fn gpu_available() -> bool {
     );
     eprintln!("skipped: {why}");
     false
-}
-
-fn every_op_model() -> Model {
-    let (i, h, o) = (48, 64, 12);
-    let layers = vec![
-        Layer::Linear {
-            weight: Weight::from_vec(vec![h, i], uniform(h * i, 1)),
-            bias: Some(Weight::from_vec(vec![h], uniform(h, 2))),
-        },
-        Layer::Gelu { tanh: false },
-        Layer::Matmul {
-            weight: Weight::from_vec(vec![h, h], uniform(h * h, 3)),
-        },
-        Layer::Add {
-            tensor: Weight::from_vec(vec![h], uniform(h, 4)),
-        },
-        Layer::Tanh,
-        Layer::Gelu { tanh: true },
-        Layer::Linear {
-            weight: Weight::from_vec(vec![o, h], uniform(o * h, 5)),
-            bias: None,
-        },
-        Layer::Sigmoid,
-        Layer::Relu,
-        Layer::Softmax,
-    ];
-    Model::new(std::path::Path::new("test:every-op"), layers, i).unwrap()
-}
-
-/// The default MLP without its softmax: raw logits, so a GEMM error is not squashed by
-/// a softmax into a small relative error.
-fn mlp_logits() -> Model {
-    let t = builtin::mlp_tensors();
-    let w = |i: usize| Weight::from_vec(t[i].1.clone(), t[i].2.clone());
-    let layers = vec![
-        Layer::Linear {
-            weight: w(0),
-            bias: Some(w(1)),
-        },
-        Layer::Relu,
-        Layer::Linear {
-            weight: w(2),
-            bias: Some(w(3)),
-        },
-    ];
-    Model::new(std::path::Path::new("test:mlp-logits"), layers, 784).unwrap()
 }
 
 #[test]
@@ -125,4 +79,45 @@ fn pinned_host_memory_is_zeroed_writable_and_aligned() {
     let b = alloc.zeroed(1 << 20).unwrap();
     std::thread::spawn(move || drop(b)).join().unwrap();
     assert_eq!(alloc.zeroed(16).expect("allocates after a free elsewhere").len(), 16);
+}
+
+#[test]
+fn gpu_encoders_match_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    use prism_kernels::cuda::GpuEncoder;
+    use prism_kernels::encoder::{Encoder, Overrides};
+    let cpu = CpuDevice::new(1).unwrap();
+    let words: Vec<String> = (0..200).map(|i| format!("w{}", i * 7919 % 389)).collect();
+    for dir in prism_kernels::testing::encoder_fixtures() {
+        let encoder = Encoder::load(&dir, &Overrides::default()).expect("the fixture loads");
+        for (precision, tolerance) in [
+            (Precision::Fp32, 1e-5),
+            (Precision::Tf32, 5e-3),
+            (Precision::Bf16, 3e-2),
+            (Precision::Fp16, 1e-2),
+        ] {
+            let device = CudaDevice::new(0).expect("open GPU 0");
+            let mut gpu = GpuEncoder::upload(&encoder, device, precision).expect("upload");
+            for texts in [1, 7, 32, 100] {
+                let owned: Vec<String> = (0..texts)
+                    .map(|t| words[t % 50..t % 50 + 1 + (t * 13) % 120].join(" "))
+                    .collect();
+                let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+                let pairs: Vec<&str> = refs.iter().rev().copied().collect();
+                let pairs = dir.ends_with("tiny-cross-encoder").then_some(pairs.as_slice());
+                let batch = encoder.tokenizer().encode(&refs, pairs, true).expect("tokenizes");
+                let want = encoder.forward(&cpu, &batch);
+                let got = gpu.forward(&batch).expect("forward");
+                let err = relative_error(&got, want.as_slice().unwrap());
+                let name = dir.file_name().unwrap().to_string_lossy();
+                eprintln!("{precision} {name} texts={texts}: relative error {err:.2e}");
+                assert!(
+                    err < tolerance,
+                    "{precision} {name} texts={texts}: relative error {err:.2e}"
+                );
+            }
+        }
+    }
 }

@@ -472,3 +472,29 @@ async fn an_embedding_kept_in_the_store_feeds_a_layer_model_by_ref() {
     assert!(max_diff(&y, &want) <= 1e-5, "{y:?} vs {want:?}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_encoder_asking_for_a_gpu_slot_is_placed_on_one_and_answers() {
+    // Simulated cards place replicas but run nothing: the replicas take their slots (the
+    // ask counts batches of max_batch_tokens) and compute on the CPU, with the same answers.
+    let r = reference("tiny-mean");
+    let inventory =
+        std::sync::Arc::new(prism_server::resources::inventory::SimulatedInventory::parse("1x80GiB").unwrap());
+    let text = format!(
+        "[[deployments]]\nname = \"mean\"\nnum_replicas = 2\n[deployments.model]\nhuggingface = \"{}\"\n\
+         [deployments.actor]\nnum_gpus = 0.5\n",
+        encoder_fixtures().join("tiny-mean").display()
+    );
+    let file = prism_config::Config::parse(&text, "encoders.toml", None).expect("a valid file");
+    let server = TestServer::start_with(file, inventory).await.unwrap();
+    let status = server.get_json("/v2/status").await;
+    for replica in status["deployments"][0]["replicas"].as_array().unwrap() {
+        assert_eq!(replica["placement"], "gpu", "{replica}");
+        assert_eq!(replica["share"], 0.5, "{replica}");
+    }
+    let texts = strings(&r["texts"]);
+    let a = server.client.infer("mean", &texts_request(&texts)).await.unwrap();
+    let d = max_diff(&floats(&a, "EMBEDDING"), &matrix(&r["embeddings"]));
+    assert!(d <= 1e-5, "differs from sentence-transformers by {d}");
+    server.stop().await.unwrap();
+}

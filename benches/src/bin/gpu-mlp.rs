@@ -5,16 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use prism_kernels::cuda::{CudaDevice, GpuModel, Precision, probe};
+use prism_kernels::cuda::{CudaDevice, GpuModel, Precision};
 use prism_kernels::testing::{relative_error, uniform};
 use prism_kernels::{CpuDevice, builtin};
 
 fn main() {
-    match probe() {
-        Ok(n) if n > 0 => {}
-        Ok(_) => return println!("skipped: no CUDA device"),
-        Err(why) => return println!("skipped: {why}"),
-    }
+    prism_benches::require_gpu();
     let model = builtin::mlp();
     let cpu = CpuDevice::new(1).expect("a CPU device");
     println!(

@@ -19,15 +19,15 @@ use crate::packed::PackedWeight;
 use crate::weights::{Weight, WeightFile};
 
 /// Tensors of one file, found under the checkpoint's prefix, with their shapes checked.
-pub(super) struct Tensors<'a> {
+pub(crate) struct Tensors<'a> {
     file: &'a WeightFile,
-    prefix: &'static str,
+    pub(crate) prefix: &'static str,
 }
 
 impl<'a> Tensors<'a> {
     /// The tensors of `file`: `bert.`-prefixed (as `BertForSequenceClassification` saves
     /// them) or not (`BertModel`, sentence-transformers).
-    pub(super) fn new(file: &'a WeightFile) -> Self {
+    pub(crate) fn new(file: &'a WeightFile) -> Self {
         let prefix = if file.has("bert.embeddings.word_embeddings.weight") {
             "bert."
         } else {
@@ -37,7 +37,7 @@ impl<'a> Tensors<'a> {
     }
 
     /// The tensor `name` (under the prefix unless `bare`), which must have `shape`.
-    pub(super) fn get(&self, name: &str, shape: &[usize], bare: bool) -> Result<Weight, EncoderError> {
+    pub(crate) fn get(&self, name: &str, shape: &[usize], bare: bool) -> Result<Weight, EncoderError> {
         let full = if bare {
             name.to_owned()
         } else {
@@ -198,6 +198,16 @@ fn activate(device: &CpuDevice, x: &mut Array2<f32>, activation: Activation) {
     }
 }
 
+/// The embedding tables, by name, with their rows (each `hidden` wide): words, positions,
+/// token types.
+pub(crate) fn embedding_tables(shape: &BertShape) -> [(&'static str, usize); 3] {
+    [
+        ("embeddings.word_embeddings.weight", shape.vocab_size),
+        ("embeddings.position_embeddings.weight", shape.max_positions),
+        ("embeddings.token_type_embeddings.weight", shape.type_vocab_size),
+    ]
+}
+
 /// The encoder: embeddings, then the layers. Its answer is one state per token.
 pub(super) struct Bert {
     pub(super) shape: BertShape,
@@ -211,17 +221,8 @@ pub(super) struct Bert {
 impl Bert {
     pub(super) fn load(t: &Tensors<'_>, shape: &BertShape) -> Result<Bert, EncoderError> {
         let h = shape.hidden;
-        let word = t.get("embeddings.word_embeddings.weight", &[shape.vocab_size, h], false)?;
-        let position = t.get(
-            "embeddings.position_embeddings.weight",
-            &[shape.max_positions, h],
-            false,
-        )?;
-        let token_type = t.get(
-            "embeddings.token_type_embeddings.weight",
-            &[shape.type_vocab_size, h],
-            false,
-        )?;
+        let [word, position, token_type] = embedding_tables(shape).map(|(name, rows)| t.get(name, &[rows, h], false));
+        let (word, position, token_type) = (word?, position?, token_type?);
         let embedding_norm = Norm::load(t, "embeddings.LayerNorm", h, shape.layer_norm_eps)?;
         let layers = (0..shape.layers)
             .map(|i| Layer::load(t, i, shape))

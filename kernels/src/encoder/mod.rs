@@ -28,7 +28,8 @@ pub use tokenize::{TextTokenizer, TokenizeError, Tokens};
 use crate::device::CpuDevice;
 use crate::error::ModelError;
 use crate::weights::WeightFile;
-use bert::{Bert, Classifier, Tensors};
+use bert::{Bert, Classifier};
+pub(crate) use bert::{Tensors, embedding_tables};
 
 /// An encoder folder that cannot be served: one line naming the file, the key and why.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,9 @@ pub enum EncoderError {
     },
     #[error(transparent)]
     Weights(#[from] ModelError),
+    /// The GPU path could not take the model (upload, memory).
+    #[error("CUDA: {0}")]
+    Gpu(String),
 }
 
 /// A loaded encoder: its configuration, tokenizer and weights. Cheap to clone (replicas
@@ -57,6 +61,8 @@ struct Inner {
     tokenizer: TextTokenizer,
     bert: Bert,
     head: Head,
+    /// The mapped file, for the GPU path's upload of the tensors as they are stored.
+    file: WeightFile,
 }
 
 enum Head {
@@ -115,8 +121,22 @@ impl Encoder {
                 tokenizer,
                 bert,
                 head,
+                file,
             }),
         })
+    }
+
+    /// The folder's tensors, as stored (`[out, in]` projections), under its prefix.
+    pub(crate) fn tensors(&self) -> Tensors<'_> {
+        Tensors::new(&self.inner.file)
+    }
+
+    /// The embedding head's pooling and whether it normalises; `None` for a classifier.
+    pub(crate) fn embedding_head(&self) -> Option<(Pooling, bool)> {
+        match &self.inner.head {
+            Head::Embedding { pooling, normalize } => Some((*pooling, *normalize)),
+            Head::Classification { .. } => None,
+        }
     }
 
     pub fn config(&self) -> &EncoderConfig {

@@ -134,6 +134,7 @@ impl Engine {
                 faults: spec.fault_injection.clone(),
                 retries: spec.retries.clone(),
                 precision: spec.precision,
+                max_batch_tokens: spec.batching.max_batch_tokens,
                 metrics: replica_metrics.clone(),
                 stats: Arc::clone(stats),
                 done: done_tx.clone(),

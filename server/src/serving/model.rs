@@ -131,14 +131,19 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Bytes one replica needs on a card, as the CUDA backend allocates them. An encoder
-    /// runs on the CPU: its weights are what it would hold.
+    /// Bytes one replica needs on a card, as the CUDA backend allocates them: for an
+    /// encoder, batches of up to `max_batch_tokens` padded tokens.
     pub fn replica_memory(&self, spec: &Spec) -> u64 {
         match &self.model {
             ServedModel::Rows(m) => {
                 prism_kernels::cuda::GpuModel::memory_needed(m, spec.precision, spec.batching.max_batch_size)
             }
-            ServedModel::Encoder(e) => e.weight_bytes() as u64,
+            ServedModel::Encoder(e) => prism_kernels::cuda::GpuEncoder::memory_needed(
+                e,
+                spec.precision,
+                spec.batching.max_batch_tokens,
+                e.config().max_seq_length,
+            ),
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView2, Axis, s};
 use prism_config::{FaultInjection, Precision, Retries};
-use prism_kernels::cuda::{CudaDevice, GpuModel};
+use prism_kernels::cuda::{CudaDevice, GpuEncoder, GpuModel};
 use prism_kernels::encoder::Tokens;
 use prism_kernels::{CpuDevice, Device};
 use prometheus::{Histogram, IntCounterVec};
@@ -50,6 +50,9 @@ pub struct ReplicaSpec {
     pub faults: FaultInjection,
     pub retries: Retries,
     pub precision: Precision,
+    /// `batching.max_batch_tokens`: an encoder's largest batch, which a GPU replica checks
+    /// it can run before it takes any.
+    pub max_batch_tokens: usize,
     pub metrics: ReplicaMetrics,
     pub stats: Arc<ModelStats>,
     /// Where the replica reports its index after each batch.
@@ -85,6 +88,7 @@ pub fn spawn(spec: ReplicaSpec) -> std::io::Result<Spawned> {
 enum Backend {
     Cpu(CpuDevice),
     Cuda(Box<GpuModel>),
+    CudaEncoder(Box<GpuEncoder>),
 }
 
 impl Backend {
@@ -93,17 +97,17 @@ impl Backend {
         match &spec.device {
             Device::Cpu(cpu) => (Backend::Cpu(cpu.clone()), Ok(())),
             Device::Cuda { ordinal } => {
-                let model = match &spec.model {
-                    ServedModel::Rows(m) => m,
-                    ServedModel::Encoder(_) => {
-                        let cpu = CpuDevice::new(spec.threads).unwrap_or_else(|_| CpuDevice::single());
-                        let why = format!("cuda:{ordinal}: encoder models have no GPU kernels yet");
-                        tracing::warn!(model = %spec.model_name, replica = spec.index, "{why}; this replica runs on the CPU");
-                        return (Backend::Cpu(cpu), Err(why));
-                    }
-                };
-                match CudaDevice::new(*ordinal).and_then(|d| GpuModel::upload(model, d, spec.precision)) {
-                    Ok(model) => (Backend::Cuda(Box::new(model)), Ok(())),
+                let opened = CudaDevice::new(*ordinal).and_then(|d| match &spec.model {
+                    ServedModel::Rows(m) => GpuModel::upload(m, d, spec.precision).map(|m| Backend::Cuda(Box::new(m))),
+                    ServedModel::Encoder(e) => GpuEncoder::upload(e, d, spec.precision)
+                        .map_err(|e| prism_kernels::cuda::GpuError(e.to_string()))
+                        .and_then(|m| {
+                            m.fits(spec.max_batch_tokens, e.config().max_seq_length)?;
+                            Ok(Backend::CudaEncoder(Box::new(m)))
+                        }),
+                });
+                match opened {
+                    Ok(backend) => (backend, Ok(())),
                     Err(e) => {
                         tracing::error!(model = %spec.model_name, replica = spec.index, gpu = ordinal, error = %e,
                             "cannot run on the GPU; this replica runs on the CPU");
@@ -287,7 +291,12 @@ fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: &Input) -> Result
                     .map_err(|e| e.to_string())?;
                 Ok(Array2::from_shape_vec((n, m.out_features()), y).expect("the GPU answers rows × out"))
             }
-            _ => unreachable!("the input matches the model, and encoders run on the CPU. This is a bug."),
+            (Backend::CudaEncoder(gpu), ServedModel::Encoder(e), Input::Tokens(tokens)) => {
+                let y = gpu.forward(tokens).map_err(|e| e.to_string())?;
+                Ok(Array2::from_shape_vec((tokens.texts(), e.output_width()), y)
+                    .expect("the GPU answers texts × width"))
+            }
+            _ => unreachable!("the input matches the model, and each backend runs its own model. This is a bug."),
         }
     };
     match catch_unwind(AssertUnwindSafe(forward)) {
