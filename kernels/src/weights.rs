@@ -188,4 +188,30 @@ impl Weight {
     pub fn byte_len(&self) -> usize {
         self.as_slice().len() * 4
     }
+
+    /// Lets the kernel drop the mapped pages that hold only this tensor from the process's
+    /// memory, for a weight that was copied (repacked, uploaded) and will not be read
+    /// again soon: they stay in the page cache, and a later read maps them back. Pages
+    /// shared with a neighbouring tensor are kept. Owned weights are left as they are.
+    pub fn release_pages(&self) {
+        let WeightData::Mapped { map, offset, len } = &self.data else {
+            return;
+        };
+        let page = page_size();
+        let start = offset.next_multiple_of(page);
+        let end = (offset + len * 4) / page * page;
+        if end > start {
+            // SAFETY: the map is read-only and file-backed: dropping its pages loses
+            // nothing (a later access reads the same bytes from the file), so no reference
+            // into it sees different data.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+}
+
+/// The system's page size (4 KiB where it cannot be read).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as usize } else { 4096 }
 }

@@ -136,3 +136,38 @@ fn the_largest_batches_launch_within_every_architectures_limits() {
         .expect_err("the largest max_batch_tokens does not");
     assert!(err.0.contains("2^31"), "{err}");
 }
+
+#[test]
+fn every_pooling_mode_on_the_mirror_matches_the_cpu_path() {
+    use prism_kernels::encoder::Pooling;
+    let cpu = CpuDevice::new(1).unwrap();
+    let texts = texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for pooling in [
+        Pooling::Mean,
+        Pooling::Cls,
+        Pooling::Max,
+        Pooling::MeanSqrtLen,
+        Pooling::LastToken,
+    ] {
+        for normalize in [false, true] {
+            let overrides = Overrides {
+                pooling: Some(pooling),
+                normalize: Some(normalize),
+                ..Overrides::default()
+            };
+            let encoder = Encoder::load(&encoder_fixtures()[0], &overrides).unwrap();
+            let batch = encoder.tokenizer().encode(&refs, None, true).unwrap();
+            let want = encoder.forward(&cpu, &batch);
+            let got = GpuEncoder::on(&encoder, Mirror::new(), Precision::Fp32)
+                .unwrap()
+                .forward(&batch)
+                .unwrap();
+            let err = relative_error(&got, want.as_slice().unwrap());
+            assert!(
+                err < 1e-5,
+                "{pooling:?} normalize={normalize}: relative error {err:.2e}"
+            );
+        }
+    }
+}

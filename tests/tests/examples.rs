@@ -37,23 +37,40 @@ fn built() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tutorial_pattern_runs_as_an_example() {
-    let dir = built().join("examples");
     let server = TestServer::start(prism_config::Config::embedded_default()).await;
     for name in EXAMPLES {
-        let url = server.url.clone();
-        let path = dir.join(name);
-        let output = tokio::task::spawn_blocking(move || Command::new(path).env("PRISM_URL", url).output())
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("cannot run example {name}: {e}"));
-        assert!(
-            output.status.success(),
-            "example {name} failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        eprintln!("{name}: ok\n{}", String::from_utf8_lossy(&output.stdout));
+        let printed = run_example(name, &server).await;
+        eprintln!("{name}: ok\n{printed}");
     }
+    server.stop().await.unwrap();
+}
+
+/// Runs example `name` against `server`, and answers what it printed.
+async fn run_example(name: &'static str, server: &TestServer) -> String {
+    let (url, path) = (server.url.clone(), built().join("examples").join(name));
+    let output = tokio::task::spawn_blocking(move || Command::new(path).env("PRISM_URL", url).output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run example {name}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "example {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoder_s_embeddings_feed_a_head_by_ref_in_the_example() {
+    // The example's own deployment file, as its documentation says to serve it.
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/examples/embedding_head.toml");
+    let server = TestServer::start(prism_config::Config::from_file(&file).expect("the example's file loads")).await;
+    let printed = run_example("embedding_head", &server).await;
+    assert!(
+        printed.contains("the head's answers match the fetched embeddings"),
+        "{printed}"
+    );
     server.stop().await.unwrap();
 }
 

@@ -95,11 +95,10 @@ impl<E: Executor> Uploader<'_, E> {
         let mut weight = Vec::with_capacity(names.len() * out * inp);
         let mut bias = Vec::with_capacity(names.len() * out);
         for name in names {
-            weight.extend_from_slice(
-                self.tensors
-                    .get(&format!("{name}.weight"), &[out, inp], bare)?
-                    .as_slice(),
-            );
+            let stored = self.tensors.get(&format!("{name}.weight"), &[out, inp], bare)?;
+            weight.extend_from_slice(stored.as_slice());
+            // Read once, for the upload: the card holds it now.
+            stored.release_pages();
             bias.extend_from_slice(self.tensors.get(&format!("{name}.bias"), &[out], bare)?.as_slice());
         }
         let mut bits = Vec::new();
@@ -494,9 +493,11 @@ impl<E: Executor> GpuEncoder<E> {
     pub fn forward(&mut self, batch: &Tokens) -> Result<Vec<f32>, GpuError> {
         let texts = batch.texts();
         let seq = batch.lengths.iter().copied().max().unwrap_or(0);
-        if texts == 0 || seq == 0 {
+        if texts == 0 || batch.lengths.contains(&0) {
+            // The kernels take every length as at least one token (the tokenizer refuses
+            // empty texts with a 400).
             return Err(GpuError(
-                "an encoder batch needs at least one token. This is a bug.".into(),
+                "every text of an encoder batch needs a token. This is a bug.".into(),
             ));
         }
         let mut ids = vec![0i32; texts * seq];

@@ -100,6 +100,11 @@ struct DeviceBuf {
 
 /// Runs plans on one [`CudaDevice`]. Scratch buffers grow to the largest batch seen and
 /// are kept; inputs and the answer pass through page-locked buffers.
+///
+/// Everything runs on the replica's one stream, in order: kernels and GEMMs get raw
+/// device addresses (cudarc's per-buffer events are not used to order them), buffers are
+/// freed stream-ordered when they grow, and each batch ends with a synchronize (a failed
+/// one too) before its staging is reused.
 pub struct CudaExecutor {
     device: CudaDevice,
     buffers: Vec<Option<DeviceBuf>>,
@@ -254,6 +259,11 @@ impl CudaExecutor {
         if self.staging_in.len() < inputs.len() {
             self.staging_in.resize_with(inputs.len(), || None);
         }
+        assert_eq!(
+            inputs.len(),
+            plan.inputs.len(),
+            "one input per plan input. This is a bug."
+        );
         for (i, (&buf, data)) in plan.inputs.iter().zip(inputs).enumerate() {
             let bytes = bytes(data);
             let ctx = Arc::clone(&self.device.ctx);
@@ -304,11 +314,12 @@ impl CudaExecutor {
         let src = src.slice(0..len * 4);
         // SAFETY: the output buffer holds fp32 values; the view reinterprets its bytes.
         let src = unsafe { src.transmute::<f32>(len) }.ok_or_else(|| GpuError("the output is too short".into()))?;
-        let mut host = vec![0.0f32; len];
-        stream.memcpy_dtoh(&src, out).map_err(gpu("copy the answer back"))?;
+        // Exactly `len` values: cudarc copies as many bytes as the destination holds, and
+        // the staging buffer may be longer than this batch's answer.
+        let dst = &mut out.as_mut_slice().map_err(gpu("map pinned output"))?[..len];
+        stream.memcpy_dtoh(&src, dst).map_err(gpu("copy the answer back"))?;
         stream.synchronize().map_err(gpu("synchronize"))?;
-        host.copy_from_slice(&out.as_slice().map_err(gpu("map pinned output"))?[..len]);
-        Ok(host)
+        Ok(dst.to_vec())
     }
 }
 
@@ -340,7 +351,14 @@ impl Executor for CudaExecutor {
     fn run(&mut self, plan: &Plan, inputs: &[Host<'_>]) -> Result<Vec<f32>, GpuError> {
         // cudarc panics on a missing library symbol and on some failed frees: a panic here
         // is a failed batch, never the end of the replica's thread.
-        catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner(plan, inputs)))
-            .unwrap_or_else(|_| Err(GpuError("cudarc panicked running a batch".into())))
+        let result = catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner(plan, inputs)))
+            .unwrap_or_else(|_| Err(GpuError("cudarc panicked running a batch".into())));
+        if result.is_err() {
+            // A failed batch may leave copies and kernels queued on the staging and scratch
+            // buffers (a successful one ends synchronized): let them finish before the next
+            // batch reuses or grows the buffers.
+            let _ = self.device.stream.synchronize();
+        }
+        result
     }
 }

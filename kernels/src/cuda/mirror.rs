@@ -19,14 +19,6 @@ enum Memory {
 }
 
 impl Memory {
-    fn zeroed(elem: Elem, len: usize) -> Memory {
-        match elem {
-            Elem::F32 => Memory::F32(vec![0.0; len]),
-            Elem::I32 => Memory::I32(vec![0; len]),
-            Elem::U16 => Memory::U16(vec![0; len]),
-        }
-    }
-
     fn from_host(data: Host<'_>) -> Memory {
         match data {
             Host::F32(v) => Memory::F32(v.to_vec()),
@@ -525,14 +517,17 @@ impl Executor for Mirror {
     }
 
     fn run(&mut self, plan: &Plan, inputs: &[Host<'_>]) -> Result<Vec<f32>, GpuError> {
-        // Scratch holds exactly what this batch needs, so any read past it panics, and its
-        // floats start as NaN (the card's would hold the previous batch's values): a plan
-        // that reads what it did not write shows in its answer.
+        // Scratch holds exactly what this batch needs, so any read past it panics, and it
+        // starts as poison (the card's would hold the previous batch's values): NaN floats
+        // and half floats, ints that index nowhere. A plan that reads what it did not
+        // write shows in its answer or panics.
         for &(buf, elem, len) in &plan.scratch {
-            let mut m = Memory::zeroed(elem, len);
-            if let Memory::F32(v) = &mut m {
-                v.fill(f32::NAN);
-            }
+            let m = match elem {
+                Elem::F32 => Memory::F32(vec![f32::NAN; len]),
+                // A NaN in bf16 and in fp16 alike.
+                Elem::U16 => Memory::U16(vec![0x7fc0; len]),
+                Elem::I32 => Memory::I32(vec![i32::MIN; len]),
+            };
             *self.slot(buf) = Some(m);
         }
         assert_eq!(inputs.len(), plan.inputs.len(), "one input per plan input");

@@ -117,13 +117,13 @@ pub const SOURCES: [&Source; 2] = [&LAYERS, &ENCODER];
 pub static LAYERS: Source = Source {
     name: "prism_layers.cu",
     code: r#"
-extern "C" __global__ void __launch_bounds__(256) add_row(float* y, const float* t, int rows, int cols) {
+extern "C" __global__ void __launch_bounds__(ELEMENT_BLOCK) add_row(float* y, const float* t, int rows, int cols) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < rows * cols) y[i] += t[i % cols];
 }
 
 // act: 1 relu, 2 gelu (erf), 3 gelu (tanh), 4 sigmoid, 5 tanh
-extern "C" __global__ void __launch_bounds__(256) activate(float* y, int n, int act) {
+extern "C" __global__ void __launch_bounds__(ELEMENT_BLOCK) activate(float* y, int n, int act) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float v = y[i];
@@ -138,7 +138,7 @@ extern "C" __global__ void __launch_bounds__(256) activate(float* y, int n, int 
 }
 
 // One thread per row: the rows of a serving model are short (tens to thousands).
-extern "C" __global__ void __launch_bounds__(256) softmax_rows(float* y, int rows, int cols) {
+extern "C" __global__ void __launch_bounds__(ELEMENT_BLOCK) softmax_rows(float* y, int rows, int cols) {
     int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
     float* row = y + (long long)r * cols;
@@ -152,7 +152,7 @@ extern "C" __global__ void __launch_bounds__(256) softmax_rows(float* y, int row
 
 // f32 -> bf16 bits, rounding to nearest even (as the `half` crate does for the weights);
 // NaN stays a quiet NaN. Reads the floats as their bits: NVRTC has no headers.
-extern "C" __global__ void __launch_bounds__(256) to_bf16(const unsigned int* x, unsigned short* y, int n) {
+extern "C" __global__ void __launch_bounds__(ELEMENT_BLOCK) to_bf16(const unsigned int* x, unsigned short* y, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     unsigned int u = x[i];
@@ -162,7 +162,7 @@ extern "C" __global__ void __launch_bounds__(256) to_bf16(const unsigned int* x,
 }
 
 // f32 -> IEEE fp16 bits, round to nearest even, by the hardware's conversion.
-extern "C" __global__ void __launch_bounds__(256) to_fp16(const float* x, unsigned short* y, int n) {
+extern "C" __global__ void __launch_bounds__(ELEMENT_BLOCK) to_fp16(const float* x, unsigned short* y, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     unsigned short h;
@@ -178,8 +178,6 @@ extern "C" __global__ void __launch_bounds__(256) to_fp16(const float* x, unsign
 pub static ENCODER: Source = Source {
     name: "prism_encoder.cu",
     code: r#"
-#define ROW_BLOCK 256
-
 // Sum (op 0) or maximum (op 1) of one value per thread over the block, in shared memory:
 // every thread gets the answer. The block is ROW_BLOCK threads, a power of two.
 __device__ float block_reduce(float v, float* red, int op) {
@@ -196,7 +194,7 @@ __device__ float block_reduce(float v, float* red, int op) {
 }
 
 // x[b, p, :] = word[ids] + position[p] + type[types], zero past the text's length.
-extern "C" __global__ void __launch_bounds__(256) embed(
+extern "C" __global__ void __launch_bounds__(ELEMENT_BLOCK) embed(
     float* x, const float* word, const float* position, const float* type,
     const int* ids, const int* types, const int* lengths, int batch, int seq, int hidden) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -255,7 +253,7 @@ extern "C" __global__ void __launch_bounds__(ROW_BLOCK) masked_softmax(
 
 // qkv[b, p, 3 * hidden] (queries, keys, values side by side) -> q, k, v[b, head, p, d];
 // the queries scaled by 1/sqrt(d).
-extern "C" __global__ void __launch_bounds__(256) split_heads(
+extern "C" __global__ void __launch_bounds__(ELEMENT_BLOCK) split_heads(
     const float* qkv, float* q, float* k, float* v, int batch, int seq, int heads, int d, float scale) {
     int hidden = heads * d;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -272,7 +270,7 @@ extern "C" __global__ void __launch_bounds__(256) split_heads(
 }
 
 // context[b, head, p, d] -> out[b, p, head * d].
-extern "C" __global__ void __launch_bounds__(256) merge_heads(
+extern "C" __global__ void __launch_bounds__(ELEMENT_BLOCK) merge_heads(
     const float* context, float* out, int batch, int seq, int heads, int d) {
     int hidden = heads * d;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -285,7 +283,7 @@ extern "C" __global__ void __launch_bounds__(256) merge_heads(
 
 // out[b, j] from states[b, 0..lengths[b], j]: mode 0 mean, 1 first token, 2 maximum,
 // 3 sum over sqrt(length), 4 last token.
-extern "C" __global__ void __launch_bounds__(256) pool(
+extern "C" __global__ void __launch_bounds__(ELEMENT_BLOCK) pool(
     const float* states, float* out, const int* lengths, int batch, int seq, int hidden, int mode) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= batch * hidden) return;
@@ -339,8 +337,10 @@ pub struct Compiled {
 }
 
 /// The NVRTC options for `arch` (a compute capability, 90 for `sm_90`): the
-/// architecture, and IEEE-exact division and square roots, no flush-to-zero (the CPU path
-/// is the reference: the kernels must agree with it to 1e-5).
+/// architecture; IEEE-exact division and square roots, no flush-to-zero (the CPU path
+/// is the reference: the kernels must agree with it to 1e-5); and the block sizes the
+/// launches use ([`ELEMENT_BLOCK`], [`ROW_BLOCK`]) as the macros the sources' launch
+/// bounds and reductions are written in.
 pub fn options(arch: u32, output: Output) -> Vec<String> {
     let target = match output {
         Output::Ptx => format!("--gpu-architecture=compute_{arch}"),
@@ -353,6 +353,8 @@ pub fn options(arch: u32, output: Output) -> Vec<String> {
         "--prec-sqrt=true".into(),
         "--fmad=true".into(),
         "--std=c++17".into(),
+        format!("-DELEMENT_BLOCK={ELEMENT_BLOCK}"),
+        format!("-DROW_BLOCK={ROW_BLOCK}"),
     ]
 }
 

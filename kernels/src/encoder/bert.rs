@@ -66,10 +66,10 @@ impl Dense {
     pub(super) fn load(t: &Tensors<'_>, name: &str, out: usize, inp: usize, bare: bool) -> Result<Dense, EncoderError> {
         let w = t.get(&format!("{name}.weight"), &[out, inp], bare)?;
         let bias = t.get(&format!("{name}.bias"), &[out], bare)?;
-        Ok(Dense {
-            weight: PackedWeight::pack(&ops::transpose(w.as_slice(), out, inp), inp, out),
-            bias,
-        })
+        let weight = PackedWeight::pack(&ops::transpose(w.as_slice(), out, inp), inp, out);
+        // The packed copy is what runs: the file's pages of it need not stay resident.
+        w.release_pages();
+        Ok(Dense { weight, bias })
     }
 
     /// One projection of several of the same input, side by side (`[q; k; v]` into one
@@ -79,8 +79,9 @@ impl Dense {
         let mut weight = vec![0.0; inp * total];
         let mut bias = Vec::with_capacity(total);
         for (i, name) in names.iter().enumerate() {
-            let w = t.get(&format!("{name}.weight"), &[out, inp], false)?;
-            let w = ops::transpose(w.as_slice(), out, inp);
+            let stored = t.get(&format!("{name}.weight"), &[out, inp], false)?;
+            let w = ops::transpose(stored.as_slice(), out, inp);
+            stored.release_pages();
             for r in 0..inp {
                 weight[r * total + i * out..r * total + (i + 1) * out].copy_from_slice(&w[r * out..(r + 1) * out]);
             }
