@@ -31,3 +31,18 @@ pub fn require_gpu() {
         0
     });
 }
+
+/// Runs `f` for about `duration` (after `warmup` untimed calls): the calls made and the
+/// seconds they took.
+pub fn time_for(warmup: usize, duration: std::time::Duration, mut f: impl FnMut()) -> (usize, f64) {
+    for _ in 0..warmup {
+        f();
+    }
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while start.elapsed() < duration {
+        f();
+        n += 1;
+    }
+    (n, start.elapsed().as_secs_f64())
+}

@@ -5,6 +5,7 @@
 
 use prism_kernels::cuda::launch::ARCHITECTURES;
 use prism_kernels::cuda::mirror::Mirror;
+use prism_kernels::cuda::plan::Elem;
 use prism_kernels::cuda::{GpuEncoder, GpuModel, Precision};
 use prism_kernels::encoder::{Encoder, Overrides};
 use prism_kernels::testing::{encoder_fixtures, every_op_model, mlp_logits, relative_error, uniform};
@@ -167,6 +168,38 @@ fn every_pooling_mode_on_the_mirror_matches_the_cpu_path() {
             assert!(
                 err < 1e-5,
                 "{pooling:?} normalize={normalize}: relative error {err:.2e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_encoder_s_memory_ask_covers_its_weights_and_its_largest_batch() {
+    // The ask is a formula (placement needs it before any upload); it must cover what the
+    // upload holds and what the plan of the largest batch asks for, in each precision.
+    for dir in encoder_fixtures() {
+        let encoder = Encoder::load(&dir, &Overrides::default()).unwrap();
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            let gpu = GpuEncoder::on(&encoder, Mirror::new(), precision).unwrap();
+            let weights = gpu.executor().bytes();
+            let (max_tokens, max_seq) = (4096, 64);
+            let plan = gpu.plan(max_tokens / max_seq, max_seq).unwrap();
+            let scratch: usize = plan
+                .scratch
+                .iter()
+                .map(|&(_, elem, len)| len * if elem == Elem::U16 { 2 } else { 4 })
+                .sum();
+            let ask = GpuEncoder::memory_needed(&encoder, precision, max_tokens, max_seq) as usize - (32 << 20);
+            assert!(
+                ask >= weights + scratch,
+                "{} {precision}: asks {ask} bytes, holds {weights} + {scratch}",
+                dir.display()
+            );
+            assert!(
+                ask <= (weights + scratch) * 5 / 4,
+                "{} {precision}: asks {ask}, far above {}",
+                dir.display(),
+                weights + scratch
             );
         }
     }

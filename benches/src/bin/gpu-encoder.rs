@@ -6,7 +6,7 @@
 //!
 //!     gpu-encoder DIR [TOKENS]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prism_kernels::CpuDevice;
 use prism_kernels::cuda::{CudaDevice, GpuEncoder, Precision};
@@ -52,16 +52,9 @@ fn main() {
             let check = batch(texts.min(8), tokens, vocab, texts as u64);
             let want = encoder.forward(&cpu, &check);
             let err = relative_error(&gpu.forward(&check).expect("GPU forward"), want.as_slice().unwrap());
-            for _ in 0..5 {
-                gpu.forward(&b).expect("warm-up");
-            }
-            let start = Instant::now();
-            let mut n = 0;
-            while start.elapsed() < Duration::from_secs(1) {
+            let (n, secs) = prism_benches::time_for(5, Duration::from_secs(1), || {
                 gpu.forward(&b).expect("GPU forward");
-                n += 1;
-            }
-            let secs = start.elapsed().as_secs_f64();
+            });
             println!(
                 "{precision:<10}{texts:<8}{tokens:>10}{:>14.0}{:>14.3}{:>16.2e}",
                 (n * texts) as f64 / secs,

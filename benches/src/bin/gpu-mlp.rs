@@ -3,7 +3,7 @@
 //! inputs. Prints one line per precision and batch size; `scripts/gpu-check` puts them
 //! beside PyTorch's.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prism_kernels::cuda::{CudaDevice, GpuModel, Precision};
 use prism_kernels::testing::{relative_error, uniform};
@@ -39,16 +39,9 @@ fn run(model: &prism_kernels::Model, cpu: &CpuDevice, gpu: &mut GpuModel, precis
             .expect("CPU forward");
         let got = gpu.forward(&x, rows).expect("GPU forward");
         let err = relative_error(&got, want.as_slice().expect("a fresh array is contiguous"));
-        for _ in 0..20 {
-            gpu.forward(&x, rows).expect("warm-up");
-        }
-        let start = Instant::now();
-        let mut n = 0;
-        while start.elapsed() < Duration::from_secs(1) {
+        let (n, secs) = prism_benches::time_for(20, Duration::from_secs(1), || {
             gpu.forward(&x, rows).expect("GPU forward");
-            n += 1;
-        }
-        let secs = start.elapsed().as_secs_f64();
+        });
         println!(
             "{precision:<10}{rows:<8}{:>14.0}{:>14.3}{:>16.2e}",
             (n * rows) as f64 / secs,

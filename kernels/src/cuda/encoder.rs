@@ -79,7 +79,7 @@ impl<E: Executor> Uploader<'_, E> {
 
     fn tensor(&mut self, name: &str, shape: &[usize], bare: bool) -> Result<Buf, EncoderError> {
         let w = self.tensors.get(name, shape, bare)?;
-        self.put(Host::F32(w.as_slice())).map_err(gpu_error)
+        self.put(Host::F32(w.as_slice())).map_err(EncoderError::from)
     }
 
     fn norm(&mut self, name: &str, hidden: usize) -> Result<Norm, EncoderError> {
@@ -103,8 +103,8 @@ impl<E: Executor> Uploader<'_, E> {
         }
         let mut bits = Vec::new();
         let data = gemm_weight(&weight, self.precision, &mut bits);
-        let weight = self.put(data).map_err(gpu_error)?;
-        let bias = self.put(Host::F32(&bias)).map_err(gpu_error)?;
+        let weight = self.put(data).map_err(EncoderError::from)?;
+        let bias = self.put(Host::F32(&bias)).map_err(EncoderError::from)?;
         Ok(Dense {
             weight,
             bias,
@@ -112,10 +112,6 @@ impl<E: Executor> Uploader<'_, E> {
             inp,
         })
     }
-}
-
-fn gpu_error(e: GpuError) -> EncoderError {
-    EncoderError::Gpu(e.0)
 }
 
 impl GpuEncoder {
@@ -145,7 +141,11 @@ impl GpuEncoder {
         // buffer (and its half copy); per token and head, a row of scores.
         let wide = f.max(h);
         let per_token = 2 * 4 + (7 * h + 3 * h + wide) * 4 + if half { wide * 2 } else { 0 };
-        let scratch = max_tokens * (per_token + s.heads * max_seq * 4);
+        // Per text: its length, two pooled rows and its answer.
+        let texts = max_tokens.div_ceil(max_seq.max(1));
+        let width = if labels > 0 { labels } else { h };
+        let per_text = 4 + (2 * h + width) * 4;
+        let scratch = max_tokens * (per_token + s.heads * max_seq * 4) + texts * per_text;
         /// cuBLAS's default workspace per handle: 32 MiB on Hopper, 4 MiB before it.
         const CUBLAS_WORKSPACE: usize = 32 << 20;
         (projections * gemm_bytes + fp32 * 4 + scratch + CUBLAS_WORKSPACE) as u64
@@ -156,7 +156,7 @@ impl<E: Executor> GpuEncoder<E> {
     /// `encoder` on `exec`: see [`GpuEncoder::upload`].
     pub fn on(encoder: &Encoder, mut exec: E, precision: Precision) -> Result<Self, EncoderError> {
         if precision == Precision::Tf32 {
-            exec.use_tf32().map_err(gpu_error)?;
+            exec.use_tf32().map_err(EncoderError::from)?;
         }
         let shape = encoder.config().shape.clone();
         let (h, f) = (shape.hidden, shape.intermediate);
@@ -272,10 +272,9 @@ impl<E: Executor> GpuEncoder<E> {
         let merged = scratch(&mut plan, Elem::F32, rows * h);
         let wide = scratch(&mut plan, Elem::F32, rows * f.max(h));
         let half = convert.map(|_| scratch(&mut plan, Elem::U16, rows * f.max(h)));
-        let out_rows = texts;
-        let pooled = scratch(&mut plan, Elem::F32, out_rows * h);
-        let pooled2 = scratch(&mut plan, Elem::F32, out_rows * h);
-        let logits = scratch(&mut plan, Elem::F32, out_rows * self.output_width);
+        let pooled = scratch(&mut plan, Elem::F32, texts * h);
+        let pooled2 = scratch(&mut plan, Elem::F32, texts * h);
+        let logits = scratch(&mut plan, Elem::F32, texts * self.output_width);
 
         let n = |v: usize, what: &str| int(v, what).map(Arg::Int);
         let (t_, s_, h_, r_) = (
@@ -438,7 +437,7 @@ impl<E: Executor> GpuEncoder<E> {
             norm(&mut plan, x, Some(a), &layer.output_norm);
             // x holds the layer's output again.
         }
-        let pool = |plan: &mut Plan, mode: i32, out: Buf| -> Result<(), GpuError> {
+        let pool = |plan: &mut Plan, mode: i32, out: Buf| {
             plan.launch(
                 Kernel::Pool,
                 elements(Kernel::Pool, texts * h),
@@ -452,7 +451,6 @@ impl<E: Executor> GpuEncoder<E> {
                     Arg::Int(mode),
                 ],
             );
-            Ok(())
         };
         match &self.head {
             Head::Embedding { pooling, normalize } => {
@@ -463,7 +461,7 @@ impl<E: Executor> GpuEncoder<E> {
                     Pooling::MeanSqrtLen => 3,
                     Pooling::LastToken => 4,
                 };
-                pool(&mut plan, mode, pooled)?;
+                pool(&mut plan, mode, pooled);
                 if *normalize {
                     plan.launch(
                         Kernel::L2Normalize,
@@ -474,7 +472,7 @@ impl<E: Executor> GpuEncoder<E> {
                 plan.output = (pooled, texts * h);
             }
             Head::Classification { pooler, classifier } => {
-                pool(&mut plan, 1, pooled)?;
+                pool(&mut plan, 1, pooled);
                 dense(&mut plan, pooled, pooler, pooled2, texts)?;
                 plan.launch(
                     Kernel::Activate,

@@ -32,13 +32,24 @@ impl Memory {
 #[derive(Default)]
 pub struct Mirror {
     buffers: Vec<Option<Memory>>,
-    /// Kernel launches and GEMMs run so far, for the tests' own checks.
-    pub launches: usize,
 }
 
 impl Mirror {
     pub fn new() -> Mirror {
         Mirror::default()
+    }
+
+    /// Bytes the buffers hold now (after uploads: what the weights take on a card).
+    pub fn bytes(&self) -> usize {
+        self.buffers
+            .iter()
+            .flatten()
+            .map(|m| match m {
+                Memory::F32(v) => v.len() * 4,
+                Memory::I32(v) => v.len() * 4,
+                Memory::U16(v) => v.len() * 2,
+            })
+            .sum()
     }
 
     fn slot(&mut self, buf: Buf) -> &mut Option<Memory> {
@@ -92,7 +103,6 @@ impl Mirror {
             run_kernel(kernel, grid, &a, &mut written);
         }
         *self.slot(out) = Some(written);
-        self.launches += 1;
     }
 }
 
@@ -459,7 +469,6 @@ impl Mirror {
         *self.slot(q) = Some(mq);
         *self.slot(k) = Some(mk);
         *self.slot(v) = Some(mv);
-        self.launches += 1;
     }
 
     fn gemm(&mut self, g: &Gemm) {
@@ -502,7 +511,6 @@ impl Mirror {
             }
         }
         *self.slot(g.c) = Some(c);
-        self.launches += 1;
     }
 }
 

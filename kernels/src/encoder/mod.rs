@@ -45,8 +45,8 @@ pub enum EncoderError {
     #[error(transparent)]
     Weights(#[from] ModelError),
     /// The GPU path could not take the model (upload, memory).
-    #[error("CUDA: {0}")]
-    Gpu(String),
+    #[error(transparent)]
+    Gpu(#[from] crate::cuda::GpuError),
 }
 
 /// A loaded encoder: its configuration, tokenizer and weights. Cheap to clone (replicas

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ndarray::{Array2, ArrayView2, Axis, s};
 use prism_config::{FaultInjection, Precision, Retries};
 use prism_kernels::cuda::{CudaDevice, GpuEncoder, GpuModel};
-use prism_kernels::encoder::Tokens;
+use prism_kernels::encoder::{EncoderError, Tokens};
 use prism_kernels::{CpuDevice, Device};
 use prometheus::{Histogram, IntCounterVec};
 use tokio::sync::mpsc::UnboundedSender;
@@ -100,7 +100,11 @@ impl Backend {
                 let opened = CudaDevice::new(*ordinal).and_then(|d| match &spec.model {
                     ServedModel::Rows(m) => GpuModel::upload(m, d, spec.precision).map(|m| Backend::Cuda(Box::new(m))),
                     ServedModel::Encoder(e) => GpuEncoder::upload(e, d, spec.precision)
-                        .map_err(|e| prism_kernels::cuda::GpuError(e.to_string()))
+                        .map_err(|e| match e {
+                            EncoderError::Gpu(e) => e,
+                            // The folder loaded on the CPU: its tensors are all there.
+                            other => prism_kernels::cuda::GpuError(other.to_string()),
+                        })
                         .and_then(|m| {
                             m.fits(spec.max_batch_tokens, e.config().max_seq_length)?;
                             Ok(Backend::CudaEncoder(Box::new(m)))
