@@ -244,6 +244,28 @@ impl Client {
     }
 
     /// The Prometheus text of `GET /metrics`.
+    /// Registers `byte_size` bytes of the POSIX shared memory object `key` (like
+    /// `/name`) from `offset` as region `name` (Triton's system shared-memory extension).
+    pub async fn register_system_shared_memory(
+        &self,
+        name: &str,
+        key: &str,
+        offset: u64,
+        byte_size: u64,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "key": key, "offset": offset, "byte_size": byte_size });
+        let path = format!("/v2/systemsharedmemory/region/{name}/register");
+        self.send(Method::POST, &path, Some((body.to_string().into_bytes(), None)))
+            .await
+            .map(drop)
+    }
+
+    /// Unregisters region `name`.
+    pub async fn unregister_system_shared_memory(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v2/systemsharedmemory/region/{name}/unregister");
+        self.send(Method::POST, &path, None).await.map(drop)
+    }
+
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let url = format!("{}/metrics", self.base);
         let response = self.send(Method::GET, "/metrics", None).await?;

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use prism_client::bench::{self, Format, Load, Report, Window, Workload, WorkloadSpec};
+use prism_client::bench::{
+    self, Format, Load, Protocol, Report, SharedMemory, Transport, Window, Workload, WorkloadSpec,
+};
 use prism_client::v2::{InferInput, InferRequest, TensorData};
 use prism_client::{Client, DType, ObjectRef, TaskArg, Tensor};
 use serde_json::Value;
@@ -121,6 +123,18 @@ struct BenchArgs {
     /// How tensors travel.
     #[arg(long, value_enum, default_value_t = Format::Binary)]
     format: Format,
+    /// The protocol: V2 REST, or V2 gRPC (Triton's `GRPCInferenceService`).
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    protocol: Protocol,
+    /// Where the gRPC server listens (default: the REST URL's host, port 8001). The REST
+    /// URL is still used to read the model's metadata and register shared memory.
+    #[arg(long)]
+    grpc_url: Option<String>,
+    /// `system`: the tensors in POSIX shared memory registered with the server, the
+    /// requests carrying only where they are (closed loop only: each worker has its own
+    /// output region).
+    #[arg(long, value_enum, default_value_t = SharedMemory::None)]
+    shared_memory: SharedMemory,
     /// Rows per request.
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
@@ -250,6 +264,12 @@ async fn main() -> Result<()> {
 }
 
 async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
+    if args.shared_memory == SharedMemory::System && !args.rate.is_empty() {
+        anyhow::bail!(
+            "--shared-memory system runs closed loops only (--concurrency): each worker has its own output region"
+        );
+    }
+    let workers = args.concurrency.iter().copied().max().unwrap_or(1);
     let spec = WorkloadSpec {
         model: args.model.clone(),
         format: args.format,
@@ -258,6 +278,9 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
         path: args.path.clone(),
         variants: 16,
         seed: args.seed,
+        protocol: args.protocol,
+        shared_memory: args.shared_memory,
+        workers,
     };
     let workload = Workload::prepare(client, &spec).await?;
     let loads: Vec<Load> = if !args.rate.is_empty() {
@@ -289,11 +312,29 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
         })
         .max()
         .unwrap_or(1);
-    let http = reqwest::Client::builder()
-        .timeout(args.timeout)
-        .pool_max_idle_per_host(max_connections)
-        .tcp_nodelay(true)
-        .build()?;
+    let transport = match args.protocol {
+        Protocol::Http => Transport::Http {
+            client: reqwest::Client::builder()
+                .timeout(args.timeout)
+                .pool_max_idle_per_host(max_connections)
+                .tcp_nodelay(true)
+                .build()?,
+            url: client.url().to_owned(),
+        },
+        Protocol::Grpc => {
+            let url = match &args.grpc_url {
+                Some(u) => u.clone(),
+                None => grpc_url_beside(client.url())?,
+            };
+            // Calls multiplex on HTTP/2: a connection per 8 calls in flight.
+            Transport::grpc(&url, max_connections.div_ceil(8), args.timeout).await?
+        }
+    };
+    let format = match (args.protocol, args.shared_memory) {
+        (Protocol::Http, SharedMemory::None) => args.format.to_string(),
+        (p, SharedMemory::None) => format!("{p} {}", args.format),
+        (p, SharedMemory::System) => format!("{p} system-shm"),
+    };
     let started_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -309,13 +350,13 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
             bar.set_prefix(format!("{}/{} {}", i + 1, loads.len(), load));
             bar
         });
-        points.push(bench::run_point(&http, client.url(), &workload, load, window, bar).await);
+        points.push(bench::run_point_over(&transport, &workload, load, window, bar).await);
     }
     let report = Report {
         tool: format!("prism bench {}", env!("CARGO_PKG_VERSION")),
         url: client.url().to_owned(),
         model: args.model,
-        format: args.format.to_string(),
+        format,
         batch_size: workload.rows,
         request_bytes: workload.body_bytes,
         warmup_s: args.warmup.as_secs_f64(),
@@ -337,6 +378,20 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
         eprintln!("wrote {}", written.join(", "));
     }
     Ok(())
+}
+
+/// The gRPC URL beside a REST one: the same host, Triton's gRPC port 8001.
+fn grpc_url_beside(rest: &str) -> Result<String> {
+    let rest = rest.trim_end_matches('/');
+    let (scheme, rest) = rest.split_once("://").unwrap_or(("http", rest));
+    let host = match rest.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => rest,
+    };
+    if host.is_empty() {
+        anyhow::bail!("cannot tell the gRPC URL from {rest:?}: give --grpc-url");
+    }
+    Ok(format!("{scheme}://{host}:8001"))
 }
 
 fn parse_request(text: &str) -> Result<InferRequest> {

@@ -121,6 +121,12 @@ pub fn ttl(seconds: f64) -> Result<Duration, String> {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub http_addr: SocketAddr,
+    /// Where V2 gRPC listens (default `127.0.0.1:8001`, Triton's port); `None`: off
+    /// (`grpc_addr = "off"`).
+    pub grpc_addr: Option<SocketAddr>,
+    /// Triton's system shared-memory extension (default off, as in Triton): clients on
+    /// this host may register `/dev/shm` regions for inputs and outputs.
+    pub allow_shared_memory: bool,
     /// Largest request body accepted, in bytes (default 64 MiB).
     pub max_request_bytes: usize,
     /// After SIGTERM / Ctrl-C: how long accepted requests may take to finish (default 30 s).
@@ -374,6 +380,19 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
             );
         }
     };
+    let grpc = s.grpc_addr.as_deref().unwrap_or("127.0.0.1:8001");
+    let grpc_addr = match grpc {
+        "off" => None,
+        a => match a.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                return invalid(
+                    "grpc_addr",
+                    format!("expected an address like \"127.0.0.1:8001\", or \"off\", got {grpc:?}"),
+                );
+            }
+        },
+    };
     let max_request_bytes = match s.max_request_bytes {
         None => 64 << 20,
         Some(0) => return invalid("max_request_bytes", "must be at least 1"),
@@ -396,6 +415,8 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
     }
     Ok(ServerConfig {
         http_addr,
+        grpc_addr,
+        allow_shared_memory: s.allow_shared_memory.unwrap_or(false),
         max_request_bytes,
         shutdown_timeout,
         resources: s.resources.clone(),

@@ -60,6 +60,8 @@ pub(crate) struct ObjectStore {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Server {
     pub http_addr: Option<String>,
+    pub grpc_addr: Option<String>,
+    pub allow_shared_memory: Option<bool>,
     pub max_request_bytes: Option<u64>,
     pub shutdown_timeout_s: Option<f64>,
     #[serde(default)]

@@ -14,11 +14,24 @@ fn error(text: &str) -> String {
 fn the_embedded_default_serves_celsius_and_mlp() {
     let c = Config::embedded_default();
     assert_eq!(c.server.http_addr, "127.0.0.1:8000".parse().unwrap());
+    assert_eq!(c.server.grpc_addr, Some("127.0.0.1:8001".parse().unwrap()));
+    assert!(!c.server.allow_shared_memory, "shared memory is off unless asked for");
     let names: Vec<_> = c.deployments.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["celsius", "mlp"]);
     let io = c.deployments[1].model.rows_io().unwrap();
     assert_eq!(io.input.shape(), [-1, 784]);
     assert_eq!(io.output.features, 10);
+}
+
+#[test]
+fn grpc_can_be_turned_off_and_shared_memory_on() {
+    let c = parse(&DIGITS.replace(
+        "http_addr = \"127.0.0.1:8000\"",
+        "http_addr = \"127.0.0.1:8000\"\ngrpc_addr = \"off\"\nallow_shared_memory = true",
+    ))
+    .unwrap();
+    assert_eq!(c.server.grpc_addr, None);
+    assert!(c.server.allow_shared_memory);
 }
 
 #[test]
@@ -79,6 +92,11 @@ fn impossible_values_name_the_key_and_the_reason() {
             "http_addr = \"127.0.0.1:8000\"",
             "http_addr = \"localhost\"",
             "server.http_addr: expected an address",
+        ),
+        (
+            "http_addr = \"127.0.0.1:8000\"",
+            "http_addr = \"127.0.0.1:8000\"\ngrpc_addr = \"8001\"",
+            "server.grpc_addr: expected an address like \"127.0.0.1:8001\", or \"off\", got \"8001\"",
         ),
         (
             "batch_wait_timeout_ms = 2",

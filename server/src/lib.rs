@@ -3,7 +3,8 @@
 //! One request's path through the modules, socket to kernel and back:
 //!
 //! ```text
-//! api::router ── api::infer::infer            HTTP: path, headers, body (the only axum code)
+//! api::router ── api::infer::infer            REST: path, headers, body
+//!  (or grpc::router ── grpc::Service)          gRPC: a ModelInferRequest (codec::grpc::decode)
 //!   │  state::AppState::resolve                the model name → a deployment or a pipeline
 //!   │  codec::request::decode_body             V2 JSON + binary part → codec::Request
 //!   ▼
@@ -18,8 +19,8 @@
 //!   ▼  one oneshot reply per request
 //! inference                                    the rows as a codec::Answer (or a ref, kept)
 //!   ▼
-//! api::infer ── codec::response::encode        the answer → V2 JSON or binary
-//!   │  api::respond::encoded                   the HTTP answer; errors through respond::status
+//! api::infer ── codec::response::encode        the answer → V2 JSON or binary (gRPC: codec::grpc::encode)
+//!   │  api::respond::encoded                   the HTTP answer; errors through error::status
 //! ```
 //!
 //! A pipeline takes the same path, but `inference` puts its inputs into the `store` and
@@ -33,11 +34,15 @@
 
 pub mod api;
 pub mod codec;
+pub mod describe;
+pub mod error;
+pub mod grpc;
 pub mod inference;
 pub mod metrics;
 pub mod pipeline;
 pub mod resources;
 pub mod serving;
+pub mod shm;
 pub mod state;
 pub mod store;
 pub mod tasks;
@@ -141,6 +146,7 @@ impl Server {
                 cluster,
                 store,
                 config.pipelines.clone(),
+                shm::SharedMemory::new(config.server.allow_shared_memory),
             )),
             shutdown_timeout: config.server.shutdown_timeout,
         })
@@ -151,7 +157,7 @@ impl Server {
         api::router(Arc::clone(&self.app))
     }
 
-    /// Serves the API on `listener` until `shutdown` completes; then stops accepting
+    /// Serves the REST API on `listener` until `shutdown` completes; then stops accepting
     /// connections, answers every request already accepted (for up to
     /// `server.shutdown_timeout_s`), drains the queues and stops the replicas.
     pub async fn serve(
@@ -159,25 +165,48 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let listener = listener.tap_io(|tcp| {
-            // Answers are small and latency matters: never wait to coalesce writes.
-            let _ = tcp.set_nodelay(true);
-        });
-        let (signalled_tx, mut signalled) = watch::channel(false);
+        self.serve_all(listener, None, shutdown).await
+    }
+
+    /// Like [`Server::serve`], with V2 gRPC on `grpc` as well: both stop taking
+    /// connections at `shutdown` and both are drained before the queues close.
+    pub async fn serve_all(
+        self,
+        http: TcpListener,
+        grpc: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let (signalled_tx, signalled) = watch::channel(false);
         let app = Arc::clone(&self.app);
-        let graceful = async move {
+        tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; answering the requests already accepted");
             app.stop_accepting();
             let _ = signalled_tx.send(true);
-        };
-        let serve = axum::serve(listener, api::router(Arc::clone(&self.app))).with_graceful_shutdown(graceful);
-        let deadline = async {
+        });
+        let stopped = |mut signalled: watch::Receiver<bool>| async move {
             let _ = signalled.wait_for(|s| *s).await;
+        };
+        let rest = serve_on(http, api::router(Arc::clone(&self.app)), stopped(signalled.clone()));
+        let grpc = async {
+            match grpc {
+                Some(listener) => {
+                    serve_on(
+                        listener,
+                        grpc::router(Arc::clone(&self.app)),
+                        stopped(signalled.clone()),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        let deadline = async {
+            stopped(signalled.clone()).await;
             tokio::time::sleep(self.shutdown_timeout).await;
         };
         let served = tokio::select! {
-            result = serve => result,
+            (rest, grpc) = futures::future::join(rest, grpc) => rest.and(grpc),
             _ = deadline => {
                 tracing::warn!(
                     timeout_s = self.shutdown_timeout.as_secs_f64(),
@@ -194,6 +223,19 @@ impl Server {
         tracing::info!("stopped");
         Ok(served?)
     }
+}
+
+/// Serves `router` on `listener` until `stop`, then finishes the requests it holds.
+async fn serve_on(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        // Answers are small and latency matters: never wait to coalesce writes.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router).with_graceful_shutdown(stop).await
 }
 
 /// The object store of `config`: `object_store_memory` bytes (30% of the machine's

@@ -27,6 +27,9 @@ struct Args {
     /// Listen here instead of the file's `server.http_addr`.
     #[arg(long, env = "PRISM_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// Serve V2 gRPC here instead of the file's `server.grpc_addr`; `off` turns it off.
+    #[arg(long, env = "PRISM_GRPC_ADDR", value_name = "ADDR|off")]
+    grpc_addr: Option<String>,
     /// Print the embedded default deployment file and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -63,6 +66,17 @@ async fn main() -> ExitCode {
     if let Some(addr) = args.http_addr {
         config.server.http_addr = addr;
     }
+    match args.grpc_addr.as_deref() {
+        None => {}
+        Some("off") => config.server.grpc_addr = None,
+        Some(a) => match a.parse() {
+            Ok(addr) => config.server.grpc_addr = Some(addr),
+            Err(_) => {
+                eprintln!("error: --grpc-addr: expected an address like 127.0.0.1:8001, or off, got {a:?}");
+                return ExitCode::from(2);
+            }
+        },
+    }
     tracing::info!(config = %config.source_name, deployments = config.deployments.len(), "starting");
     let inventory: std::sync::Arc<dyn prism_server::resources::inventory::Inventory> = match &args.simulate_gpus {
         Some(spec) => match prism_server::resources::inventory::SimulatedInventory::parse(spec) {
@@ -93,9 +107,27 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let grpc = match config.server.grpc_addr {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot listen for gRPC on {addr}: {e} (choose another with --grpc-addr, or --grpc-addr off)"
+                );
+                return ExitCode::from(1);
+            }
+        },
+    };
     let shutdown = shutdown_signal();
+    // gRPC first: a client waiting for the HTTP line then knows both.
+    if let Some(g) = &grpc
+        && let Ok(a) = g.local_addr()
+    {
+        tracing::info!("listening for gRPC on {a}");
+    }
     tracing::info!("listening on http://{}", listener.local_addr().map_or(addr, |a| a));
-    match server.serve(listener, shutdown).await {
+    match server.serve_all(listener, grpc, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

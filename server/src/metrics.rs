@@ -18,6 +18,8 @@ pub const QUEUE_DEPTH: &str = "prism_queue_depth";
 pub const REPLICAS: &str = "prism_replicas";
 pub const HTTP_REQUESTS: &str = "prism_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "prism_http_request_duration_seconds";
+pub const GRPC_REQUESTS: &str = "prism_grpc_requests_total";
+pub const GRPC_REQUEST_DURATION: &str = "prism_grpc_request_duration_seconds";
 pub const OBJECTS: &str = "prism_object_store_objects";
 pub const OBJECT_MEMORY: &str = "prism_object_store_memory_bytes";
 pub const OBJECT_SPILLED: &str = "prism_object_store_spilled_bytes";
@@ -70,6 +72,9 @@ pub struct Metrics {
     /// HTTP requests by `method`, matched `route` and `status`.
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// gRPC calls by `method` and `code` (`Ok`, `InvalidArgument`, ...).
+    pub grpc_requests: IntCounterVec,
+    pub grpc_duration: HistogramVec,
     /// Batches run again after a failure, by `model` and `reason`.
     pub inference_retries: IntCounterVec,
     /// The object store's gauges and counters.
@@ -143,6 +148,17 @@ impl Metrics {
                 "HTTP request duration by route.",
                 LATENCY_BUCKETS,
                 &["method", "route"],
+            ),
+            grpc_requests: counter(
+                GRPC_REQUESTS,
+                "gRPC calls by method and status code.",
+                &["method", "code"],
+            ),
+            grpc_duration: histogram(
+                GRPC_REQUEST_DURATION,
+                "gRPC call duration by method.",
+                LATENCY_BUCKETS,
+                &["method"],
             ),
             store: StoreMetrics {
                 objects: register(

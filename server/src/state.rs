@@ -13,6 +13,7 @@ use crate::pipeline::Pipeline;
 use crate::resources::Cluster;
 use crate::serving::stats::ModelStats;
 use crate::serving::{Deployment, MODEL_VERSION};
+use crate::shm::SharedMemory;
 use crate::store::Store;
 use crate::tasks::Tasks;
 
@@ -31,6 +32,9 @@ pub struct AppState {
     /// In the order of the deployment file.
     pub pipelines: Vec<Arc<Pipeline>>,
     pipelines_by_name: HashMap<String, Arc<Pipeline>>,
+    /// The clients' registered shared-memory regions (Triton's system shared-memory
+    /// extension; refuses every call unless `allow_shared_memory`).
+    pub shm: SharedMemory,
 }
 
 /// What a model name serves: a deployment or a pipeline, each served through the same
@@ -114,6 +118,7 @@ impl AppState {
         cluster: Cluster,
         store: Arc<Store>,
         pipelines: Vec<prism_config::Pipeline>,
+        shm: SharedMemory,
     ) -> Self {
         let by_name = deployments
             .iter()
@@ -140,6 +145,7 @@ impl AppState {
             tasks,
             pipelines,
             pipelines_by_name,
+            shm,
         }
     }
 

@@ -7,7 +7,9 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("PRISM_SERVER_BIN", ROOT / "target" / "debug" / "prism-server"))
@@ -15,17 +17,21 @@ BINARY = Path(os.environ.get("PRISM_SERVER_BIN", ROOT / "target" / "debug" / "pr
 
 class Server:
     def __init__(self, config=None):
-        args = [str(BINARY), "--http-addr", "127.0.0.1:0"]
+        args = [str(BINARY), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
         if config:
             args += ["--config", str(config)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.log = []
         ready = threading.Event()
         self.url = None
+        self.grpc_url = None
 
         def pump():
             for line in self.proc.stdout:
                 self.log.append(line)
+                g = re.search(r"listening for gRPC on (\S+)", line)
+                if g:
+                    self.grpc_url = g.group(1)
                 m = re.search(r"listening on http://(\S+)", line)
                 if m:
                     self.url = m.group(1)
@@ -62,3 +68,35 @@ def prism():
     yield start
     for s in servers:
         assert s.stop() == 0, "prism-server exits cleanly on SIGTERM:\n" + "".join(s.log)
+
+
+class Affine:
+    """A one-layer model `y = w·x + b` (1 → 1) served from `affine.safetensors`, whose
+    weights a test replaces as an update should: written beside the served file and
+    renamed over it (the replicas still serving map the old one)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.config = folder / "affine.toml"
+        self.config.write_text("""
+[[deployments]]
+name = "affine"
+[deployments.model]
+weights = "affine.safetensors"
+layers = [{ op = "linear", weight = "w", bias = "b" }]
+inputs  = [{ name = "x", datatype = "FP32", shape = [-1, 1] }]
+outputs = [{ name = "y", datatype = "FP32", shape = [-1, 1] }]
+""")
+
+    def write(self, scale, shift):
+        fresh = self.folder / "affine.new"
+        save_file({"w": np.array([[scale]], dtype=np.float32), "b": np.array([shift], dtype=np.float32)}, str(fresh))
+        os.replace(fresh, self.folder / "affine.safetensors")
+
+
+@pytest.fixture
+def affine(tmp_path):
+    """An [`Affine`] model in the test's folder, its weights y = 2x + 1."""
+    model = Affine(tmp_path)
+    model.write(2.0, 1.0)
+    return model

@@ -1,5 +1,4 @@
 """Triton's own Python client (`tritonclient.http`) against Prism, unchanged."""
-import os
 
 import numpy as np
 import pytest
@@ -86,27 +85,10 @@ outputs = [{ name = "OUTPUT0", datatype = "FP32", shape = [-1, 10] }]
         np.testing.assert_allclose(infer(c, "mlp", x, binary), ref, rtol=1e-5, atol=1e-7)
 
 
-def test_unload_and_load_through_the_repository_api(prism, tmp_path):
+def test_unload_and_load_through_the_repository_api(prism, affine):
     """Triton's explicit model control: unload, then load again after the weights file was
     replaced (written beside it and renamed over it)."""
-    weights = tmp_path / "affine.safetensors"
-
-    def write(scale, shift):
-        fresh = tmp_path / "affine.new"
-        save_file({"w": np.array([[scale]], dtype=np.float32), "b": np.array([shift], dtype=np.float32)}, str(fresh))
-        os.replace(fresh, weights)
-
-    write(2.0, 1.0)
-    (tmp_path / "affine.toml").write_text("""
-[[deployments]]
-name = "affine"
-[deployments.model]
-weights = "affine.safetensors"
-layers = [{ op = "linear", weight = "w", bias = "b" }]
-inputs  = [{ name = "x", datatype = "FP32", shape = [-1, 1] }]
-outputs = [{ name = "y", datatype = "FP32", shape = [-1, 1] }]
-""")
-    c = httpclient.InferenceServerClient(url=prism(tmp_path / "affine.toml").url)
+    c = httpclient.InferenceServerClient(url=prism(affine.config).url)
     x = np.array([[3.0]], dtype=np.float32)
     np.testing.assert_array_equal(infer(c, "affine", x, True, name="x", out="y"), [[7.0]])
     assert "model_repository" in c.get_server_metadata()["extensions"]
@@ -117,7 +99,7 @@ outputs = [{ name = "y", datatype = "FP32", shape = [-1, 1] }]
     with pytest.raises(InferenceServerException, match="not ready"):
         infer(c, "affine", x, True, name="x", out="y")
 
-    write(-1.0, 0.5)
+    affine.write(-1.0, 0.5)
     c.load_model("affine")
     assert c.is_model_ready("affine")
     np.testing.assert_array_equal(infer(c, "affine", x, False, name="x", out="y"), [[-2.5]])

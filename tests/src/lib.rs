@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 pub struct TestServer {
     pub client: Client,
     pub url: String,
+    /// Where V2 gRPC listens (`http://127.0.0.1:port`, as tonic's clients take it).
+    pub grpc_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -44,8 +46,12 @@ impl TestServer {
             .await
             .expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("bound"));
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let grpc_url = format!("http://{}", grpc.local_addr().expect("bound"));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(listener, async move {
+        let task = tokio::spawn(server.serve_all(listener, Some(grpc), async move {
             let _ = rx.await;
         }));
         let client = Client::new(&url);
@@ -58,6 +64,7 @@ impl TestServer {
         Ok(TestServer {
             client,
             url,
+            grpc_url,
             shutdown: Some(tx),
             task,
         })

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use prism_client::bench::{self, Format, Load, Report, Window, Workload, WorkloadSpec};
+use prism_client::bench::{
+    self, Format, Load, Protocol, Report, SharedMemory, Transport, Window, Workload, WorkloadSpec,
+};
 use prism_config::Config;
 use prism_tests::{TestServer, config};
 
@@ -16,6 +18,9 @@ fn spec(model: &str, format: Format) -> WorkloadSpec {
         path: None,
         variants: 4,
         seed: 1,
+        protocol: Protocol::Http,
+        shared_memory: SharedMemory::None,
+        workers: 4,
     }
 }
 
@@ -154,7 +159,57 @@ async fn the_plain_format_posts_a_fixed_body_anywhere() {
     s.input_file = Some(other);
     s.path = Some("/v2/repository/index".into());
     let workload = Workload::prepare(&server.client, &s).await.unwrap();
-    assert_eq!(&workload.bodies[0].0[..], br#"{"ready" : true}"#);
+    let bench::Request::Http { body, .. } = &workload.requests[0][0] else {
+        panic!("a REST body")
+    };
+    assert_eq!(&body[..], br#"{"ready" : true}"#);
     answered_without_error(&http, &server.url, &workload).await;
+    server.stop().await.unwrap();
+}
+
+/// The three paths of `--protocol` and `--shared-memory`: gRPC (raw and typed contents),
+/// and system shared memory over REST and gRPC, each answered without error; the regions
+/// are gone from the server and from /dev/shm when the run is dropped.
+#[tokio::test]
+async fn grpc_and_shared_memory_runs_measure_a_v2_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = prism_config::DEFAULT_TOML.replacen("[server]\n", "[server]\nallow_shared_memory = true\n", 1);
+    let server = TestServer::start(config(&default, dir.path())).await;
+    let grpc = Transport::grpc(&server.grpc_url, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let rest = Transport::Http {
+        client: reqwest::Client::new(),
+        url: server.url.clone(),
+    };
+    let closed = Load::Closed { concurrency: 4 };
+    for (protocol, shared_memory, format) in [
+        (Protocol::Grpc, SharedMemory::None, Format::Binary),
+        (Protocol::Grpc, SharedMemory::None, Format::Json),
+        (Protocol::Http, SharedMemory::System, Format::Binary),
+        (Protocol::Grpc, SharedMemory::System, Format::Binary),
+    ] {
+        let what = format!("{protocol} {format} {shared_memory:?}");
+        let s = WorkloadSpec {
+            protocol,
+            shared_memory,
+            ..spec("mlp", format)
+        };
+        let workload = Workload::prepare(&server.client, &s).await.unwrap();
+        let transport = if protocol == Protocol::Grpc { &grpc } else { &rest };
+        let p = bench::run_point_over(transport, &workload, closed, WINDOW, None).await;
+        assert!(p.requests > 10, "{what}: {p:?}");
+        assert_eq!(p.error_count, 0, "{what}: {:?}", p.errors);
+        if shared_memory == SharedMemory::System {
+            assert_eq!(workload.requests.len(), 4, "one output region per worker");
+            let regions = server.get_json("/v2/systemsharedmemory/status").await;
+            assert_eq!(regions.as_array().unwrap().len(), 5, "{regions}");
+            assert!(workload.body_bytes < 1000, "{what}: the request carries no tensor");
+            drop(workload);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let regions = server.get_json("/v2/systemsharedmemory/status").await;
+            assert_eq!(regions, serde_json::json!([]), "unregistered when the run is dropped");
+        }
+    }
     server.stop().await.unwrap();
 }

@@ -10,34 +10,85 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use prism_protocol::grpc::GrpcInferenceServiceClient;
+use tonic::transport::Channel;
+
 use super::report::{Errors, Point};
-use super::workload::Workload;
+use super::workload::{Request, Workload};
 use super::{Load, Window};
 use crate::v2::HEADER_LENGTH;
+
+/// How requests reach the server.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// REST: `POST {url}{workload.path}`, over a pool of HTTP/1.1 connections.
+    Http { client: reqwest::Client, url: String },
+    /// gRPC over HTTP/2 connections, each multiplexing many calls: worker `w` uses
+    /// `channels[w % len]`.
+    Grpc {
+        channels: Vec<GrpcInferenceServiceClient<Channel>>,
+        timeout: Duration,
+    },
+}
+
+impl Transport {
+    /// `connections` HTTP/2 connections to the gRPC server at `url`
+    /// (`http://host:port`), opened now.
+    pub async fn grpc(url: &str, connections: usize, timeout: Duration) -> anyhow::Result<Transport> {
+        let mut channels = Vec::new();
+        for _ in 0..connections.max(1) {
+            let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to the gRPC server at {url}: {e}"))?;
+            channels.push(
+                GrpcInferenceServiceClient::new(channel)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            );
+        }
+        Ok(Transport::Grpc { channels, timeout })
+    }
+}
 
 /// Latencies are recorded in microseconds, up to 10 minutes, to 3 significant digits.
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// One request; `Err` carries the error's kind.
-async fn send(http: &reqwest::Client, url: &str, workload: &Workload, i: usize) -> Result<(), String> {
-    let (body, header_len) = &workload.bodies[i % workload.bodies.len()];
-    let mut request = http.post(url).body(body.clone());
-    request = match header_len {
-        Some(n) => request
-            .header(HEADER_LENGTH, *n)
-            .header("Content-Type", "application/octet-stream"),
-        None => request.header("Content-Type", "application/json"),
-    };
-    let response = request.send().await.map_err(|e| error_kind(&e))?;
-    let status = response.status();
-    // Read the whole answer: a request is done when its last byte has arrived.
-    response.bytes().await.map_err(|e| error_kind(&e))?;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("http_{}", status.as_u16()))
+/// One request from worker `w` (its slot's variant `i`); `Err` carries the error's kind.
+async fn send(transport: &Transport, path: &str, workload: &Workload, w: usize, i: usize) -> Result<(), String> {
+    let slot = &workload.requests[w % workload.requests.len()];
+    match (&slot[i % slot.len()], transport) {
+        (Request::Http { body, header_len }, Transport::Http { client, url }) => {
+            let mut request = client.post(format!("{url}{path}")).body(body.clone());
+            request = match header_len {
+                Some(n) => request
+                    .header(HEADER_LENGTH, *n)
+                    .header("Content-Type", "application/octet-stream"),
+                None => request.header("Content-Type", "application/json"),
+            };
+            let response = request.send().await.map_err(|e| error_kind(&e))?;
+            let status = response.status();
+            // Read the whole answer: a request is done when its last byte has arrived.
+            response.bytes().await.map_err(|e| error_kind(&e))?;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("http_{}", status.as_u16()))
+            }
+        }
+        (Request::Grpc(m), Transport::Grpc { channels, timeout }) => {
+            let mut client = channels[w % channels.len()].clone();
+            let mut request = tonic::Request::new(m.clone());
+            request.set_timeout(*timeout);
+            match client.model_infer(request).await {
+                Ok(_) => Ok(()),
+                Err(status) => Err(format!("grpc_{:?}", status.code()).to_lowercase()),
+            }
+        }
+        _ => Err("protocol_mismatch".into()),
     }
 }
 
@@ -82,7 +133,7 @@ fn progress(
     })
 }
 
-/// Runs one point of a run and measures it.
+/// Runs one point of a run over REST and measures it.
 pub async fn run_point(
     http: &reqwest::Client,
     base_url: &str,
@@ -91,18 +142,33 @@ pub async fn run_point(
     window: Window,
     bar: Option<ProgressBar>,
 ) -> Point {
-    let url = format!("{}{}", base_url.trim_end_matches('/'), workload.path);
+    let transport = Transport::Http {
+        client: http.clone(),
+        url: base_url.trim_end_matches('/').to_owned(),
+    };
+    run_point_over(&transport, workload, load, window, bar).await
+}
+
+/// Runs one point of a run over `transport` and measures it.
+pub async fn run_point_over(
+    transport: &Transport,
+    workload: &Workload,
+    load: Load,
+    window: Window,
+    bar: Option<ProgressBar>,
+) -> Point {
+    let path = workload.path.as_str();
     let start = Instant::now();
     let measure_from = start + window.warmup;
     let end = measure_from + window.duration;
     let done = Arc::new(AtomicU64::new(0));
     let ticker = progress(bar, Arc::clone(&done), start, end);
     let (hist, errors) = match load {
-        Load::Closed { concurrency } => closed(http, &url, workload, concurrency, measure_from, end, &done).await,
+        Load::Closed { concurrency } => closed(transport, path, workload, concurrency, measure_from, end, &done).await,
         Load::Open { rate, max_in_flight } => {
             open(
-                http,
-                &url,
+                transport,
+                path,
                 workload,
                 rate,
                 max_in_flight,
@@ -119,8 +185,8 @@ pub async fn run_point(
 }
 
 async fn closed(
-    http: &reqwest::Client,
-    url: &str,
+    transport: &Transport,
+    path: &str,
     workload: &Workload,
     concurrency: usize,
     measure_from: Instant,
@@ -129,7 +195,8 @@ async fn closed(
 ) -> (Histogram<u64>, Errors) {
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|w| {
-            let (http, url, workload, done) = (http.clone(), url.to_owned(), workload.clone(), Arc::clone(done));
+            let (transport, path, workload, done) =
+                (transport.clone(), path.to_owned(), workload.clone(), Arc::clone(done));
             tokio::spawn(async move {
                 let mut hist = histogram();
                 let mut errors = Errors::default();
@@ -139,7 +206,7 @@ async fn closed(
                     if t0 >= end {
                         break;
                     }
-                    let outcome = send(&http, &url, &workload, i).await;
+                    let outcome = send(&transport, &path, &workload, w, i).await;
                     let t1 = Instant::now();
                     done.fetch_add(1, Ordering::Relaxed);
                     if t0 >= measure_from && t1 <= end {
@@ -166,8 +233,8 @@ async fn closed(
 
 #[allow(clippy::too_many_arguments)]
 async fn open(
-    http: &reqwest::Client,
-    url: &str,
+    transport: &Transport,
+    path: &str,
     workload: &Workload,
     rate: f64,
     max_in_flight: usize,
@@ -214,9 +281,9 @@ async fn open(
             continue;
         }
         in_flight.fetch_add(1, Ordering::Relaxed);
-        let (http, url, workload, tx, in_flight, done) = (
-            http.clone(),
-            url.to_owned(),
+        let (transport, path, workload, tx, in_flight, done) = (
+            transport.clone(),
+            path.to_owned(),
             workload.clone(),
             tx.clone(),
             Arc::clone(&in_flight),
@@ -224,7 +291,7 @@ async fn open(
         );
         let index = i;
         tokio::spawn(async move {
-            let outcome = send(&http, &url, &workload, index).await;
+            let outcome = send(&transport, &path, &workload, index, index).await;
             let finished = Instant::now();
             in_flight.fetch_sub(1, Ordering::Relaxed);
             done.fetch_add(1, Ordering::Relaxed);

@@ -17,14 +17,15 @@
 mod load;
 mod plot;
 mod report;
+mod shm;
 mod workload;
 
 use std::time::Duration;
 
-pub use load::run_point;
+pub use load::{Transport, run_point, run_point_over};
 pub use plot::write_svg;
 pub use report::{Errors, Point, Report};
-pub use workload::{Format, Workload, WorkloadSpec};
+pub use workload::{Format, Protocol, Request, SharedMemory, Workload, WorkloadSpec, grpc_request};
 
 /// How load is offered at one point of a run.
 #[derive(Clone, Copy, Debug, PartialEq)]

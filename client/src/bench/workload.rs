@@ -1,16 +1,58 @@
 //! The requests a run sends: shaped from the model's metadata with random values, or
 //! taken from a file; encoded once, before the clock starts.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use prism_protocol::grpc::infer_parameter::ParameterChoice;
+use prism_protocol::grpc::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use prism_protocol::grpc::{InferParameter, InferTensorContents, ModelInferRequest};
 use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
 
+use super::shm::{Contents, Region, Regions};
 use crate::Client;
 use crate::binary;
 use crate::dtype::DType;
-use crate::v2::{self, InferInput, InferRequest, TensorData};
+use crate::v2::{self, InferInput, InferRequest, Parameters, TensorData};
+
+/// Which protocol carries the requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// V2 REST (HTTP/1.1).
+    Http,
+    /// V2 gRPC (`inference.GRPCInferenceService/ModelInfer`).
+    Grpc,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        })
+    }
+}
+
+/// Where the tensors lie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SharedMemory {
+    /// In the requests and answers.
+    None,
+    /// In POSIX shared memory registered with the server (Triton's system shared-memory
+    /// extension): requests carry only where the tensors are.
+    System,
+}
+
+/// One request, encoded for its protocol.
+#[derive(Clone, Debug)]
+pub enum Request {
+    Http { body: Bytes, header_len: Option<usize> },
+    Grpc(ModelInferRequest),
+}
 
 /// How requests travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -48,18 +90,28 @@ pub struct WorkloadSpec {
     /// Distinct random requests to cycle through.
     pub variants: usize,
     pub seed: u64,
+    pub protocol: Protocol,
+    pub shared_memory: SharedMemory,
+    /// With shared memory: the most workers that run at once (each has its own output
+    /// region).
+    pub workers: usize,
 }
 
-/// Encoded request bodies, ready to send.
+/// Encoded requests, ready to send.
 #[derive(Clone, Debug)]
 pub struct Workload {
+    /// Where REST requests go.
     pub path: String,
-    /// `Inference-Header-Content-Length` of each body (binary format).
-    pub bodies: Vec<(Bytes, Option<usize>)>,
+    pub model: String,
+    /// By slot, then by variant: worker `w` sends `requests[w % slots]`. One slot, except
+    /// with shared memory, where each worker has its own output region.
+    pub requests: Arc<Vec<Vec<Request>>>,
     /// Rows each request carries (for rows per second).
     pub rows: usize,
-    /// Bytes of the first body, for the report.
+    /// Bytes of the first request's body (or message), for the report.
     pub body_bytes: usize,
+    /// The shared-memory regions of the run, unregistered when the last clone is dropped.
+    pub regions: Option<Arc<Regions>>,
 }
 
 impl Workload {
@@ -80,11 +132,19 @@ impl Workload {
                         .map(|&r| r.max(1) as usize)
                 })
                 .unwrap_or(1);
+            if spec.protocol != Protocol::Http || spec.shared_memory != SharedMemory::None {
+                bail!("the plain format is a fixed REST body: it has no gRPC or shared-memory form");
+            }
             return Ok(Workload {
                 path,
+                model: spec.model.clone(),
                 body_bytes: body.len(),
-                bodies: vec![(Bytes::from(body), None)],
+                requests: Arc::new(vec![vec![Request::Http {
+                    body: Bytes::from(body),
+                    header_len: None,
+                }]]),
                 rows,
+                regions: None,
             });
         }
         let requests = match &spec.input_file {
@@ -113,27 +173,247 @@ impl Workload {
             .first()
             .and_then(|i| i.shape.first())
             .map_or(1, |&r| r.max(1) as usize);
-        let bodies = requests
-            .iter()
-            .map(|r| -> Result<(Bytes, Option<usize>)> {
-                Ok(match spec.format {
-                    Format::Json => (Bytes::from(v2::to_vec(r)?), None),
-                    Format::Plain => unreachable!("plain bodies are sent as read"),
-                    Format::Binary => {
-                        let (body, header_len) = binary::encode_request(r, true)?;
-                        (Bytes::from(body), Some(header_len))
-                    }
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let body_bytes = bodies[0].0.len();
+        if spec.shared_memory == SharedMemory::System {
+            return shared(client, spec, path, &requests, rows).await;
+        }
+        let encoded = requests.iter().map(|r| encode(spec, r)).collect::<Result<Vec<_>>>()?;
         Ok(Workload {
             path,
-            bodies,
+            model: spec.model.clone(),
+            body_bytes: request_bytes(&encoded[0]),
+            requests: Arc::new(vec![encoded]),
             rows,
-            body_bytes,
+            regions: None,
         })
     }
+}
+
+fn request_bytes(r: &Request) -> usize {
+    match r {
+        Request::Http { body, .. } => body.len(),
+        Request::Grpc(m) => prost::Message::encoded_len(m),
+    }
+}
+
+/// `r` for the spec's protocol and format.
+fn encode(spec: &WorkloadSpec, r: &InferRequest) -> Result<Request> {
+    Ok(match (spec.protocol, spec.format) {
+        (_, Format::Plain) => unreachable!("plain bodies are sent as read"),
+        (Protocol::Http, Format::Json) => Request::Http {
+            body: Bytes::from(v2::to_vec(r)?),
+            header_len: None,
+        },
+        (Protocol::Http, Format::Binary) => {
+            let (body, header_len) = binary::encode_request(r, true)?;
+            Request::Http {
+                body: Bytes::from(body),
+                header_len: Some(header_len),
+            }
+        }
+        (Protocol::Grpc, format) => Request::Grpc(grpc_request(&spec.model, r, format == Format::Binary)?),
+    })
+}
+
+fn grpc_parameters(p: Option<&Parameters>) -> HashMap<String, InferParameter> {
+    p.into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let choice = match v {
+                Value::Bool(b) => ParameterChoice::BoolParam(*b),
+                Value::Number(n) if n.is_i64() => ParameterChoice::Int64Param(n.as_i64().unwrap_or_default()),
+                Value::Number(n) => ParameterChoice::DoubleParam(n.as_f64().unwrap_or_default()),
+                Value::String(s) => ParameterChoice::StringParam(s.clone()),
+                other => ParameterChoice::StringParam(other.to_string()),
+            };
+            (
+                k.clone(),
+                InferParameter {
+                    parameter_choice: Some(choice),
+                },
+            )
+        })
+        .collect()
+}
+
+/// A V2 request as a gRPC message: tensors as `raw_input_contents` (`raw`, as
+/// `tritonclient.grpc` sends them) or as typed `contents`.
+pub fn grpc_request(model: &str, r: &InferRequest, raw: bool) -> Result<ModelInferRequest> {
+    let mut m = ModelInferRequest {
+        model_name: model.into(),
+        id: r.id.clone().unwrap_or_default(),
+        parameters: grpc_parameters(r.parameters.as_ref()),
+        outputs: r
+            .outputs
+            .iter()
+            .flatten()
+            .map(|o| InferRequestedOutputTensor {
+                name: o.name.clone(),
+                parameters: grpc_parameters(o.parameters.as_ref()),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    for i in &r.inputs {
+        let dtype: DType = i.datatype.parse().with_context(|| format!("input `{}`", i.name))?;
+        let mut t = InferInputTensor {
+            name: i.name.clone(),
+            datatype: i.datatype.clone(),
+            shape: i.shape.clone(),
+            parameters: grpc_parameters(i.parameters.as_ref()),
+            contents: None,
+        };
+        if let Some(data) = &i.data {
+            if raw || matches!(dtype, DType::F16 | DType::BF16) {
+                let mut bytes = Vec::new();
+                binary::encode_tensor(&i.name, dtype, data, &mut bytes)?;
+                m.raw_input_contents.push(bytes.into());
+            } else {
+                t.contents = Some(typed_contents(&i.name, dtype, data)?);
+            }
+        }
+        m.inputs.push(t);
+    }
+    Ok(m)
+}
+
+/// JSON data as gRPC's typed lists (the narrow integers widened, as the protocol has them).
+fn typed_contents(name: &str, dtype: DType, data: &TensorData) -> Result<InferTensorContents> {
+    let mut c = InferTensorContents::default();
+    if let TensorData::Strings(s) = data {
+        c.bytes_contents = s.iter().map(|s| Bytes::from(s.clone().into_bytes())).collect();
+        return Ok(c);
+    }
+    let Some(values) = data.to_f32() else {
+        bail!("input `{name}`: no numbers to send as {dtype}");
+    };
+    match dtype {
+        DType::Bool => c.bool_contents = values.iter().map(|&v| v != 0.0).collect(),
+        DType::I8 | DType::I16 | DType::I32 => c.int_contents = values.iter().map(|&v| v as i32).collect(),
+        DType::I64 => c.int64_contents = values.iter().map(|&v| v as i64).collect(),
+        DType::U8 | DType::U16 | DType::U32 => c.uint_contents = values.iter().map(|&v| v as u32).collect(),
+        DType::U64 => c.uint64_contents = values.iter().map(|&v| v as u64).collect(),
+        DType::F64 => c.fp64_contents = values.iter().map(|&v| f64::from(v)).collect(),
+        _ => c.fp32_contents = values,
+    }
+    Ok(c)
+}
+
+/// The requests of a shared-memory run: every variant's inputs written into one input
+/// region, one output region per worker; the requests name where their tensors lie.
+async fn shared(
+    client: &Client,
+    spec: &WorkloadSpec,
+    path: String,
+    requests: &[InferRequest],
+    rows: usize,
+) -> Result<Workload> {
+    let meta = client
+        .model_metadata(&spec.model)
+        .await
+        .with_context(|| format!("reading the metadata of model `{}` to size its outputs", spec.model))?;
+    let tag = format!("prism_bench_{}_{:08x}", std::process::id(), rand::random::<u32>());
+    let input_region = format!("{tag}_in");
+    // Every variant's inputs, one after another, and where each lies.
+    let mut inputs = Vec::new();
+    let mut places = Vec::new();
+    for r in requests {
+        let mut at = Vec::new();
+        for i in &r.inputs {
+            let dtype: DType = i.datatype.parse().with_context(|| format!("input `{}`", i.name))?;
+            let data = i.data.as_ref().context("shared memory needs every input's data")?;
+            let start = inputs.len();
+            binary::encode_tensor(&i.name, dtype, data, &mut inputs)?;
+            at.push((start, inputs.len() - start));
+        }
+        places.push(at);
+    }
+    // Each output's size, from the metadata: `-1` is the batch.
+    let mut outputs = Vec::new();
+    for o in &meta.outputs {
+        let dtype: DType = o.datatype.parse().with_context(|| format!("output `{}`", o.name))?;
+        let Some(size) = dtype.size() else {
+            bail!(
+                "output `{}` is {dtype}: shared memory needs outputs of a fixed-size datatype",
+                o.name
+            );
+        };
+        let elements: usize = o.shape.iter().map(|&d| if d < 0 { rows } else { d as usize }).product();
+        outputs.push((o.name.clone(), elements * size));
+    }
+    let out_bytes: usize = outputs.iter().map(|(_, n)| n).sum();
+    let slots = spec.workers.max(1);
+    let mut regions = vec![Region {
+        name: input_region.clone(),
+        contents: Contents::Bytes(&inputs),
+    }];
+    regions.extend((0..slots).map(|w| Region {
+        name: format!("{tag}_out{w}"),
+        contents: Contents::Zeros(out_bytes.max(1)),
+    }));
+    let regions = Regions::create(client, regions).await?;
+    let place = |region: &str, offset: usize, size: usize| {
+        let p = json!({
+            "shared_memory_region": region,
+            "shared_memory_offset": offset,
+            "shared_memory_byte_size": size,
+        });
+        Some(p.as_object().expect("an object").clone())
+    };
+    let mut by_slot = Vec::with_capacity(slots);
+    for w in 0..slots {
+        let out_region = format!("{tag}_out{w}");
+        let variants = requests
+            .iter()
+            .zip(&places)
+            .map(|(r, at)| {
+                let mut offset = 0;
+                let request = InferRequest {
+                    id: None,
+                    parameters: None,
+                    inputs: r
+                        .inputs
+                        .iter()
+                        .zip(at)
+                        .map(|(i, &(start, size))| InferInput {
+                            name: i.name.clone(),
+                            shape: i.shape.clone(),
+                            datatype: i.datatype.clone(),
+                            parameters: place(&input_region, start, size),
+                            data: None,
+                        })
+                        .collect(),
+                    outputs: Some(
+                        outputs
+                            .iter()
+                            .map(|(name, size)| {
+                                let o = v2::RequestedOutput {
+                                    name: name.clone(),
+                                    parameters: place(&out_region, offset, *size),
+                                };
+                                offset += size;
+                                o
+                            })
+                            .collect(),
+                    ),
+                };
+                // No tensor travels: REST sends the JSON header alone.
+                let json = WorkloadSpec {
+                    format: Format::Json,
+                    ..spec.clone()
+                };
+                encode(&json, &request)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        by_slot.push(variants);
+    }
+    Ok(Workload {
+        path,
+        model: spec.model.clone(),
+        body_bytes: request_bytes(&by_slot[0][0]),
+        requests: Arc::new(by_slot),
+        rows,
+        regions: Some(Arc::new(regions)),
+    })
 }
 
 /// A request with random values for every input of `meta`: `-1` in the first dimension

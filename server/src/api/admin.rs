@@ -23,20 +23,8 @@ pub async fn ready(State(app): App) -> StatusCode {
     }
 }
 
-pub async fn server_metadata() -> Json<ServerMetadata> {
-    Json(ServerMetadata {
-        name: "prism".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        extensions: vec![
-            "binary_tensor_data".into(),
-            "statistics".into(),
-            "model_configuration".into(),
-            "prism_objects".into(),
-            "prism_tasks".into(),
-            "prism_pipelines".into(),
-            "model_repository".into(),
-        ],
-    })
+pub async fn server_metadata(State(app): App) -> Json<ServerMetadata> {
+    Json(crate::describe::server_metadata(&app))
 }
 
 /// Total and available logical resources, like `ray.cluster_resources()` and

@@ -25,7 +25,7 @@ pub async fn infer(
     let request = body.map_err(|r| body_error(r, app.max_request_bytes)).and_then(|body| {
         let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.as_bytes());
         let header_length = headers.get(v2::HEADER_LENGTH).map(|v| v.as_bytes());
-        codec::request::decode_body(encoding, header_length, body)
+        codec::request::decode_body(encoding, header_length, body, &app.shm)
     });
     match app.infer(target, request, arrived).await {
         Ok(answer) => {

@@ -1,6 +1,7 @@
-//! The REST API, and the only modules that speak HTTP: KServe V2 with Triton's binary
-//! tensor, statistics, model-configuration and repository extensions, Prism's object,
-//! wait and task extensions, `/metrics` and the status routes.
+//! The REST API: KServe V2 with Triton's binary tensor, statistics, model-configuration,
+//! repository and system shared-memory extensions, Prism's object, wait and task
+//! extensions, `/metrics` and the status routes. (gRPC, in `grpc`, is the other adapter
+//! over the same core.)
 //!
 //! Handlers read the request (path, headers, body), call the core (`AppState::infer`,
 //! the store, the tasks, the deployments), and write the answer; the one table in
@@ -13,6 +14,7 @@ mod objects;
 mod openai;
 mod repository;
 pub mod respond;
+mod shm;
 mod tasks;
 
 use std::sync::Arc;
@@ -83,6 +85,11 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v2/objects/{object_ref}", get(objects::get).delete(objects::delete))
         .route("/v2/objects/{object_ref}/meta", get(objects::meta))
         .route("/v2/wait", post(objects::wait))
+        .route("/v2/systemsharedmemory/status", get(shm::status_all))
+        .route("/v2/systemsharedmemory/unregister", post(shm::unregister_all))
+        .route("/v2/systemsharedmemory/region/{name}/status", get(shm::status))
+        .route("/v2/systemsharedmemory/region/{name}/register", post(shm::register))
+        .route("/v2/systemsharedmemory/region/{name}/unregister", post(shm::unregister))
         .route("/v2/tasks/{op}", post(tasks::submit))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))

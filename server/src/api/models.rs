@@ -4,52 +4,15 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use prism_protocol::v2::{MetadataTensor, ModelMetadata};
+use prism_protocol::v2::ModelMetadata;
 use serde_json::{Value, json};
 
 use super::{ApiError, App, ModelParam, deployment, served};
-use crate::resources::ReplicaPlacement;
-use crate::serving::{Deployment, MODEL_VERSION, TensorSig};
-use crate::state::Served;
-
-fn metadata_tensor(t: &TensorSig) -> MetadataTensor {
-    MetadataTensor {
-        name: t.name.clone(),
-        datatype: t.datatype.to_string(),
-        shape: t.shape.clone(),
-    }
-}
+use crate::describe::{self, ConfigTensor, triton_type};
+use crate::serving::MODEL_VERSION;
 
 pub async fn metadata(State(app): App, path: ModelParam) -> Result<Json<ModelMetadata>, ApiError> {
-    Ok(Json(match served(&app, path)? {
-        Served::Pipeline(p) => ModelMetadata {
-            name: p.name().to_owned(),
-            versions: vec![MODEL_VERSION.into()],
-            platform: "prism_pipeline".into(),
-            inputs: p
-                .spec
-                .inputs
-                .iter()
-                .map(|t| MetadataTensor {
-                    name: t.name.clone(),
-                    datatype: t.datatype.to_string(),
-                    shape: t.shape.clone(),
-                })
-                .collect(),
-            outputs: vec![MetadataTensor {
-                name: p.spec.output_name.clone(),
-                datatype: p.output_datatype().to_string(),
-                shape: p.output_shape().to_vec(),
-            }],
-        },
-        Served::Deployment(d) => ModelMetadata {
-            name: d.name().to_owned(),
-            versions: vec![MODEL_VERSION.into()],
-            platform: d.platform.into(),
-            inputs: d.signature.inputs.iter().map(metadata_tensor).collect(),
-            outputs: d.signature.outputs.iter().map(metadata_tensor).collect(),
-        },
-    }))
+    Ok(Json(describe::model_metadata(&served(&app, path)?)))
 }
 
 pub async fn ready(State(app): App, path: ModelParam) -> Result<StatusCode, ApiError> {
@@ -60,102 +23,54 @@ pub async fn ready(State(app): App, path: ModelParam) -> Result<StatusCode, ApiE
     })
 }
 
-/// Triton's type names (`TYPE_FP32`, `TYPE_STRING` for BYTES).
-fn triton_type(d: prism_protocol::DType) -> String {
-    match d {
-        prism_protocol::DType::Bytes => "TYPE_STRING".into(),
-        prism_protocol::DType::Bool => "TYPE_BOOL".into(),
-        other => format!("TYPE_{}", other.v2_name()),
-    }
-}
-
-/// The model's configuration in Triton's JSON form: what `perf_analyzer` and
-/// `tritonclient` read to learn the batch dimension and the batcher.
+/// The model's configuration in Triton's JSON form.
 pub async fn config(State(app): App, path: ModelParam) -> Result<Json<Value>, ApiError> {
     let d = deployment(&app, path)?;
-    let s = &d.spec;
+    let c = describe::model_config(&d);
+    let tensor = |t: &ConfigTensor, input: bool| {
+        let mut v = json!({
+            "name": t.name,
+            "data_type": triton_type(t.datatype),
+            "dims": t.dims,
+            "is_shape_tensor": false,
+        });
+        if input {
+            v["format"] = json!("FORMAT_NONE");
+            v["allow_ragged_batch"] = json!(false);
+            v["optional"] = json!(t.optional);
+        } else {
+            v["label_filename"] = json!("");
+        }
+        if let Some(shape) = &t.reshape {
+            v["reshape"] = json!({ "shape": shape });
+        }
+        v
+    };
     Ok(Json(json!({
-        "name": s.name,
+        "name": c.name,
         "platform": "",
         "backend": "prism",
         "version_policy": { "latest": { "num_versions": 1 } },
-        "max_batch_size": s.batching.max_batch_size,
-        "input": d.signature.inputs.iter().map(|t| {
-            let mut v = json!({
-                "name": t.name,
-                "data_type": triton_type(t.datatype),
-                "format": "FORMAT_NONE",
-                "is_shape_tensor": false,
-                "allow_ragged_batch": false,
-                "optional": t.optional,
-            });
-            dims(&mut v, &t.shape);
-            v
-        }).collect::<Vec<_>>(),
-        "output": d.signature.outputs.iter().map(|t| {
-            let mut v = json!({
-                "name": t.name,
-                "data_type": triton_type(t.datatype),
-                "label_filename": "",
-                "is_shape_tensor": false,
-            });
-            dims(&mut v, &t.shape);
-            v
-        }).collect::<Vec<_>>(),
+        "max_batch_size": c.max_batch_size,
+        "input": c.inputs.iter().map(|t| tensor(t, true)).collect::<Vec<_>>(),
+        "output": c.outputs.iter().map(|t| tensor(t, false)).collect::<Vec<_>>(),
         "dynamic_batching": {
             "preferred_batch_size": [],
-            "max_queue_delay_microseconds": s.batching.batch_wait_timeout.as_micros() as u64,
+            "max_queue_delay_microseconds": c.max_queue_delay_microseconds,
             "preserve_ordering": false,
             "default_queue_policy": {
                 "timeout_action": "REJECT",
                 "default_timeout_microseconds": 0,
                 "allow_timeout_override": false,
-                "max_queue_size": s.batching.max_queue_size,
+                "max_queue_size": c.max_queue_size,
             },
         },
-        "instance_group": instance_groups(&d),
-        "parameters": {
-            "threads": { "string_value": s.actor.threads.to_string() },
-            "precision": { "string_value": s.precision.to_string() },
-        },
+        "instance_group": c.instance_groups.iter().map(|g| match g.gpu {
+            Some(card) => json!({ "name": g.name, "kind": "KIND_GPU", "count": g.count, "gpus": [card] }),
+            None => json!({ "name": g.name, "kind": "KIND_CPU", "count": g.count, "gpus": [] }),
+        }).collect::<Vec<_>>(),
+        "parameters": c.parameters.iter().map(|(k, v)| (k.to_string(), json!({ "string_value": v }))).collect::<serde_json::Map<_, _>>(),
     })))
-}
-
-/// Triton's `dims` of a tensor whose first dimension is the batch: the rest, or, for a
-/// tensor of one value per row (`[-1]`), `[1]` reshaped away, as Triton writes it.
-fn dims(v: &mut Value, shape: &[i64]) {
-    match shape {
-        [_] => {
-            v["dims"] = json!([1]);
-            v["reshape"] = json!({ "shape": [] });
-        }
-        [_, rest @ ..] => v["dims"] = json!(rest),
-        [] => v["dims"] = json!([]),
-    }
-}
-
-/// Triton's instance groups from where the replicas run: one `KIND_GPU` group per card
-/// computing replicas, one `KIND_CPU` group for the rest. Cards are numbered by CUDA
-/// ordinal, as Triton numbers them (`GET /v2/status` shows NVML's indices).
-fn instance_groups(d: &Deployment) -> Value {
-    let mut per_card: std::collections::BTreeMap<usize, usize> = Default::default();
-    let mut cpu = 0;
-    for r in d.replicas().iter().filter(|r| r.placement.runs()) {
-        match &r.placement {
-            ReplicaPlacement::Gpu { cuda: Some(card), .. } => *per_card.entry(*card).or_default() += 1,
-            _ => cpu += 1,
-        }
-    }
-    let mut groups: Vec<Value> = per_card
-        .into_iter()
-        .map(|(card, count)| {
-            json!({ "name": format!("{}_gpu{card}", d.name()), "kind": "KIND_GPU", "count": count, "gpus": [card] })
-        })
-        .collect();
-    if cpu > 0 {
-        groups.push(json!({ "name": format!("{}_0", d.name()), "kind": "KIND_CPU", "count": cpu, "gpus": [] }));
-    }
-    Value::Array(groups)
 }
 
 pub async fn stats(State(app): App, path: ModelParam) -> Result<Json<Value>, ApiError> {

@@ -133,6 +133,7 @@ pub async fn embeddings(State(app): App, body: Result<Bytes, BytesRejection>) ->
             name: EMBEDDING.into(),
             binary: None,
             by_ref: false,
+            shared: None,
         }],
         binary_output: false,
         run_async: false,

@@ -1,5 +1,5 @@
-//! What every handler answers with: the API's error and the one table from every error
-//! of the core to an HTTP status, the V2 error body, and the V2 binary responses.
+//! What every handler answers with: an error as its HTTP status (from the one table in
+//! [`crate::error`]) and the V2 error body, and the V2 binary responses.
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -7,75 +7,15 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use prism_protocol::v2::ErrorBody;
 
-use crate::codec::{DecodeError, Encoded};
-use crate::inference::InferenceError;
-use crate::serving::{BatchError, ServeError};
+use crate::codec::Encoded;
 use crate::state::LookupError;
-use crate::store::{Lease, StoreError};
-use crate::tasks::TaskError;
+use crate::store::Lease;
 
-/// What an HTTP handler can answer instead of a success.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error(transparent)]
-    Lookup(#[from] LookupError),
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    #[error(transparent)]
-    Inference(#[from] InferenceError),
-    #[error(transparent)]
-    Task(#[from] TaskError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("no route for {method} {path}")]
-    NoRoute { method: String, path: String },
-    /// `POST /v2/repository/models/{m}/load` could not start the model (`reason` names
-    /// it); `serving`: what served before still serves (a model on GPUs is stopped before
-    /// it loads).
-    #[error("load failed: {reason}; {}", if *serving { "it serves as before" } else { "it is not serving" })]
-    LoadFailed { reason: String, serving: bool },
-}
+pub use crate::error::ApiError;
 
-/// The one table from error to status. Exhaustive: a new error variant anywhere in the
-/// core does not compile until it has a status here.
+/// The HTTP status of an error, from the one table in [`crate::error::status`].
 pub fn status(e: &ApiError) -> StatusCode {
-    let decode = |e: &DecodeError| match e {
-        DecodeError::Invalid(_) | DecodeError::Shape(_) => StatusCode::BAD_REQUEST,
-        DecodeError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-    };
-    let store = |e: &StoreError| match e {
-        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
-        StoreError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
-        StoreError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        StoreError::Failed { .. } | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    match e {
-        ApiError::Lookup(
-            LookupError::ModelNotFound(_) | LookupError::VersionNotFound { .. } | LookupError::IsPipeline(_),
-        ) => StatusCode::NOT_FOUND,
-        ApiError::Decode(e) | ApiError::Inference(InferenceError::Decode(e)) => decode(e),
-        ApiError::Inference(InferenceError::Serve(e)) => match e {
-            ServeError::NotReady(_) | ServeError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ServeError::Batch(BatchError::ShuttingDown { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-            ServeError::Batch(
-                BatchError::Model { .. }
-                | BatchError::Panicked { .. }
-                | BatchError::InjectedFault { .. }
-                | BatchError::Lost { .. }
-                | BatchError::Retried { .. },
-            ) => StatusCode::INTERNAL_SERVER_ERROR,
-        },
-        // Triton answers an expired request timeout UNAVAILABLE.
-        ApiError::Inference(InferenceError::DeadlineExceeded { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-        ApiError::Inference(InferenceError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-        ApiError::Inference(InferenceError::Store(e)) | ApiError::Store(e) | ApiError::Task(TaskError::Store(e)) => {
-            store(e)
-        }
-        ApiError::Task(TaskError::Invalid(_)) => StatusCode::BAD_REQUEST,
-        ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
-        ApiError::LoadFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(crate::error::status(e).http).expect("the table holds valid statuses")
 }
 
 /// OpenAI's error `type` and `code` for an error, the `/v1` routes' table, from the
@@ -91,18 +31,6 @@ pub fn openai_error(e: &ApiError) -> (&'static str, Option<&'static str>) {
         ("invalid_request_error", None)
     } else {
         ("server_error", None)
-    }
-}
-
-impl ApiError {
-    /// The failed object behind this error, if it is one.
-    fn failed_object(&self) -> Option<&crate::store::Failure> {
-        match self {
-            ApiError::Store(StoreError::Failed { failure, .. })
-            | ApiError::Inference(InferenceError::Store(StoreError::Failed { failure, .. }))
-            | ApiError::Task(TaskError::Store(StoreError::Failed { failure, .. })) => Some(failure),
-            _ => None,
-        }
     }
 }
 

@@ -13,13 +13,14 @@
 //! Every refusal is a [`DecodeError`] that names the input and says what was expected
 //! and what came.
 
+pub mod grpc;
 pub mod request;
 pub mod response;
 pub mod signature;
 pub mod tensor;
 
 pub use request::{Input, InputValue, Request, RequestedOutput, Tensor, Values};
-pub use response::{Answer, AnswerOutput, AnswerValue, Encoded};
+pub use response::{Answer, AnswerOutput, AnswerValue, Encoded, Written, written};
 pub use signature::Source;
 
 use prism_protocol::ErrorKind;

@@ -11,6 +11,7 @@ use prism_protocol::v2::{self, InferRequest, Parameters, TensorData};
 
 use super::tensor::{Carried, carried};
 use super::{DecodeError, invalid};
+use crate::shm::{Place, SharedMemory};
 use crate::store::ObjectRef;
 
 /// An inference request, as every protocol decodes it.
@@ -61,7 +62,8 @@ pub struct Tensor {
 pub enum Values {
     /// JSON `data`.
     Json(TensorData),
-    /// Little-endian bytes from the binary part: exactly `binary_data_size` of them.
+    /// Little-endian bytes from the binary part: exactly `binary_data_size` of them (or
+    /// a gRPC input's raw contents, or a view of a shared-memory region).
     Binary(Bytes),
 }
 
@@ -73,6 +75,18 @@ pub struct RequestedOutput {
     pub binary: Option<bool>,
     /// `object_ref`: keep it in the store and answer its ref.
     pub by_ref: bool,
+    /// `shared_memory_region` (and offset, byte size): write it there instead of sending
+    /// it.
+    pub shared: Option<Place>,
+}
+
+/// Where the inputs with binary data find their bytes.
+pub enum Binary {
+    /// A REST body's binary part, after its JSON header: each input that announces
+    /// `binary_data_size` takes that many bytes from the front, in order.
+    Body(Bytes),
+    /// gRPC's `raw_input_contents`: one entry per input, in order.
+    PerInput(std::vec::IntoIter<Bytes>),
 }
 
 /// Refuses a compressed body (`Content-Encoding`): every V2 route reads bodies as sent.
@@ -134,14 +148,16 @@ pub fn body_parts(
     Ok((header, binary))
 }
 
-/// A whole V2 body, decoded: [`body_parts`], then [`decode`].
+/// A whole V2 body, decoded: [`body_parts`], then [`decode_parsed`]; inputs in shared
+/// memory are views of `shm`'s regions.
 pub fn decode_body(
     content_encoding: Option<&[u8]>,
     header_length_value: Option<&[u8]>,
     body: Bytes,
+    shm: &SharedMemory,
 ) -> Result<Request, DecodeError> {
     let (header, binary) = body_parts(content_encoding, header_length_value, body)?;
-    decode(&header, binary)
+    decode_parsed(parse(&header)?, Binary::Body(binary), shm)
 }
 
 /// Parses an inference request's JSON header.
@@ -159,18 +175,47 @@ fn parse(header: &[u8]) -> Result<InferRequest, DecodeError> {
 /// A request from its JSON `header` and the `binary` part after it (empty for JSON).
 /// The binary part belongs to the inputs with `binary_data_size`, in the order the
 /// request lists them.
-pub fn decode(header: &[u8], mut binary: Bytes) -> Result<Request, DecodeError> {
-    let request = parse(header)?;
-    let binary_len = binary.len();
+/// (No shared memory: a server without it refuses inputs that name a region.)
+pub fn decode(header: &[u8], binary: Bytes) -> Result<Request, DecodeError> {
+    decode_parsed(parse(header)?, Binary::Body(binary), &SharedMemory::new(false))
+}
+
+/// A request already parsed (REST's JSON header, or a gRPC message in the same terms),
+/// with where its binary inputs lie; an input in shared memory is a view of its region
+/// in `shm`, read in place.
+pub fn decode_parsed(request: InferRequest, mut binary: Binary, shm: &SharedMemory) -> Result<Request, DecodeError> {
+    let binary_len = match &binary {
+        Binary::Body(b) => b.len(),
+        Binary::PerInput(raw) => raw.len(),
+    };
     let mut claimed = 0u64;
     let mut inputs: Vec<Input> = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
         if inputs.iter().any(|i| i.name == input.name) {
             return Err(invalid(format!("input `{}` is given more than once", input.name)));
         }
-        let value = match input_ref(&input)? {
-            Some(r) => InputValue::Object(r),
-            None => InputValue::Tensor(tensor(
+        let value = match (
+            input_ref(&input)?,
+            shared_place(&input.name, input.parameters.as_ref())?,
+        ) {
+            (Some(r), _) => InputValue::Object(r),
+            (None, Some(place)) => {
+                if input.data.is_some() || v2::binary_data_size(input.parameters.as_ref()).is_some() {
+                    return Err(invalid(format!(
+                        "input `{}`: has both `shared_memory_region` and data; send one",
+                        input.name
+                    )));
+                }
+                let bytes = shm
+                    .read(&place)
+                    .map_err(|e| invalid(format!("input `{}`: {e}", input.name)))?;
+                InputValue::Tensor(Tensor {
+                    datatype: datatype(&input.name, &input.datatype)?,
+                    shape: input.shape,
+                    values: Values::Binary(bytes),
+                })
+            }
+            (None, None) => InputValue::Tensor(tensor(
                 input.name.as_str(),
                 input.datatype.as_str(),
                 input.shape,
@@ -185,26 +230,45 @@ pub fn decode(header: &[u8], mut binary: Bytes) -> Result<Request, DecodeError> 
             value,
         });
     }
-    if !binary.is_empty() {
-        return Err(invalid(if claimed == 0 {
-            format!(
-                "the body has {binary_len} bytes of binary data after the JSON header, but no input has `binary_data_size`"
-            )
-        } else {
-            format!("the body has {binary_len} bytes of binary data, but the inputs announce only {claimed}")
-        }));
+    match binary {
+        Binary::Body(rest) if !rest.is_empty() => {
+            return Err(invalid(if claimed == 0 {
+                format!(
+                    "the body has {binary_len} bytes of binary data after the JSON header, but no input has `binary_data_size`"
+                )
+            } else {
+                format!("the body has {binary_len} bytes of binary data, but the inputs announce only {claimed}")
+            }));
+        }
+        Binary::PerInput(rest) if rest.len() > 0 => {
+            return Err(invalid(format!(
+                "raw_input_contents has {binary_len} entries, more than the request's inputs take ({})",
+                binary_len - rest.len()
+            )));
+        }
+        _ => {}
     }
     let parameter = |key: &str| v2::bool_parameter(request.parameters.as_ref(), key).unwrap_or(false);
-    let outputs = request
-        .outputs
-        .into_iter()
-        .flatten()
-        .map(|o| RequestedOutput {
+    let mut outputs = Vec::new();
+    for o in request.outputs.into_iter().flatten() {
+        if outputs.iter().any(|w: &RequestedOutput| w.name == o.name) {
+            return Err(invalid(format!("output `{}` is requested more than once", o.name)));
+        }
+        let shared = shared_place(&o.name, o.parameters.as_ref())?;
+        let by_ref = v2::bool_parameter(o.parameters.as_ref(), "object_ref").unwrap_or(false);
+        if shared.is_some() && by_ref {
+            return Err(invalid(format!(
+                "output `{}`: asks for both `object_ref` and `shared_memory_region`; ask for one",
+                o.name
+            )));
+        }
+        outputs.push(RequestedOutput {
             binary: v2::bool_parameter(o.parameters.as_ref(), "binary_data"),
-            by_ref: v2::bool_parameter(o.parameters.as_ref(), "object_ref").unwrap_or(false),
+            by_ref,
+            shared,
             name: o.name,
-        })
-        .collect();
+        });
+    }
     Ok(Request {
         id: request.id,
         inputs,
@@ -221,6 +285,44 @@ pub fn decode(header: &[u8], mut binary: Bytes) -> Result<Request, DecodeError> 
     })
 }
 
+fn datatype(name: &str, datatype: &str) -> Result<DType, DecodeError> {
+    datatype.parse().map_err(|e| invalid(format!("input `{name}`: {e}")))
+}
+
+/// A tensor's place in shared memory, if its parameters give one: `shared_memory_region`
+/// with `shared_memory_byte_size` (and `shared_memory_offset`, default 0).
+fn shared_place(name: &str, parameters: Option<&Parameters>) -> Result<Option<Place>, DecodeError> {
+    let get = |key: &str| parameters.and_then(|p| p.get(key));
+    let Some(region) = get("shared_memory_region") else {
+        if get("shared_memory_byte_size").is_some() || get("shared_memory_offset").is_some() {
+            return Err(invalid(format!(
+                "`{name}`: has shared_memory_byte_size or shared_memory_offset but no shared_memory_region"
+            )));
+        }
+        return Ok(None);
+    };
+    let region = region.as_str().ok_or_else(|| {
+        invalid(format!(
+            "`{name}`: shared_memory_region must be a string (a region's name), got {region}"
+        ))
+    })?;
+    let count = |key: &str| -> Result<Option<u64>, DecodeError> {
+        get(key)
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| invalid(format!("`{name}`: {key} must be a non-negative integer, got {v}")))
+            })
+            .transpose()
+    };
+    let byte_size = count("shared_memory_byte_size")?
+        .ok_or_else(|| invalid(format!("`{name}`: shared_memory_region needs shared_memory_byte_size")))?;
+    Ok(Some(Place {
+        region: region.to_owned(),
+        offset: count("shared_memory_offset")?.unwrap_or(0),
+        byte_size,
+    }))
+}
+
 /// An input that carries its data: JSON `data`, or `binary_data_size` bytes taken from
 /// the front of `binary` (counted in `claimed`).
 fn tensor(
@@ -229,22 +331,29 @@ fn tensor(
     shape: Vec<i64>,
     data: Option<TensorData>,
     parameters: Option<&Parameters>,
-    binary: &mut Bytes,
+    binary: &mut Binary,
     claimed: &mut u64,
 ) -> Result<Tensor, DecodeError> {
-    let datatype: DType = datatype.parse().map_err(|e| invalid(format!("input `{name}`: {e}")))?;
+    let datatype = self::datatype(name, datatype)?;
     let values = match carried(data.as_ref(), parameters).map_err(|e| invalid(format!("input `{name}`: {e}")))? {
         Carried::Json(_) => Values::Json(data.expect("carried in `data`")),
-        Carried::Binary(size) => {
-            if (binary.len() as u64) < size {
-                return Err(invalid(format!(
-                    "input `{name}`: the body ends after {} bytes of binary data, but binary_data_size announces {size} (truncated body?)",
-                    binary.len()
-                )));
+        Carried::Binary(size) => match binary {
+            Binary::Body(body) => {
+                if (body.len() as u64) < size {
+                    return Err(invalid(format!(
+                        "input `{name}`: the body ends after {} bytes of binary data, but binary_data_size announces {size} (truncated body?)",
+                        body.len()
+                    )));
+                }
+                *claimed += size;
+                Values::Binary(body.split_to(size as usize))
             }
-            *claimed += size;
-            Values::Binary(binary.split_to(size as usize))
-        }
+            Binary::PerInput(raw) => Values::Binary(raw.next().ok_or_else(|| {
+                invalid(format!(
+                    "input `{name}`: raw_input_contents has no entry for it (one per input, in order)"
+                ))
+            })?),
+        },
     };
     Ok(Tensor {
         datatype,

@@ -1,12 +1,14 @@
 //! The answer of an inference, and its V2 form: a JSON document, or the binary
 //! extension's JSON header followed by the tensor's bytes.
 
+use bytes::Bytes;
 use ndarray::Array2;
 use prism_protocol::DType;
 use prism_protocol::v2::{self, InferOutput, InferResponse, Parameters, TensorData};
 
 use super::tensor::json_values;
 use crate::serving::MODEL_VERSION;
+use crate::shm::Place;
 use crate::store::{Lease, ObjectRef};
 
 /// What an inference answers, before any protocol writes it.
@@ -52,6 +54,93 @@ pub enum AnswerValue {
         shape: Vec<i64>,
         accepted: bool,
     },
+    /// Written into the client's shared memory at `place`: `bytes` of it.
+    Shared {
+        datatype: DType,
+        shape: Vec<i64>,
+        place: Place,
+        bytes: usize,
+    },
+}
+
+/// One output as a protocol writes it: its description alone (a ref, or an output in
+/// shared memory), or with its little-endian bytes.
+pub enum Written {
+    Meta(InferOutput),
+    Data {
+        name: String,
+        shape: Vec<i64>,
+        datatype: DType,
+        bytes: Bytes,
+    },
+}
+
+/// `o` as its bytes, or as the description of where it is.
+pub fn written(o: AnswerOutput) -> Written {
+    let AnswerOutput { name, value, .. } = o;
+    let (shape, datatype, data) = match value {
+        v @ (AnswerValue::Ref { .. } | AnswerValue::Shared { .. }) => return Written::Meta(described(name, v)),
+        AnswerValue::Object(lease) => {
+            let meta = &lease.meta;
+            return Written::Data {
+                shape: meta.shape.iter().map(|&d| d as i64).collect(),
+                datatype: meta.datatype,
+                name,
+                bytes: Bytes::from_owner(lease),
+            };
+        }
+        AnswerValue::Rows { values, datatype } => {
+            let shape = vec![values.nrows() as i64, values.ncols() as i64];
+            (shape, datatype, rows_data(values, datatype))
+        }
+        AnswerValue::Strings(strings) => (vec![strings.len() as i64], DType::Bytes, TensorData::Strings(strings)),
+    };
+    let mut bytes = Vec::new();
+    prism_protocol::binary::encode_tensor(&name, datatype, &data, &mut bytes)
+        .expect("an answer's values fit its datatype. This is a bug.");
+    Written::Data {
+        name,
+        shape,
+        datatype,
+        bytes: bytes.into(),
+    }
+}
+
+/// An output that carries no data: a ref (`object_ref`), or one written to shared memory
+/// (`shared_memory_region`, `shared_memory_offset`, `shared_memory_byte_size`: the bytes
+/// written).
+fn described(name: String, value: AnswerValue) -> InferOutput {
+    let mut parameters = Parameters::new();
+    let (shape, datatype) = match value {
+        AnswerValue::Ref {
+            object_ref,
+            datatype,
+            shape,
+            ..
+        } => {
+            parameters.insert("object_ref".into(), object_ref.to_string().into());
+            (shape, datatype)
+        }
+        AnswerValue::Shared {
+            datatype,
+            shape,
+            place,
+            bytes,
+        } => {
+            parameters.insert("shared_memory_region".into(), place.region.into());
+            parameters.insert("shared_memory_offset".into(), place.offset.into());
+            parameters.insert("shared_memory_byte_size".into(), bytes.into());
+            (shape, datatype)
+        }
+        _ => unreachable!("only refs and shared-memory outputs are described without data"),
+    };
+    InferOutput {
+        name,
+        shape,
+        datatype: datatype.to_string(),
+        parameters: Some(parameters),
+        data: None,
+    }
 }
 
 /// An answer as V2 bytes.
@@ -97,10 +186,11 @@ pub fn encode(answer: Answer) -> Encoded {
             object: lease,
         };
     }
-    // Binary as soon as one output's data is (a ref carries no data).
+    // Binary as soon as one output's data is (a ref carries no data, nor does an output
+    // in shared memory).
     let binary = outputs
         .iter()
-        .any(|o| o.binary && !matches!(o.value, AnswerValue::Ref { .. }));
+        .any(|o| o.binary && !matches!(o.value, AnswerValue::Ref { .. } | AnswerValue::Shared { .. }));
     let mut tail = Vec::new();
     let written: Vec<InferOutput> = outputs.into_iter().map(|o| output(o, &mut tail)).collect();
     let mut body = to_vec(&response(written));
@@ -122,22 +212,7 @@ fn binary_size(n: usize) -> Option<Parameters> {
 fn output(o: AnswerOutput, tail: &mut Vec<u8>) -> InferOutput {
     let AnswerOutput { name, binary, value } = o;
     let (shape, datatype, data) = match value {
-        AnswerValue::Ref {
-            object_ref,
-            datatype,
-            shape,
-            ..
-        } => {
-            let mut parameters = Parameters::new();
-            parameters.insert("object_ref".into(), object_ref.to_string().into());
-            return InferOutput {
-                name,
-                shape,
-                datatype: datatype.to_string(),
-                parameters: Some(parameters),
-                data: None,
-            };
-        }
+        v @ (AnswerValue::Ref { .. } | AnswerValue::Shared { .. }) => return described(name, v),
         AnswerValue::Rows { values, datatype } => {
             let shape = vec![values.nrows() as i64, values.ncols() as i64];
             (shape, datatype, rows_data(values, datatype))

@@ -397,11 +397,13 @@ mod tests {
             name: "LABEL".into(),
             binary: Some(false),
             by_ref: false,
+            shared: None,
         });
         request.outputs.push(RequestedOutput {
             name: "LOGITS".into(),
             binary: None,
             by_ref: true,
+            shared: None,
         });
         let plain = OutputFlags::default();
         let by_ref = OutputFlags {

@@ -27,9 +27,10 @@ use prism_protocol::DType;
 use tokio::time::Instant;
 
 use crate::codec::signature::{self, OutputFlags};
-use crate::codec::{self, Answer, AnswerOutput, DecodeError, invalid};
+use crate::codec::{self, Answer, AnswerOutput, AnswerValue, DecodeError, Written, invalid};
 use crate::metrics::Outcome;
 use crate::serving::ServeError;
+use crate::shm::Place;
 use crate::state::{AppState, Served};
 use crate::store::{Failure, StoreError};
 
@@ -212,9 +213,10 @@ impl AppState {
         let count = Count::start(target.clone(), arrived);
         let admitted = request.and_then(|r| {
             let wanted = wanted(&target, &r)?;
-            Ok((r, wanted))
+            let shared = shared_outputs(&r)?;
+            Ok((r, wanted, shared))
         });
-        let (request, wanted) = match admitted {
+        let (request, wanted, shared) = match admitted {
             Ok(admitted) => admitted,
             Err(e) => return count.finish(Err(e.into())),
         };
@@ -240,7 +242,45 @@ impl AppState {
             return Ok(answer(tokens, self.accept(target, work, wanted, deadline, count)));
         }
         let outputs = deadline.bound(&target, self.complete(work, &wanted)).await;
-        count.finish(outputs.map(|o| answer(tokens, o)))
+        let delivered = outputs.and_then(|o| self.write_shared(o, &shared));
+        count.finish(delivered.map(|o| answer(tokens, o)))
+    }
+
+    /// Writes the outputs the request placed in shared memory into their regions; they
+    /// answer where they are instead of their values.
+    fn write_shared(
+        &self,
+        outputs: Vec<AnswerOutput>,
+        shared: &[(String, Place)],
+    ) -> Result<Vec<AnswerOutput>, InferenceError> {
+        if shared.is_empty() {
+            return Ok(outputs);
+        }
+        outputs
+            .into_iter()
+            .map(|o| {
+                let Some((_, place)) = shared.iter().find(|(n, _)| *n == o.name) else {
+                    return Ok(o);
+                };
+                let (name, binary) = (o.name.clone(), o.binary);
+                let Written::Data {
+                    shape, datatype, bytes, ..
+                } = codec::written(o)
+                else {
+                    unreachable!("an output placed in shared memory is not a ref (decoding refuses both)")
+                };
+                self.shm
+                    .write(place, &bytes)
+                    .map_err(|e| invalid(format!("output `{name}`: {e}")))?;
+                let value = AnswerValue::Shared {
+                    datatype,
+                    shape,
+                    place: place.clone(),
+                    bytes: bytes.len(),
+                };
+                Ok(AnswerOutput { name, binary, value })
+            })
+            .collect()
     }
 
     /// Checks the inputs against `target` and starts the work: a model's input is queued
@@ -277,6 +317,24 @@ impl AppState {
             Work::Pipeline(w) => pipeline::accept(self, target, w, wanted, deadline, count),
         }
     }
+}
+
+/// The outputs the request places in shared memory, by name. An async request answers
+/// refs, and cannot also write into the client's memory.
+fn shared_outputs(request: &codec::Request) -> Result<Vec<(String, Place)>, DecodeError> {
+    let shared: Vec<(String, Place)> = request
+        .outputs
+        .iter()
+        .filter_map(|o| o.shared.clone().map(|p| (o.name.clone(), p)))
+        .collect();
+    if request.run_async
+        && let Some((name, _)) = shared.first()
+    {
+        return Err(invalid(format!(
+            "output `{name}`: an async request answers refs; it cannot also write into shared memory"
+        )));
+    }
+    Ok(shared)
 }
 
 /// The outputs `request` wants of `target`, checked: only numeric outputs can be kept in

@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-#[derive(Clone, Copy, Default)]
-struct Stat {
-    count: u64,
-    ns: u64,
+/// A count and the nanoseconds it took, summed.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Stat {
+    pub count: u64,
+    pub ns: u64,
 }
 
 impl Stat {
@@ -31,25 +32,29 @@ impl Stat {
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct BatchStat {
-    compute_input: Stat,
-    compute_infer: Stat,
-    compute_output: Stat,
+/// The compute times of the batches of one size.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct BatchStat {
+    pub compute_input: Stat,
+    pub compute_infer: Stat,
+    pub compute_output: Stat,
 }
 
-#[derive(Default)]
-struct Inner {
-    last_inference_ms: u64,
-    inference_count: u64,
-    execution_count: u64,
-    success: Stat,
-    fail: Stat,
-    queue: Stat,
-    compute_input: Stat,
-    compute_infer: Stat,
-    compute_output: Stat,
-    batches: BTreeMap<usize, BatchStat>,
+/// A model's statistics at one moment, as Triton's extension reports them.
+#[derive(Clone, Default, Debug)]
+pub struct Snapshot {
+    /// Milliseconds since the epoch of the last batch (0: none yet).
+    pub last_inference_ms: u64,
+    pub inference_count: u64,
+    pub execution_count: u64,
+    pub success: Stat,
+    pub fail: Stat,
+    pub queue: Stat,
+    pub compute_input: Stat,
+    pub compute_infer: Stat,
+    pub compute_output: Stat,
+    /// By batch size (rows).
+    pub batches: BTreeMap<usize, BatchStat>,
 }
 
 /// The times of one executed batch.
@@ -70,11 +75,11 @@ pub struct BatchTimes {
 /// plain mutex is enough (never held across an await, never contended for long).
 #[derive(Default)]
 pub struct ModelStats {
-    inner: Mutex<Inner>,
+    inner: Mutex<Snapshot>,
 }
 
 impl ModelStats {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Snapshot> {
         // A panic while holding this lock leaves only counters behind: keep serving.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -105,8 +110,12 @@ impl ModelStats {
         if success { s.success.add(d) } else { s.fail.add(d) }
     }
 
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().clone()
+    }
+
     pub fn to_json(&self, name: &str, version: &str) -> Value {
-        let s = self.lock();
+        let s = self.snapshot();
         let zero = Stat::default().json();
         json!({
             "name": name,
