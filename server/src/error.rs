@@ -72,8 +72,9 @@ pub fn status(e: &ApiError) -> Status {
         ) => NOT_FOUND,
         ApiError::Decode(e) | ApiError::Inference(InferenceError::Decode(e)) => decode(e),
         ApiError::Inference(InferenceError::Serve(e)) => match e {
-            ServeError::NotReady(_) => UNAVAILABLE,
-            ServeError::QueueFull { .. } => pair(503, Code::ResourceExhausted),
+            // A full queue is UNAVAILABLE over gRPC too, as Triton answers it: clients
+            // retry that code.
+            ServeError::NotReady(_) | ServeError::QueueFull { .. } => UNAVAILABLE,
             ServeError::Batch(BatchError::ShuttingDown { .. }) => UNAVAILABLE,
             ServeError::Batch(
                 BatchError::Model { .. }

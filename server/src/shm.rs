@@ -9,9 +9,12 @@
 //! it should ask for.
 //!
 //! The client owns the region's contents: writing an input while its request runs, or
-//! reading an output before the answer, races as it would with Triton.
+//! reading an output before the answer, races as it would with Triton. A client that
+//! truncates its object after registering it makes the server fault (SIGBUS) when it next
+//! touches the lost pages, as with Triton: only clients the server trusts may use this.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -67,9 +70,12 @@ struct View {
 impl AsRef<[u8]> for View {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: `start + len` was checked against the mapping's length when the view was
-        // made, and the mapping lives as long as `self.region`. The bytes are the
-        // client's: if it writes them while a request reads them, the request reads
-        // whatever is there (as with Triton); nothing in the server writes input regions.
+        // made, and the mapping lives as long as `self.region`. The bytes are shared with
+        // the client, which may write them at any time (a request then reads whatever is
+        // there, as with Triton); the server writes a region only for an output, after
+        // the request that names it has read its inputs (a view lives from decoding to
+        // the copy of its rows), so only a client that places another request's output
+        // over this input's bytes races with it.
         unsafe { std::slice::from_raw_parts(self.region.map.as_ptr().add(self.start), self.len) }
     }
 }
@@ -139,12 +145,21 @@ impl SharedMemory {
             path: path.clone(),
             source,
         };
+        // Not through a link: a key names an object of the folder, nothing elsewhere.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(ShmError::Invalid(format!(
+                "shared memory key `{key}` is not a shared memory object ({} is not a regular file)",
+                path.display()
+            )));
+        }
+        let len = meta.len();
         let end = offset.checked_add(byte_size);
         if end.is_none_or(|end| end > len) {
             return Err(ShmError::Invalid(format!(
@@ -169,15 +184,16 @@ impl SharedMemory {
         Ok(())
     }
 
-    /// Unregisters region `name`, or every region when `name` is empty (as Triton).
+    /// Unregisters region `name`, or every region when `name` is empty. As Triton, a name
+    /// that is not registered is not an error (a client's clean-up may run twice).
     /// Requests that read a region keep their view of it until they end.
     pub fn unregister(&self, name: &str) -> Result<(), ShmError> {
         self.check_enabled()?;
         let mut regions = self.lock();
         if name.is_empty() {
             regions.clear();
-        } else if regions.remove(name).is_none() {
-            return Err(ShmError::NotRegistered(name.to_owned()));
+        } else {
+            regions.remove(name);
         }
         Ok(())
     }
@@ -209,6 +225,13 @@ impl SharedMemory {
         let region = self.region(&place.region)?;
         let (start, len) = bounds(&region, place, place.byte_size)?;
         Ok(Bytes::from_owner(View { region, start, len }))
+    }
+
+    /// Checks that `place` lies in a registered region (before a request runs, so that an
+    /// output with nowhere to go is refused before its work is done).
+    pub fn check(&self, place: &Place) -> Result<(), ShmError> {
+        let region = self.region(&place.region)?;
+        bounds(&region, place, place.byte_size).map(drop)
     }
 
     /// Writes `data` into region `name` at `offset`; `data` must fit in the place's
@@ -308,7 +331,25 @@ mod tests {
                 .contains("beyond shared memory region `r` (16 bytes)")
         );
         assert!(err(shm.write(&place("r", 0, 4), &[0; 8])).contains("does not fit in the 4 bytes"));
-        assert!(err(shm.unregister("nope")).contains("`nope` is not registered"));
+        shm.unregister("nope")
+            .expect("unregistering an unknown name is not an error");
+        assert!(
+            shm.status("nope")
+                .unwrap_err()
+                .to_string()
+                .contains("`nope` is not registered")
+        );
+        std::os::unix::fs::symlink("/etc/hostname", _dir.path().join("link")).unwrap();
+        assert!(
+            err(shm.register("l", "/link", 0, 1)).contains("cannot map"),
+            "links are not followed"
+        );
+        std::fs::create_dir(_dir.path().join("folder")).unwrap();
+        let folder = err(shm.register("f", "/folder", 0, 1));
+        assert!(
+            folder.contains("not a shared memory object") || folder.contains("cannot map"),
+            "{folder}"
+        );
         assert_eq!(shm.status("").unwrap().len(), 1);
         shm.unregister("").unwrap();
         assert!(shm.status("").unwrap().is_empty());

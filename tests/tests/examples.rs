@@ -18,14 +18,15 @@ const EXAMPLES: [&str; 6] = [
 /// `target/<profile>`, next to this test's own `deps` folder, with the `prism` CLI and the
 /// client examples built there. `cargo test --workspace` builds them already; a run of
 /// this package alone would otherwise find stale or missing binaries, so they are built
-/// here (a no-op when fresh).
+/// here, for the whole workspace: the features `cargo test --workspace` resolved, so that
+/// after it this is a no-op instead of a second build of the dependencies.
 fn built() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "-p", "prism-client", "--bin", "prism", "--examples"])
+                .args(["build", "--workspace", "--bins", "--examples"])
                 .status()
                 .unwrap();
             assert!(status.success(), "building the CLI and the examples failed");

@@ -283,6 +283,24 @@ fn typed_contents(name: &str, dtype: DType, data: &TensorData) -> Result<InferTe
         c.bytes_contents = s.iter().map(|s| Bytes::from(s.clone().into_bytes())).collect();
         return Ok(c);
     }
+    // Integers as written (exact beyond f32's 2^24), other numbers as f64.
+    let ints: Option<Vec<i128>> = match data {
+        TensorData::Integers(v) => Some(v.clone()),
+        _ => None,
+    };
+    let integer = matches!(
+        dtype,
+        DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::U8 | DType::U16 | DType::U32 | DType::U64
+    );
+    if let Some(v) = ints.filter(|_| integer) {
+        match dtype {
+            DType::I8 | DType::I16 | DType::I32 => c.int_contents = v.iter().map(|&x| x as i32).collect(),
+            DType::I64 => c.int64_contents = v.iter().map(|&x| x as i64).collect(),
+            DType::U8 | DType::U16 | DType::U32 => c.uint_contents = v.iter().map(|&x| x as u32).collect(),
+            _ => c.uint64_contents = v.iter().map(|&x| x as u64).collect(),
+        }
+        return Ok(c);
+    }
     let Some(values) = data.to_f32() else {
         bail!("input `{name}`: no numbers to send as {dtype}");
     };

@@ -137,7 +137,9 @@ pub fn decode(m: ModelInferRequest, shm: &SharedMemory) -> Result<Request, Decod
         let name = t.name;
         let mut params = parameters(t.parameters).unwrap_or_default();
         let elsewhere = params.contains_key("shared_memory_region") || params.contains_key("object_ref");
-        let contents = t.contents.filter(has_elements);
+        // Contents given (even empty) are this input's data; a client sends raw entries
+        // or contents, never both.
+        let contents = t.contents.filter(|c| has_raw || has_elements(c) || !elsewhere);
         let data = match contents {
             Some(_) if has_raw => {
                 return Err(invalid(format!(

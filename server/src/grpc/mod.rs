@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::codec;
 use crate::describe;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// The gRPC service over the server's state.
@@ -118,17 +119,14 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Result<Option<Durati
 }
 
 impl Service {
-    /// Counts a call by method and code.
-    fn count<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
-        let code = match result {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
-        let m = &self.app.metrics;
-        m.grpc_requests.with_label_values(&[method, &format!("{code:?}")]).inc();
-        m.grpc_duration
-            .with_label_values(&[method])
-            .observe(started.elapsed().as_secs_f64());
+    /// The count of one call, made when it ends.
+    fn call(&self, method: &'static str) -> Call {
+        Call {
+            metrics: Arc::clone(&self.app.metrics),
+            method,
+            started: Instant::now(),
+            done: false,
+        }
     }
 
     /// One inference: resolve, decode, run, encode.
@@ -160,28 +158,64 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Counts one call by method and code when it ends; a call dropped before (its client
+/// cancelled it, or its stream ended) counts as `Cancelled`.
+struct Call {
+    metrics: Arc<Metrics>,
+    method: &'static str,
+    started: Instant,
+    done: bool,
+}
+
+impl Call {
+    fn record(&self, code: tonic::Code) {
+        let m = &self.metrics;
+        m.grpc_requests
+            .with_label_values(&[self.method, &format!("{code:?}")])
+            .inc();
+        m.grpc_duration
+            .with_label_values(&[self.method])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+
+    fn end<T>(mut self, r: Result<T, Status>) -> Result<T, Status> {
+        self.done = true;
+        self.record(r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+        r
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record(tonic::Code::Cancelled);
+        }
+    }
+}
+
+/// The most requests of one stream in flight (running or answered and not yet sent).
+const MAX_IN_FLIGHT: usize = 1024;
+
 type InferStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl GrpcInferenceService for Service {
     async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Answer<pb::ServerLiveResponse> {
-        let started = Instant::now();
+        let call = self.call("ServerLive");
         let r = Ok(Response::new(pb::ServerLiveResponse { live: true }));
-        self.count("ServerLive", started, &r);
-        r
+        call.end(r)
     }
 
     async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Answer<pb::ServerReadyResponse> {
-        let started = Instant::now();
+        let call = self.call("ServerReady");
         let r = Ok(Response::new(pb::ServerReadyResponse {
             ready: self.app.is_ready(),
         }));
-        self.count("ServerReady", started, &r);
-        r
+        call.end(r)
     }
 
     async fn model_ready(&self, request: Request<pb::ModelReadyRequest>) -> Answer<pb::ModelReadyResponse> {
-        let started = Instant::now();
+        let call = self.call("ModelReady");
         let m = request.into_inner();
         let r = self
             .app
@@ -192,42 +226,38 @@ impl GrpcInferenceService for Service {
                 })
             })
             .map_err(grpc);
-        self.count("ModelReady", started, &r);
-        r
+        call.end(r)
     }
 
     async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Answer<pb::ServerMetadataResponse> {
-        let started = Instant::now();
+        let call = self.call("ServerMetadata");
         let m = describe::server_metadata(&self.app);
         let r = Ok(Response::new(pb::ServerMetadataResponse {
             name: m.name,
             version: m.version,
             extensions: m.extensions,
         }));
-        self.count("ServerMetadata", started, &r);
-        r
+        call.end(r)
     }
 
     async fn model_metadata(&self, request: Request<pb::ModelMetadataRequest>) -> Answer<pb::ModelMetadataResponse> {
-        let started = Instant::now();
+        let call = self.call("ModelMetadata");
         let m = request.into_inner();
         let r = self
             .app
             .resolve(&m.name, Some(&m.version))
             .map(|served| Response::new(convert::metadata(describe::model_metadata(&served))))
             .map_err(grpc);
-        self.count("ModelMetadata", started, &r);
-        r
+        call.end(r)
     }
 
     async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Answer<pb::ModelInferResponse> {
-        let started = Instant::now();
+        let call = self.call("ModelInfer");
         let r = match grpc_timeout(request.metadata()) {
             Ok(timeout) => self.infer(request.into_inner(), timeout).await.map(Response::new),
             Err(e) => Err(e),
         };
-        self.count("ModelInfer", started, &r);
-        r
+        call.end(r)
     }
 
     type ModelStreamInferStream = InferStream;
@@ -243,42 +273,45 @@ impl GrpcInferenceService for Service {
         let service = self.clone();
         let (tx, rx) = mpsc::channel(64);
         // One task holds the stream's requests in flight: when the client goes away (the
-        // answers' receiver is dropped), the task ends and drops them, queued ones too.
+        // answers' receiver is dropped) or the deadline passes, the task ends and drops
+        // them, queued ones too. At most MAX_IN_FLIGHT run at once; past that the task
+        // stops reading the stream until one is answered.
         tokio::spawn(async move {
             let mut inflight = FuturesUnordered::new();
+            let mut ready = std::collections::VecDeque::new();
             let mut open = true;
             loop {
                 tokio::select! {
-                    next = inbound.message(), if open => match next {
+                    next = inbound.message(), if open && inflight.len() + ready.len() < MAX_IN_FLIGHT => match next {
                         Ok(Some(m)) => {
                             let service = service.clone();
                             inflight.push(async move {
-                                let started = Instant::now();
+                                let call = service.call("ModelStreamInfer");
                                 let (id, model) = (m.id.clone(), m.model_name.clone());
-                                let r = service.infer(m, None).await;
-                                service.count("ModelStreamInfer", started, &r);
+                                let r = call.end(service.infer(m, None).await);
                                 convert::stream_answer(r, id, model)
                             });
                         }
                         Ok(None) => open = false,
                         Err(status) => {
-                            open = false;
-                            tracing::debug!(%status, "gRPC stream: the client's side ended with an error");
-                        }
-                    },
-                    Some(answer) = inflight.next(), if !inflight.is_empty() => {
-                        if tx.send(Ok(answer)).await.is_err() {
+                            // The client's side broke (a malformed or oversized message):
+                            // the stream ends with its error.
+                            let _ = tx.send(Err(status)).await;
                             return;
                         }
-                    }
+                    },
+                    Some(answer) = inflight.next(), if !inflight.is_empty() => ready.push_back(answer),
+                    permit = tx.reserve(), if !ready.is_empty() => match permit {
+                        Ok(permit) => permit.send(Ok(ready.pop_front().expect("not empty"))),
+                        Err(_) => return,
+                    },
                     _ = tx.closed() => return,
                     () = sleep_until(deadline) => {
-                        let _ = tx.send(Err(Status::deadline_exceeded("the stream's grpc-timeout passed"))).await;
+                        let _ = tx.try_send(Err(Status::deadline_exceeded("the stream's grpc-timeout passed")));
                         return;
                     }
-                    else => return,
                 }
-                if !open && inflight.is_empty() {
+                if !open && inflight.is_empty() && ready.is_empty() {
                     return;
                 }
             }
@@ -288,7 +321,7 @@ impl GrpcInferenceService for Service {
     }
 
     async fn model_config(&self, request: Request<pb::ModelConfigRequest>) -> Answer<pb::ModelConfigResponse> {
-        let started = Instant::now();
+        let call = self.call("ModelConfig");
         let m = request.into_inner();
         let r = self
             .app
@@ -299,15 +332,14 @@ impl GrpcInferenceService for Service {
                 })
             })
             .map_err(grpc);
-        self.count("ModelConfig", started, &r);
-        r
+        call.end(r)
     }
 
     async fn model_statistics(
         &self,
         request: Request<pb::ModelStatisticsRequest>,
     ) -> Answer<pb::ModelStatisticsResponse> {
-        let started = Instant::now();
+        let call = self.call("ModelStatistics");
         let m = request.into_inner();
         let stats = |d: &crate::serving::Deployment| convert::statistics(d.name(), d.stats.snapshot());
         let r = if m.name.is_empty() {
@@ -319,15 +351,14 @@ impl GrpcInferenceService for Service {
                 .map_err(grpc)
         }
         .map(|model_stats| Response::new(pb::ModelStatisticsResponse { model_stats }));
-        self.count("ModelStatistics", started, &r);
-        r
+        call.end(r)
     }
 
     async fn repository_index(
         &self,
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Answer<pb::RepositoryIndexResponse> {
-        let started = Instant::now();
+        let call = self.call("RepositoryIndex");
         let m = request.into_inner();
         let models = describe::repository_index(&self.app, m.ready)
             .into_iter()
@@ -339,15 +370,14 @@ impl GrpcInferenceService for Service {
             })
             .collect();
         let r = Ok(Response::new(pb::RepositoryIndexResponse { models }));
-        self.count("RepositoryIndex", started, &r);
-        r
+        call.end(r)
     }
 
     async fn repository_model_load(
         &self,
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Answer<pb::RepositoryModelLoadResponse> {
-        let started = Instant::now();
+        let call = self.call("RepositoryModelLoad");
         let m = request.into_inner();
         let r = async {
             let d = self.app.deployment(&m.model_name, None).map_err(grpc)?;
@@ -357,30 +387,28 @@ impl GrpcInferenceService for Service {
             Ok(Response::new(pb::RepositoryModelLoadResponse {}))
         }
         .await;
-        self.count("RepositoryModelLoad", started, &r);
-        r
+        call.end(r)
     }
 
     async fn repository_model_unload(
         &self,
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Answer<pb::RepositoryModelUnloadResponse> {
-        let started = Instant::now();
+        let call = self.call("RepositoryModelUnload");
         let m = request.into_inner();
         let r = async {
             self.app.deployment(&m.model_name, None).map_err(grpc)?.unload().await;
             Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
         }
         .await;
-        self.count("RepositoryModelUnload", started, &r);
-        r
+        call.end(r)
     }
 
     async fn system_shared_memory_status(
         &self,
         request: Request<pb::SystemSharedMemoryStatusRequest>,
     ) -> Answer<pb::SystemSharedMemoryStatusResponse> {
-        let started = Instant::now();
+        let call = self.call("SystemSharedMemoryStatus");
         let m = request.into_inner();
         let r = self
             .app
@@ -388,15 +416,14 @@ impl GrpcInferenceService for Service {
             .status(&m.name)
             .map(|regions| Response::new(convert::shm_status(regions)))
             .map_err(grpc);
-        self.count("SystemSharedMemoryStatus", started, &r);
-        r
+        call.end(r)
     }
 
     async fn system_shared_memory_register(
         &self,
         request: Request<pb::SystemSharedMemoryRegisterRequest>,
     ) -> Answer<pb::SystemSharedMemoryRegisterResponse> {
-        let started = Instant::now();
+        let call = self.call("SystemSharedMemoryRegister");
         let m = request.into_inner();
         let r = self
             .app
@@ -404,15 +431,14 @@ impl GrpcInferenceService for Service {
             .register(&m.name, &m.key, m.offset, m.byte_size)
             .map(|()| Response::new(pb::SystemSharedMemoryRegisterResponse {}))
             .map_err(grpc);
-        self.count("SystemSharedMemoryRegister", started, &r);
-        r
+        call.end(r)
     }
 
     async fn system_shared_memory_unregister(
         &self,
         request: Request<pb::SystemSharedMemoryUnregisterRequest>,
     ) -> Answer<pb::SystemSharedMemoryUnregisterResponse> {
-        let started = Instant::now();
+        let call = self.call("SystemSharedMemoryUnregister");
         let m = request.into_inner();
         let r = self
             .app
@@ -420,8 +446,7 @@ impl GrpcInferenceService for Service {
             .unregister(&m.name)
             .map(|()| Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
             .map_err(grpc);
-        self.count("SystemSharedMemoryUnregister", started, &r);
-        r
+        call.end(r)
     }
 }
 

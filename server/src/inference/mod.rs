@@ -131,8 +131,9 @@ struct Wanted {
 struct Deadline(Option<(Instant, Duration)>);
 
 impl Deadline {
-    fn after(timeout: Option<Duration>) -> Self {
-        Deadline(timeout.map(|t| (Instant::now() + t, t)))
+    /// `timeout` after the request arrived (before it was read and decoded).
+    fn after(arrived: Instant, timeout: Option<Duration>) -> Self {
+        Deadline(timeout.map(|t| (arrived + t, t)))
     }
 
     /// `work`, dropped at the deadline. Dropping a queued request takes it out of its
@@ -214,13 +215,18 @@ impl AppState {
         let admitted = request.and_then(|r| {
             let wanted = wanted(&target, &r)?;
             let shared = shared_outputs(&r)?;
+            for (name, place) in &shared {
+                self.shm
+                    .check(place)
+                    .map_err(|e| invalid(format!("output `{name}`: {e}")))?;
+            }
             Ok((r, wanted, shared))
         });
         let (request, wanted, shared) = match admitted {
             Ok(admitted) => admitted,
             Err(e) => return count.finish(Err(e.into())),
         };
-        let deadline = Deadline::after(request.timeout);
+        let deadline = Deadline::after(arrived, request.timeout);
         let (model, id) = (target.name().to_owned(), request.id.clone());
         let answer = |tokens, outputs| Answer {
             model,
