@@ -32,9 +32,16 @@ if [ ! -x "$T/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" ]; then
   apt-get "${O[@]}" update -qq && (cd "$T/debs" && apt-get "${O[@]}" download -qq libc6 libstdc++6 libgcc-s1)
   for d in "$T"/debs/*.deb; do dpkg-deb -x "$d" "$T/root"; done
 fi
+# Its shared-memory code loads the CUDA runtime (unversioned libcudart.so) even for
+# system shared memory: the one of NVIDIA's wheel in target/cuda-venv (scripts/test
+# installs it), under that name.
+mkdir -p "$work/cudart"
+cudart=$(echo "$PWD"/target/cuda-venv/lib/python3*/site-packages/nvidia/cu13/lib/libcudart.so.13)
+[ -f "$cudart" ] && ln -sf "$cudart" "$work/cudart/libcudart.so"
 pa() {
   "$T/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
-    --library-path "$T/root/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu" "$work/perf_analyzer/bin/perf_analyzer" "$@"
+    --library-path "$T/root/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:$work/cudart" \
+    "$work/perf_analyzer/bin/perf_analyzer" "$@"
 }
 
 models=$PWD/target/grpc-bench
@@ -42,7 +49,7 @@ mkdir -p "$models"
 target/py-venv/bin/python benches/peers/make_model.py "$models"
 target/py-venv/bin/python benches/grpc/big_model.py "$models"
 cp benches/grpc/prism.toml "$models/prism.toml"
-cargo build --release --quiet -p prism-server
+cargo build --release --quiet -p prism-server -p prism-client
 target/release/prism-server --config "$models/prism.toml" > "$work/results/prism.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
