@@ -1,23 +1,21 @@
 //! The requests a run sends: shaped from the model's metadata with random values, or
 //! taken from a file; encoded once, before the clock starts.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use prism_protocol::grpc::infer_parameter::ParameterChoice;
 use prism_protocol::grpc::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use prism_protocol::grpc::{InferParameter, InferTensorContents, ModelInferRequest};
+use prism_protocol::grpc::{InferTensorContents, ModelInferRequest, json_parameters};
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::shm::{Contents, Region, Regions};
 use crate::Client;
 use crate::binary;
 use crate::dtype::DType;
-use crate::v2::{self, InferInput, InferRequest, Parameters, TensorData};
+use crate::v2::{self, InferInput, InferRequest, TensorData};
 
 /// Which protocol carries the requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -214,41 +212,20 @@ fn encode(spec: &WorkloadSpec, r: &InferRequest) -> Result<Request> {
     })
 }
 
-fn grpc_parameters(p: Option<&Parameters>) -> HashMap<String, InferParameter> {
-    p.into_iter()
-        .flatten()
-        .map(|(k, v)| {
-            let choice = match v {
-                Value::Bool(b) => ParameterChoice::BoolParam(*b),
-                Value::Number(n) if n.is_i64() => ParameterChoice::Int64Param(n.as_i64().unwrap_or_default()),
-                Value::Number(n) => ParameterChoice::DoubleParam(n.as_f64().unwrap_or_default()),
-                Value::String(s) => ParameterChoice::StringParam(s.clone()),
-                other => ParameterChoice::StringParam(other.to_string()),
-            };
-            (
-                k.clone(),
-                InferParameter {
-                    parameter_choice: Some(choice),
-                },
-            )
-        })
-        .collect()
-}
-
 /// A V2 request as a gRPC message: tensors as `raw_input_contents` (`raw`, as
 /// `tritonclient.grpc` sends them) or as typed `contents`.
 pub fn grpc_request(model: &str, r: &InferRequest, raw: bool) -> Result<ModelInferRequest> {
     let mut m = ModelInferRequest {
         model_name: model.into(),
         id: r.id.clone().unwrap_or_default(),
-        parameters: grpc_parameters(r.parameters.as_ref()),
+        parameters: json_parameters(r.parameters.as_ref()),
         outputs: r
             .outputs
             .iter()
             .flatten()
             .map(|o| InferRequestedOutputTensor {
                 name: o.name.clone(),
-                parameters: grpc_parameters(o.parameters.as_ref()),
+                parameters: json_parameters(o.parameters.as_ref()),
             })
             .collect(),
         ..Default::default()
@@ -259,7 +236,7 @@ pub fn grpc_request(model: &str, r: &InferRequest, raw: bool) -> Result<ModelInf
             name: i.name.clone(),
             datatype: i.datatype.clone(),
             shape: i.shape.clone(),
-            parameters: grpc_parameters(i.parameters.as_ref()),
+            parameters: json_parameters(i.parameters.as_ref()),
             contents: None,
         };
         if let Some(data) = &i.data {

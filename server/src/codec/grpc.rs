@@ -43,32 +43,6 @@ pub fn parameters(p: HashMap<String, InferParameter>) -> Option<Parameters> {
     Some(p.into_iter().map(|(k, v)| (k, value(v))).collect())
 }
 
-/// JSON parameters as gRPC's: integers as `int64_param` (or `uint64_param` beyond it),
-/// as Triton writes them.
-pub fn grpc_parameters(p: Option<Parameters>) -> HashMap<String, InferParameter> {
-    let choice = |v: Value| match v {
-        Value::Bool(b) => Some(ParameterChoice::BoolParam(b)),
-        Value::Number(n) => Some(match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => ParameterChoice::Int64Param(i),
-            (None, Some(u)) => ParameterChoice::Uint64Param(u),
-            _ => ParameterChoice::DoubleParam(n.as_f64().unwrap_or(f64::NAN)),
-        }),
-        Value::String(s) => Some(ParameterChoice::StringParam(s)),
-        other => Some(ParameterChoice::StringParam(other.to_string())),
-    };
-    p.into_iter()
-        .flatten()
-        .map(|(k, v)| {
-            (
-                k,
-                InferParameter {
-                    parameter_choice: choice(v),
-                },
-            )
-        })
-        .collect()
-}
-
 /// Whether typed contents hold any element.
 fn has_elements(c: &InferTensorContents) -> bool {
     !(c.bool_contents.is_empty()
@@ -222,7 +196,7 @@ pub fn encode(answer: Answer) -> ModelInferResponse {
                     name: o.name,
                     datatype: o.datatype,
                     shape: o.shape,
-                    parameters: grpc_parameters(o.parameters),
+                    parameters: prism_protocol::grpc::json_parameters(o.parameters.as_ref()),
                     contents: None,
                 });
                 raw.push(Bytes::new());
