@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use prism_protocol::ray::{ObjectTensor, RefBody, TaskOptions, TaskRequest, WaitAnswer, WaitRequest};
+use prism_protocol::ray::{ObjectTensor, RefBody, TaskArgument, TaskOptions, TaskRequest, WaitAnswer, WaitRequest};
 
 use crate::client::{Client, ClientError};
 use crate::v2::{self, InferRequest, InferResponse, TensorData};
@@ -64,13 +64,16 @@ impl Tensor {
 
     /// The tensor as V2's JSON tensor object (`datatype`, `shape`, `data`).
     pub fn json(&self) -> Value {
-        serde_json::to_value(ObjectTensor {
+        serde_json::to_value(self.object()).expect("a tensor serializes")
+    }
+
+    fn object(&self) -> ObjectTensor {
+        ObjectTensor {
             datatype: self.datatype.to_string(),
             shape: self.shape.iter().map(|&d| d as i64).collect(),
             data: Some(self.data.clone()),
             ..Default::default()
-        })
-        .expect("a tensor serializes")
+        }
     }
 }
 
@@ -234,11 +237,11 @@ impl Client {
         args: impl IntoIterator<Item = TaskArg>,
         options: &impl Serialize,
     ) -> Result<ObjectRef, ClientError> {
-        let args: Vec<Value> = args
+        let args = args
             .into_iter()
             .map(|a| match a {
-                TaskArg::Ref(r) => json!(RefBody { object_ref: r.0 }),
-                TaskArg::Tensor(t) => t.json(),
+                TaskArg::Ref(r) => TaskArgument::by_ref(r.0),
+                TaskArg::Tensor(t) => t.object().into(),
             })
             .collect();
         let request = TaskRequest {

@@ -91,6 +91,13 @@ pub struct ObjectStoreConfig {
     /// How long an object handed to a client lives after its last access, unless the
     /// put names its own `ttl_s` (default 600 s).
     pub default_ttl: Duration,
+    /// Most bytes of spill files; `None`: half the space free under `spill_dir` at
+    /// start-up.
+    pub max_spill_bytes: Option<u64>,
+    /// Most objects the store holds at once, pending ones included.
+    pub max_objects: usize,
+    /// Largest object a client may put; `None`: the store's memory.
+    pub max_object_bytes: Option<u64>,
 }
 
 /// The longest time-to-live an object may have: a week.
@@ -118,6 +125,33 @@ pub fn ttl(seconds: f64) -> Result<Duration, String> {
     }
 }
 
+/// The bounds on client connections (`[server]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once on one listener; more wait to be accepted
+    /// (default 4096).
+    pub max_connections: usize,
+    /// How long a request's head (its line and headers) may take to arrive, from its
+    /// first byte (default 10 s).
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight (default 75 s:
+    /// longer than the 60 s that load balancers keep idle connections).
+    pub idle_timeout: Duration,
+    /// How long a request's whole body may take to arrive (default 60 s).
+    pub body_read_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            body_read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub http_addr: SocketAddr,
@@ -131,6 +165,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// After SIGTERM / Ctrl-C: how long accepted requests may take to finish (default 30 s).
     pub shutdown_timeout: Duration,
+    /// How connections are bounded, per listener (REST and gRPC each).
+    pub connections: ConnectionLimits,
     /// Custom logical resources and how many of each the server has (`[server.resources]`).
     pub resources: BTreeMap<String, f64>,
 }
@@ -148,6 +184,8 @@ pub struct Deployment {
     pub retries: Retries,
     /// The arithmetic of the GEMMs on GPU replicas; CPU replicas compute in fp32.
     pub precision: Precision,
+    /// Whether NaN and ±Inf inputs are passed to the model (refused with 400 otherwise).
+    pub allow_non_finite: bool,
 }
 
 /// How a failed batch is retried on its replica: system failures (a panic in the model)
@@ -404,6 +442,26 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
         1.0,
         86_400.0,
     )?;
+    let d = ConnectionLimits::default();
+    let timeout = |key: &str, value: Option<f64>, default: Duration| -> Result<Duration, Invalid> {
+        let t = seconds(key, value.unwrap_or(default.as_secs_f64()), 1.0, 86_400.0)?;
+        if t.is_zero() {
+            return invalid(key, "must be above 0");
+        }
+        Ok(t)
+    };
+    let connections = ConnectionLimits {
+        max_connections: in_range(
+            "max_connections",
+            s.max_connections,
+            d.max_connections as i64,
+            1,
+            1 << 20,
+        )?,
+        header_read_timeout: timeout("header_read_timeout_s", s.header_read_timeout_s, d.header_read_timeout)?,
+        idle_timeout: timeout("idle_timeout_s", s.idle_timeout_s, d.idle_timeout)?,
+        body_read_timeout: timeout("body_read_timeout_s", s.body_read_timeout_s, d.body_read_timeout)?,
+    };
     for (name, &amount) in &s.resources {
         let key = format!("resources.{name}");
         if matches!(name.as_str(), "CPU" | "GPU" | "memory" | "object_store_memory") || name.is_empty() {
@@ -419,6 +477,7 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
         allow_shared_memory: s.allow_shared_memory.unwrap_or(false),
         max_request_bytes,
         shutdown_timeout,
+        connections,
         resources: s.resources.clone(),
     })
 }
@@ -439,10 +498,17 @@ fn validate_object_store(o: &raw::ObjectStore, base_dir: Option<&Path>) -> Resul
         _ => p.clone(),
     });
     let default_ttl = ttl(o.default_ttl_s.unwrap_or(600.0)).map_err(|e| ("default_ttl_s".to_owned(), e))?;
+    let max_objects = in_range("max_objects", o.max_objects, 100_000, 1, i64::MAX)?;
+    if o.max_object_bytes == Some(0) {
+        return invalid("max_object_bytes", "must be at least 1 byte, got 0".to_owned());
+    }
     Ok(ObjectStoreConfig {
         memory,
         spill_dir,
         default_ttl,
+        max_spill_bytes: o.max_spill_bytes,
+        max_objects,
+        max_object_bytes: o.max_object_bytes,
     })
 }
 
@@ -579,6 +645,7 @@ fn validate_deployment(
             retry_exceptions,
         },
         precision,
+        allow_non_finite: d.allow_non_finite.unwrap_or(false),
     })
 }
 

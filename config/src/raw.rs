@@ -54,6 +54,9 @@ pub(crate) struct ObjectStore {
     pub object_store_memory: Option<u64>,
     pub spill_dir: Option<PathBuf>,
     pub default_ttl_s: Option<f64>,
+    pub max_spill_bytes: Option<u64>,
+    pub max_objects: Option<i64>,
+    pub max_object_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,6 +67,10 @@ pub(crate) struct Server {
     pub allow_shared_memory: Option<bool>,
     pub max_request_bytes: Option<u64>,
     pub shutdown_timeout_s: Option<f64>,
+    pub max_connections: Option<i64>,
+    pub header_read_timeout_s: Option<f64>,
+    pub idle_timeout_s: Option<f64>,
+    pub body_read_timeout_s: Option<f64>,
     #[serde(default)]
     pub resources: BTreeMap<String, f64>,
 }
@@ -83,6 +90,7 @@ pub(crate) struct Deployment {
     pub max_retries: Option<i64>,
     pub retry_exceptions: Option<Vec<String>>,
     pub precision: Option<String>,
+    pub allow_non_finite: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

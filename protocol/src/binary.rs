@@ -221,7 +221,9 @@ pub fn decode_response(body: &[u8], header_len: Option<usize>) -> Result<InferRe
         crate::v2::from_slice(&body[..header_len]).map_err(|e| BinaryError::Header(e.to_string()))?;
     let mut rest = &body[header_len..];
     for output in &mut response.outputs {
-        let Some(size) = binary_data_size(output.parameters.as_ref()) else {
+        let Some(size) = binary_data_size(output.parameters.as_ref())
+            .map_err(|e| BinaryError::Header(format!("output `{}`: {e}", output.name)))?
+        else {
             continue;
         };
         if (rest.len() as u64) < size {

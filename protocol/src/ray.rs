@@ -56,15 +56,77 @@ pub struct WaitAnswer {
     pub not_ready: Vec<String>,
 }
 
-/// `POST /v2/tasks/{op}`. Each argument is a [`RefBody`] or an [`ObjectTensor`] with
-/// `data`; `options` are [`TaskOptions`]. Both stay JSON values here so that the server's
-/// refusal can name the argument (`args[1]: ...`) or the option (`options: ...`).
+/// `POST /v2/tasks/{op}`. `options` are [`TaskOptions`], kept a JSON value here so that
+/// the server's refusal can name it (`options: ...`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
-    pub args: Vec<Value>,
+    pub args: Vec<TaskArgument>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<Value>,
+}
+
+/// One argument of a task: an object by its ref (`{"object_ref": ...}` alone) or a
+/// tensor sent with the call (`datatype`, `shape` and `data`, as [`ObjectTensor`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskArgument {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datatype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<TensorData>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Parameters>,
+}
+
+impl TaskArgument {
+    pub fn by_ref(object_ref: impl Into<String>) -> Self {
+        TaskArgument {
+            object_ref: Some(object_ref.into()),
+            ..Default::default()
+        }
+    }
+
+    /// What the argument is: a ref, or a tensor; a refusal names what is missing or
+    /// given twice.
+    pub fn resolve(self) -> Result<ArgumentValue, String> {
+        match (self.object_ref, self.datatype, self.shape) {
+            (Some(r), None, None) if self.data.is_none() => Ok(ArgumentValue::Ref(r)),
+            (Some(_), ..) => Err("has `object_ref` and a tensor's fields; send one".into()),
+            (None, Some(datatype), Some(shape)) => Ok(ArgumentValue::Tensor(ObjectTensor {
+                object_ref: None,
+                datatype,
+                shape,
+                data: self.data,
+                parameters: self.parameters,
+            })),
+            (None, None, _) => Err("expected {\"object_ref\": ...} or a tensor: `datatype` is missing".into()),
+            (None, Some(_), None) => Err("expected {\"object_ref\": ...} or a tensor: `shape` is missing".into()),
+        }
+    }
+}
+
+/// A [`TaskArgument`], resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ArgumentValue {
+    Ref(String),
+    Tensor(ObjectTensor),
+}
+
+impl From<ObjectTensor> for TaskArgument {
+    fn from(t: ObjectTensor) -> Self {
+        TaskArgument {
+            object_ref: t.object_ref,
+            datatype: Some(t.datatype),
+            shape: Some(t.shape),
+            data: t.data,
+            parameters: t.parameters,
+        }
+    }
 }
 
 /// Per-call task options, as Ray's `.options(...)`; an absent field keeps the server's

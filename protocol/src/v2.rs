@@ -356,6 +356,7 @@ impl<'de> Visitor<'de> for FlattenInto<'_> {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         if let Some(number) = non_finite_value(v) {
+            MARKERS_TAKEN.with(|n| n.set(n.get() + 1));
             return self.0.number(number);
         }
         match self.0 {
@@ -426,6 +427,12 @@ fn non_finite_marker(v: f64) -> Option<&'static str> {
     Some(&non_finite().entries[i].0)
 }
 
+thread_local! {
+    /// How many non-finite markers tensor data has taken on this thread: a document is
+    /// refused when fewer than it had were taken (the rest went into strings).
+    static MARKERS_TAKEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn non_finite_value(s: &str) -> Option<f64> {
     if !s.starts_with('\0') {
         return None;
@@ -437,16 +444,44 @@ fn non_finite_value(s: &str) -> Option<f64> {
 
 /// Parses a V2 JSON document. Besides standard JSON it accepts the bare `NaN`,
 /// `Infinity`, `-Infinity` (and `Inf`, `-Inf`) number tokens that Triton accepts and
-/// `perf_analyzer` sends for random FP32 data. Standard documents take the plain path;
-/// only one that fails to parse is scanned for those tokens.
+/// `perf_analyzer` sends for random FP32 data, as elements of tensor data only: anywhere
+/// else (an `id`, a parameter, an option) the document is refused. Standard documents
+/// take the plain path; only one that fails to parse is scanned for those tokens.
 pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
     match serde_json::from_slice(bytes) {
         Err(e) if e.is_syntax() => match quote_non_finite(bytes) {
-            Some(rewritten) => serde_json::from_slice(&rewritten),
+            Some((rewritten, inserted)) => {
+                let before = MARKERS_TAKEN.with(|n| n.get());
+                let parsed = serde_json::from_slice(&rewritten).map_err(unmark);
+                let taken = MARKERS_TAKEN.with(|n| n.get()) - before;
+                match parsed {
+                    Ok(_) if taken < inserted => Err(de::Error::custom(
+                        "NaN, Infinity and -Infinity are accepted only as elements of tensor data; \
+                         this document has them elsewhere (JSON has no such numbers)",
+                    )),
+                    other => other,
+                }
+            }
             None => Err(e),
         },
         other => other,
     }
+}
+
+/// A parse error of a rewritten document, with the bare tokens in place of the markers
+/// (as the client wrote them).
+fn unmark(e: serde_json::Error) -> serde_json::Error {
+    let mut text = e.to_string();
+    if !text.contains("\\0prism-") && !text.contains('\0') {
+        return e;
+    }
+    for (marker, _, token) in &non_finite().entries {
+        text = text
+            .replace(&format!("string {marker:?}"), token)
+            .replace(&format!("{marker:?}"), token)
+            .replace(marker.as_str(), token);
+    }
+    de::Error::custom(text)
 }
 
 /// Serializes a V2 document, writing non-finite tensor values as `NaN` / `Infinity` /
@@ -477,9 +512,9 @@ fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Rewrites bare non-finite number tokens (outside strings) into marker strings; `None`
-/// when there are none.
-fn quote_non_finite(bytes: &[u8]) -> Option<Vec<u8>> {
+/// Rewrites bare non-finite number tokens (outside strings) into marker strings, with how
+/// many it wrote; `None` when there are none.
+fn quote_non_finite(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
     // Longest first, each with the index of its value in `non_finite().entries`.
     const TOKENS: [(&[u8], usize); 6] = [
         (b"-Infinity", 2),
@@ -491,7 +526,7 @@ fn quote_non_finite(bytes: &[u8]) -> Option<Vec<u8>> {
     ];
     let entries = &non_finite().entries;
     let mut out = Vec::with_capacity(bytes.len() + 64);
-    let (mut in_string, mut escaped, mut found) = (false, false, false);
+    let (mut in_string, mut escaped, mut found) = (false, false, 0);
     let mut i = 0;
     'scan: while i < bytes.len() {
         let b = bytes[i];
@@ -509,7 +544,7 @@ fn quote_non_finite(bytes: &[u8]) -> Option<Vec<u8>> {
                 if bytes[i..].starts_with(token) {
                     out.extend_from_slice(entries[index].1.as_bytes());
                     i += token.len();
-                    found = true;
+                    found += 1;
                     continue 'scan;
                 }
             }
@@ -517,12 +552,19 @@ fn quote_non_finite(bytes: &[u8]) -> Option<Vec<u8>> {
         out.push(b);
         i += 1;
     }
-    found.then_some(out)
+    (found > 0).then_some((out, found))
 }
 
-/// The `binary_data_size` parameter of a binary input or output, if any.
-pub fn binary_data_size(parameters: Option<&Parameters>) -> Option<u64> {
-    parameters?.get("binary_data_size")?.as_u64()
+/// The `binary_data_size` parameter of a binary input or output, if any; a value that is
+/// not a byte count (negative, fractional, a string) is refused with what was sent.
+pub fn binary_data_size(parameters: Option<&Parameters>) -> Result<Option<u64>, String> {
+    match parameters.and_then(|p| p.get("binary_data_size")) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("parameter `binary_data_size` must be a byte count (an integer ≥ 0), got {v}")),
+    }
 }
 
 /// A boolean parameter, `None` when absent.
@@ -602,6 +644,24 @@ mod tests {
             (s.name.as_str(), s.data),
             ("NaN Inf", Some(TensorData::Strings(vec!["NaN".into()])))
         );
+    }
+
+    #[test]
+    fn non_finite_tokens_outside_tensor_data_are_refused() {
+        for text in [
+            r#"{"id": NaN, "inputs": []}"#,
+            r#"{"inputs": [], "parameters": {"x": Infinity}}"#,
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[NaN]}],"id":-Inf}"#,
+        ] {
+            let e = from_slice::<InferRequest>(text.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("accepted only as elements of tensor data"), "{text}: {e}");
+        }
+        // A typed field names the token as the client wrote it, never the marker.
+        let e = from_slice::<crate::ray::WaitRequest>(br#"{"object_refs": [], "timeout_ms": NaN}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid type: NaN, expected u64"), "{e}");
+        assert!(!e.contains("prism-"), "{e}");
     }
 
     #[test]

@@ -58,11 +58,12 @@ pub fn status(e: &ApiError) -> Status {
     let decode = |e: &DecodeError| match e {
         DecodeError::Invalid(_) | DecodeError::Shape(_) => BAD_REQUEST,
         DecodeError::UnsupportedEncoding(_) => pair(415, Code::InvalidArgument),
-        DecodeError::TooLarge { .. } => pair(413, Code::ResourceExhausted),
+        DecodeError::BodyTimeout(_) => pair(408, Code::DeadlineExceeded),
+        DecodeError::TooLarge { .. } | DecodeError::ObjectTooLarge { .. } => pair(413, Code::ResourceExhausted),
     };
     let store = |e: &StoreError| match e {
         StoreError::NotFound(_) => NOT_FOUND,
-        StoreError::Full { .. } => pair(507, Code::ResourceExhausted),
+        StoreError::Full { .. } | StoreError::TooMany { .. } => pair(507, Code::ResourceExhausted),
         StoreError::Timeout { .. } => pair(504, Code::DeadlineExceeded),
         StoreError::Failed { .. } | StoreError::Internal(_) => INTERNAL,
     };

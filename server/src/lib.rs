@@ -34,6 +34,7 @@
 
 pub mod api;
 pub mod codec;
+pub mod connections;
 pub mod describe;
 pub mod error;
 pub mod grpc;
@@ -50,7 +51,6 @@ pub mod tasks;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use prism_config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -75,6 +75,7 @@ pub enum ServerError {
 pub struct Server {
     app: Arc<AppState>,
     shutdown_timeout: std::time::Duration,
+    connection_limits: prism_config::ConnectionLimits,
 }
 
 impl Server {
@@ -149,6 +150,7 @@ impl Server {
                 shm::SharedMemory::new(config.server.allow_shared_memory),
             )),
             shutdown_timeout: config.server.shutdown_timeout,
+            connection_limits: config.server.connections,
         })
     }
 
@@ -187,13 +189,20 @@ impl Server {
         let stopped = |mut signalled: watch::Receiver<bool>| async move {
             let _ = signalled.wait_for(|s| *s).await;
         };
-        let rest = serve_on(http, api::router(Arc::clone(&self.app)), stopped(signalled.clone()));
+        let limits = self.connection_limits;
+        let rest = connections::serve(
+            http,
+            api::router(Arc::clone(&self.app)),
+            limits,
+            stopped(signalled.clone()),
+        );
         let grpc = async {
             match grpc {
                 Some(listener) => {
-                    serve_on(
+                    connections::serve(
                         listener,
                         grpc::router(Arc::clone(&self.app)),
+                        limits,
                         stopped(signalled.clone()),
                     )
                     .await
@@ -225,19 +234,6 @@ impl Server {
     }
 }
 
-/// Serves `router` on `listener` until `stop`, then finishes the requests it holds.
-async fn serve_on(
-    listener: TcpListener,
-    router: axum::Router,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        // Answers are small and latency matters: never wait to coalesce writes.
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router).with_graceful_shutdown(stop).await
-}
-
 /// The object store of `config`: `object_store_memory` bytes (30% of the machine's
 /// memory by default, as Ray), spilling under `spill_dir` (a fresh folder under the
 /// system's temporary directory by default, removed with the store).
@@ -258,9 +254,29 @@ fn open_store(config: &Config, cluster: &resources::Cluster, metrics: &Metrics) 
             true,
         ),
     };
-    tracing::info!(capacity, spill_dir = %dir.display(), "object store");
+    // Spill files may take half the space free where they go, unless the file says.
+    let max_spill_bytes = o
+        .max_spill_bytes
+        .or_else(|| store::free_space(&dir).map(|free| free / 2))
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let limits = store::Limits {
+        max_spill_bytes,
+        max_objects: o.max_objects,
+        max_object_bytes: o
+            .max_object_bytes
+            .map_or(capacity, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    tracing::info!(
+        capacity,
+        spill_dir = %dir.display(),
+        max_spill_bytes,
+        max_objects = limits.max_objects,
+        max_object_bytes = limits.max_object_bytes,
+        "object store"
+    );
     let mut store = store::Store::new(capacity, dir, o.default_ttl, metrics.store.clone());
     store.owns_spill_dir = owned;
+    store.limits = limits;
     store
 }
 

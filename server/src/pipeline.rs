@@ -22,7 +22,7 @@ use prism_protocol::DType;
 use crate::codec;
 use crate::metrics::{Metrics, RequestMetrics};
 use crate::serving::Deployment;
-use crate::store::{Failure, Lease, ObjectRef, Owner, Settles, Store};
+use crate::store::{Failure, Lease, ObjectRef, Owner, Settles, Store, StoreError};
 use crate::tasks::{Arg, TaskOptions, Tasks};
 
 enum Runner {
@@ -112,15 +112,26 @@ impl Pipeline {
         tasks: &Arc<Tasks>,
         inputs: HashMap<String, (ObjectRef, bool)>,
         output_owner: Owner,
-    ) -> ObjectRef {
+    ) -> Result<ObjectRef, StoreError> {
         let mut refs = inputs;
+        let mut created = Vec::with_capacity(self.spec.steps.len());
         for s in &self.spec.steps {
             let owner = if s.name == self.spec.output_step {
                 output_owner
             } else {
                 Owner::Server
             };
-            refs.insert(s.name.clone(), (store.create_pending(owner), true));
+            match store.create_pending(owner) {
+                Ok(r) => created.push(r),
+                Err(e) => {
+                    // None of its steps runs: the objects made for them go.
+                    for r in created {
+                        store.delete(r);
+                    }
+                    return Err(e);
+                }
+            }
+            refs.insert(s.name.clone(), (*created.last().expect("just pushed"), true));
         }
         let output = refs[&self.spec.output_step].0;
         let left: Arc<HashMap<String, AtomicUsize>> = Arc::new(
@@ -147,7 +158,7 @@ impl Pipeline {
             );
             tokio::spawn(async move { p.run_step(i, &store, &tasks, &refs, &left).await });
         }
-        output
+        Ok(output)
     }
 
     async fn run_step(

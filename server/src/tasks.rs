@@ -174,7 +174,7 @@ impl Tasks {
             op.output_shape(&inline_shapes).map_err(refuse)?;
         }
         let ttl = options.ttl.unwrap_or(self.store.default_ttl);
-        let result = self.store.create_pending(Owner::Client { ttl });
+        let result = self.store.create_pending(Owner::Client { ttl })?;
         let tasks = Arc::clone(self);
         tokio::spawn(async move {
             let _settles = Settles::new(Arc::clone(&tasks.store), result, "the task");

@@ -169,15 +169,28 @@ async fn every_wire_datatype_is_converted_to_the_models_fp32() {
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["outputs"][0]["data"], serde_json::json!([212.0]), "{datatype}");
     }
-    // Non-finite values, written as Triton and perf_analyzer write them.
-    let r = reqwest::Client::new()
-        .post(format!("{}/v2/models/celsius/infer", server.url))
-        .body(celsius("[3, 1]", "FP32", "[NaN, -Infinity, 100]"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains(r#""data":[NaN,-Infinity,212.0]"#));
+    // Non-finite values, written as Triton and perf_analyzer write them, are read and
+    // refused (a deployment may allow them), as is a number beyond FP32.
+    for (data, want) in [
+        ("[100, NaN, -Infinity]", "element 1 (FP32) is NaN"),
+        (
+            "[100, 1, 1e39]",
+            "element 2 (FP32) 1000000000000000000000000000000000000000 is beyond the range of FP32",
+        ),
+    ] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v2/models/celsius/infer", server.url))
+            .body(celsius("[3, 1]", "FP32", data))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{data}");
+        let e = r.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(e.contains(want) && e.contains("allow_non_finite = true"), "{data}: {e}");
+    }
     // Binary INT16 and BOOL too.
     for (datatype, bytes, want) in [
         ("INT16", 100i16.to_le_bytes().to_vec(), 212.0),
@@ -319,4 +332,133 @@ async fn a_body_over_the_limit_gets_413_and_a_message() {
     );
     still_serves(&server).await;
     server.stop().await.unwrap();
+}
+
+/// Posts `body` to `path`; the status and the `error` message (every refusal is JSON).
+async fn refusal(http: &reqwest::Client, url: String, body: impl Into<reqwest::Body>) -> (u16, String) {
+    let r = http.post(url).body(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.expect("refusals are JSON");
+    (status, v["error"].as_str().expect("an `error` field").to_owned())
+}
+
+#[tokio::test]
+async fn out_of_range_values_stray_non_finite_tokens_and_bad_parameters_are_refused_clearly() {
+    let server = TestServer::start(Config::embedded_default()).await;
+    let http = reqwest::Client::new();
+    let infer = || format!("{}/v2/models/celsius/infer", server.url);
+    for (body, want) in [
+        (
+            celsius("[1, 1]", "INT8", "[300]"),
+            "input `INPUT0`: 300 is out of range for INT8",
+        ),
+        (
+            celsius("[1, 1]", "UINT8", "[-1]"),
+            "input `INPUT0`: -1 is out of range for UINT8",
+        ),
+        (
+            r#"{"id": NaN, "inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[1]}]}"#.to_owned(),
+            "NaN, Infinity and -Infinity are accepted only as elements of tensor data",
+        ),
+        (
+            r#"{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","parameters":{"binary_data_size":-4}}]}"#
+                .to_owned(),
+            "input `INPUT0`: parameter `binary_data_size` must be a byte count (an integer ≥ 0), got -4",
+        ),
+    ] {
+        let (status, e) = refusal(&http, infer(), body.clone()).await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert!(e.contains(want), "{body}: {e}");
+        assert!(!e.contains("prism-"), "{e}");
+    }
+    // A task's option: the token is refused, and no internal marker is echoed.
+    let (status, e) = refusal(
+        &http,
+        format!("{}/v2/tasks/square", server.url),
+        r#"{"args":[{"datatype":"FP32","shape":[1],"data":[2]}],"options":{"num_cpus":NaN}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e.contains("accepted only as elements of tensor data") && !e.contains("prism-"),
+        "{e}"
+    );
+    // Query strings are refused as JSON.
+    let r = http
+        .get(format!("{}/v2/objects/{}?timeout_ms=abc", server.url, "ab".repeat(16)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.expect("JSON");
+    assert!(v["error"].as_str().unwrap().contains("timeout_ms"), "{v}");
+    // `/v2/wait`: duplicates and too many refs are refused, and a large list is quick to check.
+    let refs: Vec<String> = (0..100_001u128).map(|i| format!("{i:032x}")).collect();
+    let (status, e) = refusal(
+        &http,
+        format!("{}/v2/wait", server.url),
+        serde_json::to_vec(&serde_json::json!({ "object_refs": refs })).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e.contains("more than the 100000 one wait may name"), "{e}");
+    // 100,000 unique refs are read and checked (each is unknown here: 404).
+    let (status, e) = refusal(
+        &http,
+        format!("{}/v2/wait", server.url),
+        serde_json::to_vec(&serde_json::json!({ "object_refs": &refs[..100_000] })).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404, "{e}");
+    let (status, e) = refusal(
+        &http,
+        format!("{}/v2/wait", server.url),
+        serde_json::to_vec(&serde_json::json!({ "object_refs": ["ab".repeat(16), "ab".repeat(16)] })).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(e.contains("object_refs[1]") && e.contains("listed twice"), "{e}");
+    still_serves(&server).await;
+}
+
+#[tokio::test]
+async fn the_store_refuses_past_its_object_spill_and_size_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[object_store]\nobject_store_memory = 1048576\nmax_spill_bytes = 1048576\nmax_objects = 8\nmax_object_bytes = 600000\nspill_dir = \"spill\"\n";
+    let text = format!("{text}{}", prism_tests::celsius("celsius", ""));
+    let server = TestServer::start(prism_tests::config(&text, dir.path())).await;
+    let c = &server.client;
+    let mb = |v: f32| prism_client::Tensor::fp32(vec![131_072], vec![v; 131_072]); // 512 KiB
+    // Two fit in memory, two more spill (1 MiB of spill files), the fifth cannot.
+    let mut refs = Vec::new();
+    for i in 0..4 {
+        refs.push(c.put(&mb(i as f32)).await.unwrap());
+    }
+    let e = c.put(&mb(9.0)).await.unwrap_err();
+    assert_eq!(e.status(), Some(507), "{e}");
+    assert!(e.to_string().contains("object_store.max_spill_bytes"), "{e}");
+    let spilled: u64 = std::fs::read_dir(dir.path().join("spill"))
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(spilled <= 1 << 20, "{spilled} bytes of spill files");
+    // Larger than max_object_bytes: 413 before anything is stored.
+    let big = prism_client::Tensor::fp32(vec![150_001], vec![0.0; 150_001]);
+    let e = c.put(&big).await.unwrap_err();
+    assert_eq!(e.status(), Some(413), "{e}");
+    assert!(e.to_string().contains("object_store.max_object_bytes"), "{e}");
+    // With room made in memory, small objects fit up to max_objects (three are held).
+    c.delete(&refs[3]).await.unwrap();
+    let small = prism_client::Tensor::fp32(vec![1], vec![1.0]);
+    for _ in 0..5 {
+        c.put(&small).await.unwrap();
+    }
+    let e = c.put(&small).await.unwrap_err();
+    assert_eq!(e.status(), Some(507), "{e}");
+    assert!(e.to_string().contains("object_store.max_objects"), "{e}");
+    // Every object kept is still whole.
+    for (i, r) in refs.iter().enumerate().take(3) {
+        assert_eq!(c.get(r, None).await.unwrap(), mb(i as f32));
+    }
+    still_serves(&server).await;
 }

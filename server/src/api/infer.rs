@@ -40,10 +40,12 @@ pub async fn infer(
     }
 }
 
-/// Why a body could not be read: too large, or cut off.
+/// Why a body could not be read: too large, too slow, or cut off.
 pub(super) fn body_error(rejection: BytesRejection, limit: usize) -> DecodeError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         DecodeError::TooLarge { limit }
+    } else if let Some(after) = crate::connections::is_body_timeout(&rejection) {
+        DecodeError::BodyTimeout(after)
     } else {
         codec::invalid(format!("cannot read the request body: {}", rejection.body_text()))
     }

@@ -51,6 +51,21 @@ fn model_path(path: ModelParam) -> Result<ModelPath, ApiError> {
     Ok(p)
 }
 
+/// A request's whole body; a body that cannot be read (too large, too slow, cut off) is
+/// refused as JSON with its status, as every other refusal.
+struct WholeBody(bytes::Bytes);
+
+impl axum::extract::FromRequest<Arc<AppState>> for WholeBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, app: &Arc<AppState>) -> Result<Self, ApiError> {
+        bytes::Bytes::from_request(request, app)
+            .await
+            .map(WholeBody)
+            .map_err(|r| infer::body_error(r, app.max_request_bytes).into())
+    }
+}
+
 /// What a model path names: a deployment or a pipeline.
 fn served(app: &AppState, path: ModelParam) -> Result<Served, ApiError> {
     let p = model_path(path)?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +20,7 @@ use prism_protocol::v2::{self, Parameters};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ApiError, App, respond};
+use super::{ApiError, App, WholeBody, respond};
 use crate::codec::tensor::{self, Carried};
 use crate::codec::{DecodeError, invalid};
 use crate::store::{ObjectRef, Owner, Store, StoreError};
@@ -41,6 +42,33 @@ pub(super) fn parse_ref(s: &str, what: &str) -> Result<ObjectRef, DecodeError> {
     s.parse().map_err(|e| invalid(format!("{what}: {e}")))
 }
 
+/// A wait request and its refs, each parsed once and unique.
+fn wait_refs(body: &[u8]) -> Result<(WaitRequest, Vec<ObjectRef>), DecodeError> {
+    let w: WaitRequest = v2::from_slice(body).map_err(|e| {
+        invalid(format!(
+            "invalid wait request (expected {{\"object_refs\": [...], \"num_returns\": k, \"timeout_ms\": t}}): {e}"
+        ))
+    })?;
+    if w.object_refs.len() > MAX_WAIT_REFS {
+        return Err(invalid(format!(
+            "object_refs: {} refs, more than the {MAX_WAIT_REFS} one wait may name; wait on fewer at a time",
+            w.object_refs.len()
+        )));
+    }
+    let mut refs = Vec::with_capacity(w.object_refs.len());
+    let mut seen = std::collections::HashSet::with_capacity(w.object_refs.len());
+    for (i, s) in w.object_refs.iter().enumerate() {
+        let r = parse_ref(s, &format!("object_refs[{i}]"))?;
+        if !seen.insert(r) {
+            return Err(invalid(format!(
+                "object_refs[{i}]: {r} is listed twice; refs must be unique"
+            )));
+        }
+        refs.push(r);
+    }
+    Ok((w, refs))
+}
+
 fn created(object_ref: ObjectRef) -> Response {
     let body = RefBody {
         object_ref: object_ref.to_string(),
@@ -54,7 +82,10 @@ pub async fn put(State(app): App, headers: HeaderMap, body: Body) -> Result<Resp
     let store = &app.store;
     let limit = app.max_request_bytes;
     let too_large = || ApiError::from(DecodeError::TooLarge { limit });
-    let unreadable = |e: axum::Error| ApiError::from(invalid(format!("cannot read the request body: {e}")));
+    let unreadable = |e: axum::Error| match crate::connections::is_body_timeout(&e) {
+        Some(after) => ApiError::from(DecodeError::BodyTimeout(after)),
+        None => ApiError::from(invalid(format!("cannot read the request body: {e}"))),
+    };
     let mut stream = body.into_data_stream();
     crate::codec::request::check_encoding(headers.get(header::CONTENT_ENCODING).map(|v| v.as_bytes()))?;
     let header_len = crate::codec::request::header_length(headers.get(v2::HEADER_LENGTH).map(|v| v.as_bytes()))?;
@@ -90,6 +121,13 @@ pub async fn put(State(app): App, headers: HeaderMap, body: Body) -> Result<Resp
         ))
     })?;
     let meta = tensor::object_meta(&object, "object")?;
+    if meta.bytes() > store.limits.max_object_bytes {
+        return Err(DecodeError::ObjectTooLarge {
+            size: meta.bytes() as u64,
+            limit: store.limits.max_object_bytes,
+        }
+        .into());
+    }
     let owner = owner(store, object.parameters.as_ref())?;
     let carried = tensor::carried(object.data.as_ref(), object.parameters.as_ref())
         .map_err(|e| invalid(format!("object: {e}")))?;
@@ -120,10 +158,12 @@ pub async fn put(State(app): App, headers: HeaderMap, body: Body) -> Result<Resp
     }
     // Room first, so nothing is read that cannot be kept.
     let s = Arc::clone(store);
-    let (reservation, mut buf) =
-        tokio::task::spawn_blocking(move || Ok::<_, StoreError>((s.reserve(need)?, s.allocate(need)?)))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Internal(format!("reserving room stopped: {e}"))))?;
+    let (reservation, mut buf) = tokio::task::spawn_blocking(move || {
+        s.room_for_one_more()?;
+        Ok::<_, StoreError>((s.reserve(need)?, s.allocate(need)?))
+    })
+    .await
+    .unwrap_or_else(|e| Err(StoreError::Internal(format!("reserving room stopped: {e}"))))?;
     let mut filled = 0;
     let mut pending = Some(rest);
     loop {
@@ -162,10 +202,17 @@ pub struct GetQuery {
 pub async fn get(
     State(app): App,
     Path(r): Path<String>,
-    Query(q): Query<GetQuery>,
+    query: Result<Query<GetQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let r = parse_ref(&r, "object ref")?;
+    // A bad query string is refused as JSON, like every other refusal.
+    let Query(q) = query.map_err(|e| {
+        invalid(format!(
+            "{} (timeout_ms is a whole number of milliseconds)",
+            e.body_text()
+        ))
+    })?;
     let lease = app.store.get(r, q.timeout_ms.map(Duration::from_millis)).await?;
     let binary = headers
         .get(header::ACCEPT)
@@ -215,21 +262,15 @@ pub async fn delete(State(app): App, Path(r): Path<String>) -> Result<StatusCode
     }
 }
 
-/// `POST /v2/wait`: `ray.wait` over HTTP.
-pub async fn wait(State(app): App, body: Bytes) -> Result<Json<WaitAnswer>, ApiError> {
-    let w: WaitRequest = serde_json::from_slice(&body).map_err(|e| {
-        invalid(format!(
-            "invalid wait request (expected {{\"object_refs\": [...], \"num_returns\": k, \"timeout_ms\": t}}): {e}"
-        ))
-    })?;
-    let mut refs = Vec::with_capacity(w.object_refs.len());
-    for (i, s) in w.object_refs.iter().enumerate() {
-        let r = parse_ref(s, &format!("object_refs[{i}]"))?;
-        if refs.contains(&r) {
-            return Err(invalid(format!("object_refs[{i}]: {r} is listed twice; refs must be unique")).into());
-        }
-        refs.push(r);
-    }
+/// Most refs one `POST /v2/wait` may name.
+pub const MAX_WAIT_REFS: usize = 100_000;
+
+/// `POST /v2/wait`: `ray.wait` over HTTP. The refs are parsed and checked on a blocking
+/// thread: a large list never holds up the async workers.
+pub async fn wait(State(app): App, WholeBody(body): WholeBody) -> Result<Json<WaitAnswer>, ApiError> {
+    let (w, refs) = tokio::task::spawn_blocking(move || wait_refs(&body))
+        .await
+        .map_err(|e| ApiError::from(StoreError::Internal(format!("reading the wait request stopped: {e}"))))??;
     let k = w.num_returns.unwrap_or(1);
     if k == 0 || k > refs.len().max(1) {
         return Err(invalid(format!(

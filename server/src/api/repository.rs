@@ -2,11 +2,10 @@
 
 use axum::Json;
 use axum::extract::State;
-use bytes::Bytes;
 use prism_protocol::v2::RepositoryModel;
 use serde_json::{Value, json};
 
-use super::{ApiError, App, ModelParam, deployment, optional_json};
+use super::{ApiError, App, ModelParam, WholeBody, deployment, optional_json};
 use crate::describe;
 
 #[derive(serde::Deserialize, Default)]
@@ -15,7 +14,7 @@ struct IndexRequest {
     ready: bool,
 }
 
-pub async fn index(State(app): App, body: Bytes) -> Result<Json<Vec<RepositoryModel>>, ApiError> {
+pub async fn index(State(app): App, WholeBody(body): WholeBody) -> Result<Json<Vec<RepositoryModel>>, ApiError> {
     let request: IndexRequest = optional_json(&body, "repository index request")?;
     Ok(Json(describe::repository_index(&app, request.ready)))
 }
@@ -28,7 +27,7 @@ struct LoadRequest {
 }
 
 /// `POST /v2/repository/models/{m}/load`: see [`describe::load`].
-pub async fn load(State(app): App, path: ModelParam, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn load(State(app): App, path: ModelParam, WholeBody(body): WholeBody) -> Result<Json<Value>, ApiError> {
     let d = deployment(&app, path)?;
     let request: LoadRequest = optional_json(&body, "load request")?;
     describe::load(&d, request.parameters.keys().map(String::as_str)).await?;

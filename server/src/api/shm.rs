@@ -3,10 +3,9 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{ApiError, App, optional_json};
+use super::{ApiError, App, WholeBody, optional_json};
 use crate::codec::invalid;
 use crate::shm::RegionStatus;
 
@@ -29,7 +28,11 @@ pub async fn status(State(app): App, Path(name): Path<String>) -> Result<Json<Ve
 
 /// `POST /v2/systemsharedmemory/region/{name}/register` with `{"key", "offset",
 /// "byte_size"}`.
-pub async fn register(State(app): App, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn register(
+    State(app): App,
+    Path(name): Path<String>,
+    WholeBody(body): WholeBody,
+) -> Result<Json<Value>, ApiError> {
     let r: Register = serde_json::from_slice(&body).map_err(|e| {
         invalid(format!(
             "invalid shared memory register request (expected {{\"key\": \"/name\", \"offset\": 0, \"byte_size\": n}}): {e}"
@@ -40,7 +43,7 @@ pub async fn register(State(app): App, Path(name): Path<String>, body: Bytes) ->
 }
 
 /// `POST /v2/systemsharedmemory[/region/{name}]/unregister`.
-pub async fn unregister_all(State(app): App, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn unregister_all(State(app): App, WholeBody(body): WholeBody) -> Result<Json<Value>, ApiError> {
     let _: Value = optional_json(&body, "unregister request")?;
     app.shm.unregister("")?;
     Ok(Json(json!({})))

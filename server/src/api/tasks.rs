@@ -4,18 +4,17 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use prism_kernels::TaskOp;
-use prism_protocol::ray::{self, ObjectTensor, RefBody, TaskRequest};
+use prism_protocol::ray::{self, ArgumentValue, RefBody, TaskRequest};
 use prism_protocol::v2;
 
 use super::objects::parse_ref;
-use super::{ApiError, App};
+use super::{ApiError, App, WholeBody};
 use crate::codec::{invalid, tensor};
 use crate::tasks::{Arg, TaskOptions};
 
 /// Starts a task; answers 202 `{"object_ref": ...}` at once.
-pub async fn submit(State(app): App, Path(op): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn submit(State(app): App, Path(op): Path<String>, WholeBody(body): WholeBody) -> Result<Response, ApiError> {
     let op: TaskOp = op.parse().map_err(|e: String| invalid(e))?;
     let request: TaskRequest = v2::from_slice(&body).map_err(|e| {
         invalid(format!(
@@ -25,19 +24,10 @@ pub async fn submit(State(app): App, Path(op): Path<String>, body: Bytes) -> Res
     let mut args = Vec::with_capacity(request.args.len());
     for (i, a) in request.args.into_iter().enumerate() {
         let what = format!("args[{i}]");
-        if let Some(r) = a.get("object_ref") {
-            let s = r
-                .as_str()
-                .ok_or_else(|| invalid(format!("{what}.object_ref: expected a string, got {r}")))?;
-            args.push(Arg::Ref(parse_ref(s, &what)?));
-        } else {
-            let t: ObjectTensor = serde_json::from_value(a).map_err(|e| {
-                invalid(format!(
-                    "{what}: expected {{\"object_ref\": ...}} or {{\"shape\", \"datatype\", \"data\"}}: {e}"
-                ))
-            })?;
-            args.push(Arg::Inline(tensor::object_array(&t, &what)?));
-        }
+        args.push(match a.resolve().map_err(|e| invalid(format!("{what}: {e}")))? {
+            ArgumentValue::Ref(r) => Arg::Ref(parse_ref(&r, &what)?),
+            ArgumentValue::Tensor(t) => Arg::Inline(tensor::object_array(&t, &what)?),
+        });
     }
     let wire: ray::TaskOptions = match request.options {
         None => ray::TaskOptions::default(),

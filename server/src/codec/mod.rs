@@ -40,6 +40,14 @@ pub enum DecodeError {
     UnsupportedEncoding(String),
     #[error("the request body is larger than the server's limit of {limit} bytes (server.max_request_bytes)")]
     TooLarge { limit: usize },
+    #[error(
+        "the object is {size} bytes, larger than the server's limit of {limit} bytes for one object (object_store.max_object_bytes)"
+    )]
+    ObjectTooLarge { size: u64, limit: usize },
+    #[error(
+        "the request body did not arrive within {0:?} (server.body_read_timeout_s); send it faster or raise the limit"
+    )]
+    BodyTimeout(std::time::Duration),
 }
 
 impl DecodeError {

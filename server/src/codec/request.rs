@@ -200,7 +200,7 @@ pub fn decode_parsed(request: InferRequest, mut binary: Binary, shm: &SharedMemo
         ) {
             (Some(r), _) => InputValue::Object(r),
             (None, Some(place)) => {
-                if input.data.is_some() || v2::binary_data_size(input.parameters.as_ref()).is_some() {
+                if input.data.is_some() || has_binary_data_size(&input) {
                     return Err(invalid(format!(
                         "input `{}`: has both `shared_memory_region` and data; send one",
                         input.name
@@ -378,12 +378,21 @@ fn input_ref(input: &v2::InferInput) -> Result<Option<ObjectRef>, DecodeError> {
         })?
         .parse()
         .map_err(|e| invalid(format!("input `{name}`: {e}")))?;
-    if input.data.is_some() || v2::binary_data_size(input.parameters.as_ref()).is_some() {
+    if input.data.is_some() || has_binary_data_size(input) {
         return Err(invalid(format!(
             "input `{name}`: has both `object_ref` and data; send one"
         )));
     }
     Ok(Some(r))
+}
+
+/// Whether `input` announces binary data (with any value: a bad one is refused where the
+/// data is read).
+fn has_binary_data_size(input: &v2::InferInput) -> bool {
+    input
+        .parameters
+        .as_ref()
+        .is_some_and(|p| p.contains_key("binary_data_size"))
 }
 
 /// The request's deadline: Triton's `timeout` parameter (microseconds) or Prism's

@@ -310,7 +310,7 @@ mod tests {
             panic!("binary")
         };
         let r: InferResponse = v2::from_slice(&body[..header_len]).unwrap();
-        assert_eq!(v2::binary_data_size(r.outputs[0].parameters.as_ref()), Some(8));
+        assert_eq!(v2::binary_data_size(r.outputs[0].parameters.as_ref()), Ok(Some(8)));
         assert!(r.outputs[0].data.is_none());
         let tail: Vec<f32> = body[header_len..]
             .chunks(4)

@@ -4,6 +4,7 @@
 use ndarray::Array2;
 use prism_config::{Deployment as Spec, RowsIo};
 use prism_protocol::DType;
+use prism_protocol::v2::TensorData;
 
 use super::request::{Input, InputValue, Request, Tensor, Values};
 use super::tensor::{check_binary_size, check_count};
@@ -77,14 +78,20 @@ fn inline_rows(spec: &Spec, io: &RowsIo, name: &str, t: Tensor) -> Result<Array2
     let values = match t.values {
         Values::Json(data) => {
             check_count(&data, count, &t.shape, what)?;
-            data.to_f32()
-                .ok_or_else(|| invalid(format!("{}: datatype {dtype} needs numbers, got strings", what())))?
+            let values = json_values(&data, dtype, &what())?;
+            if !spec.allow_non_finite {
+                finite(&values, Some(&data), dtype, &what())?;
+            }
+            values
         }
         Values::Binary(bytes) => {
             let need = count * dtype.size().expect("numeric datatypes have a size");
             check_binary_size(&bytes, dtype, &t.shape, need, what)?;
             let mut values = Vec::with_capacity(count);
             dtype.decode_le(&bytes, &mut values);
+            if !spec.allow_non_finite {
+                finite(&values, None, dtype, &what())?;
+            }
             values
         }
     };
@@ -111,6 +118,10 @@ pub fn object_rows(spec: &Spec, io: &RowsIo, lease: Lease) -> Result<Rows, Decod
             lease.object_ref, spec.batching.max_batch_size
         )));
     }
+    if !spec.allow_non_finite {
+        let what = format!("input `{name}` (object {})", lease.object_ref);
+        finite(&lease.to_f32(), None, lease.meta.datatype, &what)?;
+    }
     if lease.meta.datatype == DType::F32 {
         return Ok(Rows::Object {
             lease,
@@ -122,6 +133,48 @@ pub fn object_rows(spec: &Spec, io: &RowsIo, lease: Lease) -> Result<Rows, Decod
     Ok(Rows::Owned(
         Array2::from_shape_vec((rows, want.features), values).expect("the object's length matches its shape"),
     ))
+}
+
+/// JSON `data` as the model's `f32` values. Floating-point types are converted as they
+/// are; integer types are checked as the datatype holds them (whole and in range:
+/// `INT8` 300 is refused, never wrapped or saturated).
+fn json_values(data: &TensorData, dtype: DType, what: &str) -> Result<Vec<f32>, DecodeError> {
+    if matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+        return data
+            .to_f32()
+            .ok_or_else(|| invalid(format!("{what}: datatype {dtype} needs numbers, got {}", data.kind())));
+    }
+    let mut bytes = Vec::with_capacity(data.len() * dtype.size().unwrap_or(1));
+    prism_protocol::binary::encode_tensor(what, dtype, data, &mut bytes).map_err(|e| match e {
+        prism_protocol::binary::BinaryError::Tensor { reason, .. } => invalid(format!("{what}: {reason}")),
+        other => invalid(format!("{what}: {other}")),
+    })?;
+    let mut values = Vec::with_capacity(data.len());
+    dtype.decode_le(&bytes, &mut values);
+    Ok(values)
+}
+
+/// Refuses the first NaN or ±Inf of `values` (sent as `dtype`; `json` is the data as
+/// written, to tell a number too large for the type from a non-finite one).
+fn finite(values: &[f32], json: Option<&TensorData>, dtype: DType, what: &str) -> Result<(), DecodeError> {
+    let Some(i) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let written = match json {
+        Some(TensorData::Numbers(n)) => n.get(i).copied(),
+        _ => None,
+    };
+    let v = values[i];
+    let why = match written {
+        Some(w) if w.is_finite() => format!("{w} is beyond the range of FP32, the type the model computes in"),
+        _ if v.is_nan() => "is NaN".to_owned(),
+        _ if v > 0.0 => "is Infinity".to_owned(),
+        _ => "is -Infinity".to_owned(),
+    };
+    Err(invalid(format!(
+        "{what}: element {i} ({dtype}) {why}; the model takes finite numbers only \
+         (a deployment that wants NaN and ±Inf passed through sets allow_non_finite = true)"
+    )))
 }
 
 /// How a request wants one output answered.
@@ -362,6 +415,48 @@ mod tests {
             vec![1.0; 65]
         );
         assert!(matches!(input(&many), Err(DecodeError::Shape(m)) if m.contains("max_batch_size of 64")));
+    }
+
+    #[test]
+    fn non_finite_and_out_of_range_values_are_refused_with_the_element() {
+        let one = |datatype: &str, data: &str| {
+            format!(r#"{{"inputs":[{{"name":"INPUT0","shape":[2,1],"datatype":"{datatype}","data":{data}}}]}}"#)
+        };
+        let cases = [
+            (one("FP32", "[1, NaN]"), "element 1 (FP32) is NaN"),
+            (one("FP32", "[-Infinity, 1]"), "element 0 (FP32) is -Infinity"),
+            (
+                one("FP64", "[1e39, 1]"),
+                "1000000000000000000000000000000000000000 is beyond the range of FP32",
+            ),
+            (one("INT8", "[1, 300]"), "input `INPUT0`: 300 is out of range for INT8"),
+            (one("UINT8", "[-1, 2]"), "input `INPUT0`: -1 is out of range for UINT8"),
+            (one("INT32", "[1.5, 2]"), "1.5 is not a whole number, as INT32 needs"),
+        ];
+        for (json, want) in cases {
+            let request = decode(json.as_bytes(), Bytes::new()).unwrap();
+            let spec = celsius();
+            let io = spec.model.rows_io().unwrap().clone();
+            let got = message(model_input(&spec, &io, request.inputs));
+            assert!(got.contains(want), "{json}: {got}");
+        }
+        // In binary data too.
+        let header =
+            r#"{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
+        let request = decode(header.as_bytes(), Bytes::from(f32::INFINITY.to_le_bytes().to_vec())).unwrap();
+        let spec = celsius();
+        let io = spec.model.rows_io().unwrap().clone();
+        assert!(message(model_input(&spec, &io, request.inputs)).contains("element 0 (FP32) is Infinity"));
+        // A deployment may let them through.
+        let spec = Spec {
+            allow_non_finite: true,
+            ..celsius()
+        };
+        let request = decode(one("FP32", "[NaN, 2]").as_bytes(), Bytes::new()).unwrap();
+        let Ok(Source::Inline(rows)) = model_input(&spec, &io, request.inputs) else {
+            panic!("allowed")
+        };
+        assert!(rows[[0, 0]].is_nan() && rows[[1, 0]] == 2.0);
     }
 
     #[test]

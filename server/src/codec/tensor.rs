@@ -48,10 +48,10 @@ pub enum Carried<'a> {
 /// Where a tensor's values travel: in `data` or, by its `binary_data_size` parameter, in
 /// the binary part; one of the two, not both. A refusal is the end of the message, for
 /// the caller to name the tensor (`input `A`: ...`) only when it is refused.
-pub fn carried<'a>(data: Option<&'a TensorData>, parameters: Option<&Parameters>) -> Result<Carried<'a>, &'static str> {
-    match (data, prism_protocol::v2::binary_data_size(parameters)) {
-        (Some(_), Some(_)) => Err("has both `data` and `binary_data_size`; send one"),
-        (None, None) => Err("has no `data` (and no `binary_data_size` parameter for binary data)"),
+pub fn carried<'a>(data: Option<&'a TensorData>, parameters: Option<&Parameters>) -> Result<Carried<'a>, String> {
+    match (data, prism_protocol::v2::binary_data_size(parameters)?) {
+        (Some(_), Some(_)) => Err("has both `data` and `binary_data_size`; send one".into()),
+        (None, None) => Err("has no `data` (and no `binary_data_size` parameter for binary data)".into()),
         (Some(data), None) => Ok(Carried::Json(data)),
         (None, Some(size)) => Ok(Carried::Binary(size)),
     }

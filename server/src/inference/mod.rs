@@ -70,7 +70,7 @@ impl InferenceError {
             InferenceError::Store(e) => match e {
                 StoreError::Failed { failure, .. } => failure.kind,
                 StoreError::NotFound(_) => ErrorKind::ObjectLost,
-                StoreError::Full { .. } => ErrorKind::StoreFull,
+                StoreError::Full { .. } | StoreError::TooMany { .. } => ErrorKind::StoreFull,
                 StoreError::Timeout { .. } => ErrorKind::Timeout,
                 StoreError::Internal(_) => ErrorKind::Lost,
             },
@@ -92,7 +92,7 @@ impl InferenceError {
             InferenceError::Internal(_) => Outcome::Failed,
             InferenceError::Store(e) => match e {
                 StoreError::NotFound(_) => Outcome::NotFound,
-                StoreError::Full { .. } => Outcome::Rejected,
+                StoreError::Full { .. } | StoreError::TooMany { .. } => Outcome::Rejected,
                 StoreError::Timeout { .. } => Outcome::Timeout,
                 StoreError::Failed { .. } | StoreError::Internal(_) => Outcome::Failed,
             },
@@ -245,7 +245,9 @@ impl AppState {
             Work::Pipeline(_) => None,
         };
         if run_async {
-            return Ok(answer(tokens, self.accept(target, work, wanted, deadline, count)));
+            return self
+                .accept(target, work, wanted, deadline, count)
+                .map(|o| answer(tokens, o));
         }
         let outputs = deadline.bound(&target, self.complete(work, &wanted)).await;
         let delivered = outputs.and_then(|o| self.write_shared(o, &shared));
@@ -317,7 +319,7 @@ impl AppState {
         wanted: Vec<Wanted>,
         deadline: Deadline,
         count: Count,
-    ) -> Vec<AnswerOutput> {
+    ) -> Result<Vec<AnswerOutput>, InferenceError> {
         match work {
             Work::Model(w) => model::accept(self, target, w, wanted, deadline, count),
             Work::Pipeline(w) => pipeline::accept(self, target, w, wanted, deadline, count),

@@ -242,7 +242,7 @@ pub(super) fn accept(
     wanted: Vec<Wanted>,
     deadline: Deadline,
     count: Count,
-) -> Vec<AnswerOutput> {
+) -> Result<Vec<AnswerOutput>, InferenceError> {
     let store = Arc::clone(&state.store);
     let ModelWork {
         deployment,
@@ -254,7 +254,10 @@ pub(super) fn accept(
         .into_iter()
         .next()
         .expect("a request wants an output; async ones a numeric one (checked)");
-    let object_ref = store.create_pending(store.client_owner());
+    let object_ref = match store.create_pending(store.client_owner()) {
+        Ok(r) => r,
+        Err(e) => return count.finish(Err(e.into())),
+    };
     let datatype = w.datatype;
     tokio::spawn(async move {
         let _settles = Settles::new(Arc::clone(&store), object_ref, "the inference");
@@ -276,7 +279,7 @@ pub(super) fn accept(
         .output(&w.name)
         .and_then(|t| t.shape.get(1).copied())
         .unwrap_or(-1);
-    vec![AnswerOutput {
+    Ok(vec![AnswerOutput {
         name: w.name,
         binary: w.flags.binary,
         value: AnswerValue::Ref {
@@ -285,7 +288,7 @@ pub(super) fn accept(
             shape: vec![rows.map_or(-1, |n| n as i64), width],
             accepted: true,
         },
-    }]
+    }])
 }
 
 #[cfg(test)]

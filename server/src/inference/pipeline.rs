@@ -80,7 +80,7 @@ pub(super) async fn begin(
         refs.insert(t.name.clone(), (r, owned));
     }
     let owner = if keep { store.client_owner() } else { Owner::Server };
-    let output = p.start(store, &state.tasks, refs, owner);
+    let output = p.start(store, &state.tasks, refs, owner)?;
     // The pipeline frees its inputs from now on; a server-owned output is this request's
     // to free, even if the client leaves before it is ready.
     stored.refs = if keep { Vec::new() } else { vec![output] };
@@ -129,7 +129,7 @@ pub(super) fn accept(
     wanted: Vec<Wanted>,
     deadline: Deadline,
     count: Count,
-) -> Vec<AnswerOutput> {
+) -> Result<Vec<AnswerOutput>, InferenceError> {
     let PipelineWork { pipeline, output, .. } = work;
     let store = Arc::clone(&state.store);
     tokio::spawn(async move {
@@ -140,7 +140,7 @@ pub(super) fn accept(
         }
         let _ = count.finish(result);
     });
-    wanted
+    Ok(wanted
         .into_iter()
         .map(|w| AnswerOutput {
             name: w.name,
@@ -152,5 +152,5 @@ pub(super) fn accept(
                 accepted: true,
             },
         })
-        .collect()
+        .collect())
 }

@@ -127,3 +127,22 @@ fn map_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
     // through the store (a mapping outlives the unlink).
     unsafe { memmap2::Mmap::map(&f) }
 }
+
+/// Bytes free to an unprivileged user on the file system that holds `dir` (or its
+/// nearest existing ancestor: the spill folder is made when first needed); `None` when
+/// it cannot be asked.
+pub fn free_space(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = dir.ancestors().find(|p| p.exists())?;
+    let path = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `stat` is written by the call before it is read.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: the call succeeded, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    // The field types differ between targets (u32 on some 32-bit ones).
+    #[allow(clippy::unnecessary_cast)]
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}

@@ -41,8 +41,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use buffer::Buffer;
 use buffer::{AlignedBuf, Data};
+pub use buffer::{Buffer, free_space};
 pub use lease::Lease;
 use lease::Uses;
 pub use pending::{Failure, Settles};
@@ -157,6 +157,10 @@ pub enum StoreError {
         used: usize,
         reason: String,
     },
+    #[error(
+        "the object store holds its limit of {limit} objects (object_store.max_objects); delete objects or let them expire"
+    )]
+    TooMany { limit: usize },
     #[error("object {object_ref} was not ready within {timeout:?}")]
     Timeout { object_ref: ObjectRef, timeout: Duration },
     #[error("object {object_ref} has no value: the work that should produce it failed: {failure}")]
@@ -381,6 +385,19 @@ impl Drop for HandoffGuard {
     }
 }
 
+/// How far the store grows beyond its memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes of spill files at once: a put that could only fit by spilling beyond it
+    /// is refused (507), so the store never fills the disk.
+    pub max_spill_bytes: usize,
+    /// Most objects at once, pending ones included (each costs memory the byte counts
+    /// do not show).
+    pub max_objects: usize,
+    /// Largest object a client may put (413 beyond it, before a byte is read).
+    pub max_object_bytes: usize,
+}
+
 /// The object store. Cheap to share behind an `Arc`.
 pub struct Store {
     inner: Mutex<Inner>,
@@ -389,6 +406,8 @@ pub struct Store {
     /// Whether the folder is the store's own (made up by the server, removed at the end).
     pub owns_spill_dir: bool,
     pub default_ttl: Duration,
+    /// The bounds beyond the memory (`[object_store]`).
+    pub limits: Limits,
     metrics: StoreMetrics,
     pinned: Option<PinnedAllocator>,
     /// Signalled after each round of spill swaps, for puts waiting on others' spills.
@@ -413,6 +432,11 @@ impl Store {
             spill_dir,
             owns_spill_dir: false,
             default_ttl,
+            limits: Limits {
+                max_spill_bytes: usize::MAX,
+                max_objects: usize::MAX,
+                max_object_bytes: capacity,
+            },
             metrics,
             pinned: None,
             spilled: std::sync::Condvar::new(),
@@ -451,8 +475,20 @@ impl Store {
         r
     }
 
+    /// Refuses a new object when the store already holds `max_objects`.
+    pub fn room_for_one_more(&self) -> Result<(), StoreError> {
+        if self.lock().objects.len() >= self.limits.max_objects {
+            self.metrics.put_failures.inc();
+            return Err(StoreError::TooMany {
+                limit: self.limits.max_objects,
+            });
+        }
+        Ok(())
+    }
+
     /// Copies `bytes` into a new ready object. Blocking: making room may spill.
     pub fn put(self: &Arc<Self>, meta: Meta, bytes: &[u8], owner: Owner) -> Result<ObjectRef, StoreError> {
+        self.room_for_one_more()?;
         let (reservation, buf) = self.copy_in(bytes)?;
         Ok(self.commit(reservation, meta, buf, owner))
     }

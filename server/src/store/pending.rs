@@ -92,8 +92,10 @@ impl Drop for Settles {
 }
 
 impl Store {
-    /// A pending object, to be fulfilled or failed by the work that produces it.
-    pub fn create_pending(&self, owner: Owner) -> ObjectRef {
+    /// A pending object, to be fulfilled or failed by the work that produces it; refused
+    /// when the store holds `max_objects` already.
+    pub fn create_pending(&self, owner: Owner) -> Result<ObjectRef, StoreError> {
+        self.room_for_one_more()?;
         let mut g = self.lock();
         let tick = g.next_tick();
         let r = g.fresh_ref();
@@ -108,7 +110,7 @@ impl Store {
             spilling: false,
         };
         g.insert(r, entry);
-        r
+        Ok(r)
     }
 
     /// Gives a pending object its value. If the object was deleted meanwhile the value is
@@ -290,7 +292,8 @@ impl Store {
             }
         }
         ready.truncate(num_returns);
-        let not_ready = refs.iter().filter(|r| !ready.contains(r)).copied().collect();
+        let is_ready: std::collections::HashSet<ObjectRef> = ready.iter().copied().collect();
+        let not_ready = refs.iter().filter(|r| !is_ready.contains(r)).copied().collect();
         Ok((ready, not_ready))
     }
 }

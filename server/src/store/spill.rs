@@ -85,30 +85,46 @@ impl Store {
                 .filter(|e| e.spilling)
                 .filter_map(Entry::in_memory)
                 .sum();
-            let spillable: usize = candidates.iter().map(|c| c.2).sum::<usize>() + being_spilled;
-            if g.used + bytes > self.capacity + spillable {
-                return Err(full(
-                    &g,
-                    format!("even spilling every object not in use ({spillable} bytes) would not free enough"),
-                ));
-            }
-            if idle_rounds >= 64 {
-                return Err(full(&g, "the objects chosen to spill kept being used; retry".into()));
-            }
+            // Spill files may grow to `max_spill_bytes`, those being written included.
+            // Victims are the least recently used objects that fit that budget.
+            let budget = self.limits.max_spill_bytes.saturating_sub(g.spilled + being_spilled);
             candidates.sort_unstable();
-            let mut freed = 0;
-            let mut victims = Vec::new();
+            let (mut chosen, mut freed, mut capped) = (Vec::new(), 0, false);
             for (_, r, size) in candidates {
                 if g.used + bytes <= self.capacity + freed {
                     break;
                 }
+                if freed + size > budget {
+                    capped = true;
+                    continue;
+                }
+                chosen.push(r);
+                freed += size;
+            }
+            if g.used + bytes > self.capacity + freed + being_spilled {
+                let reason = if capped {
+                    format!(
+                        "spilling is capped at object_store.max_spill_bytes ({} bytes, {} spilled)",
+                        self.limits.max_spill_bytes,
+                        g.spilled + being_spilled
+                    )
+                } else {
+                    let spillable = freed + being_spilled;
+                    format!("even spilling every object not in use ({spillable} bytes) would not free enough")
+                };
+                return Err(full(&g, reason));
+            }
+            if idle_rounds >= 64 {
+                return Err(full(&g, "the objects chosen to spill kept being used; retry".into()));
+            }
+            let mut victims = Vec::with_capacity(chosen.len());
+            for r in chosen {
                 let e = g.objects.get_mut(&r).expect("listed above");
                 e.spilling = true;
                 let State::Ready { data, .. } = &e.state else {
                     unreachable!("in memory means ready")
                 };
                 victims.push((r, Arc::clone(data)));
-                freed += size;
             }
             if victims.is_empty() {
                 // Only other threads' spills could make room: wait for one to finish.

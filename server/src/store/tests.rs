@@ -129,8 +129,8 @@ fn a_lease_outlives_delete() {
 async fn get_and_wait_block_until_settled() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(1000, dir.path());
-    let p1 = s.create_pending(CLIENT);
-    let p2 = s.create_pending(CLIENT);
+    let p1 = s.create_pending(CLIENT).unwrap();
+    let p2 = s.create_pending(CLIENT).unwrap();
     let r = s.put(meta(1), &[9], CLIENT).unwrap();
     let err = s.get(p1, Some(Duration::from_millis(20))).await.unwrap_err();
     assert!(matches!(err, StoreError::Timeout { .. }));
@@ -180,7 +180,7 @@ async fn client_objects_expire_unless_in_use() {
 
     // A pending object does not expire while its work runs, however often it is
     // looked at; its time-to-live starts when it settles.
-    let pending = s.create_pending(short);
+    let pending = s.create_pending(short).unwrap();
     s.info(pending).unwrap();
     assert_eq!(s.expire(Instant::now() + Duration::from_secs(1)), 0);
     s.fulfil(pending, meta(1), &[4]).unwrap();
@@ -247,7 +247,7 @@ fn concurrent_puts_reads_and_deletes_keep_the_accounts_right() {
 fn a_settled_object_is_never_settled_again() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(1000, dir.path());
-    let p = s.create_pending(CLIENT);
+    let p = s.create_pending(CLIENT).unwrap();
     s.fulfil(p, meta(2), &[1, 2]).unwrap();
     s.fail(
         p,
@@ -295,4 +295,72 @@ async fn a_put_from_async_code_hands_over_its_ref() {
     let r = s.put_array(y, DType::I16, CLIENT).await.unwrap();
     assert_eq!(s.lease(r).unwrap().unwrap().bytes(), &[1, 0, 0xfe, 0xff]);
     assert_eq!(s.usage().0, 2);
+}
+
+#[test]
+fn spilling_stops_at_max_spill_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::new(250, dir.path().to_owned(), Duration::from_secs(60), metrics());
+    s.limits.max_spill_bytes = 150;
+    let s = Arc::new(s);
+    let a = s.put(meta(100), &[1; 100], CLIENT).unwrap();
+    let _b = s.put(meta(100), &[2; 100], CLIENT).unwrap();
+    // One spill (100 bytes) fits the cap; a second one would not.
+    let _c = s.put(meta(100), &[3; 100], CLIENT).unwrap();
+    assert_eq!(s.info(a).unwrap().state, ObjectState::Spilled);
+    assert_eq!(s.usage(), (3, 200, 100));
+    let e = s.put(meta(100), &[4; 100], CLIENT).unwrap_err();
+    assert!(matches!(e, StoreError::Full { .. }), "{e}");
+    assert!(
+        e.to_string().contains("max_spill_bytes (150 bytes, 100 spilled)"),
+        "{e}"
+    );
+    assert_eq!(s.usage(), (3, 200, 100), "nothing changed");
+    // Deleting the spilled object gives its share back.
+    assert!(s.delete(a));
+    s.put(meta(100), &[5; 100], CLIENT).unwrap();
+    assert_eq!(s.usage(), (3, 200, 100));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "one spill file on disk"
+    );
+}
+
+#[test]
+fn the_store_holds_at_most_max_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::new(1 << 20, dir.path().to_owned(), Duration::from_secs(60), metrics());
+    s.limits.max_objects = 2;
+    let s = Arc::new(s);
+    let a = s.put(meta(1), &[1], CLIENT).unwrap();
+    let _p = s.create_pending(CLIENT).unwrap();
+    let e = s.put(meta(1), &[2], CLIENT).unwrap_err();
+    assert!(matches!(e, StoreError::TooMany { limit: 2 }), "{e}");
+    assert!(e.to_string().contains("object_store.max_objects"), "{e}");
+    assert!(matches!(s.create_pending(CLIENT), Err(StoreError::TooMany { .. })));
+    assert!(s.delete(a));
+    s.put(meta(1), &[3], CLIENT).unwrap();
+}
+
+#[test]
+fn the_store_is_dropped_once_its_last_user_goes() {
+    // Puts, commits, fulfils and restores hold the store only while they run: dropping
+    // the server's handle drops the store (and so ends its expiry task).
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(150, dir.path());
+    let a = s.put(meta(100), &[1; 100], CLIENT).unwrap();
+    let _b = s.put(meta(100), &[2; 100], CLIENT).unwrap(); // spills `a`
+    let r = s.reserve(10).unwrap();
+    let buf = s.allocate(10).unwrap();
+    s.commit(r, meta(10), buf, CLIENT);
+    let p = s.create_pending(CLIENT).unwrap();
+    s.fulfil(p, meta(1), &[7]).unwrap();
+    let restored = s.restore(s.lease(a).unwrap().unwrap());
+    drop(restored);
+    drop(s.reserve(5).unwrap()); // a reservation given back
+    let weak = Arc::downgrade(&s);
+    assert_eq!(Arc::strong_count(&s), 1, "nothing else holds the store");
+    drop(s);
+    assert!(weak.upgrade().is_none(), "the store was dropped");
 }
