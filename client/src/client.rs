@@ -9,6 +9,19 @@ use crate::v2::{
     ErrorBody, HEADER_LENGTH, InferRequest, InferResponse, ModelMetadata, RepositoryModel, ServerMetadata,
 };
 
+/// `Authorization: Bearer <token>` as headers every request of a client carries.
+pub fn bearer_headers(token: &str) -> Result<reqwest::header::HeaderMap, ClientError> {
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::Decode {
+            url: String::new(),
+            reason: "the token must be printable ASCII".into(),
+        })?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(headers)
+}
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -38,6 +51,7 @@ impl ClientError {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Client {
@@ -46,7 +60,30 @@ impl Client {
         Client {
             base: url.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
+            token: None,
         }
+    }
+
+    /// The same client sending `token` as `Authorization: Bearer <token>` with every
+    /// request (a server's `api_token`, or its `admin_token` for load, unload and delete).
+    pub fn with_token(self, token: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .default_headers(bearer_headers(token)?)
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: self.base.clone(),
+                source,
+            })?;
+        Ok(Client {
+            http,
+            token: Some(token.to_owned()),
+            ..self
+        })
+    }
+
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn url(&self) -> &str {

@@ -8,7 +8,7 @@ pub mod bench;
 mod client;
 mod ray;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, bearer_headers};
 pub use prism_protocol::ray::{FaultInjection, TaskOptions};
 pub use prism_protocol::{DType, ErrorKind, binary, dtype, v2};
 pub use ray::{ObjectRef, TaskArg, Tensor};

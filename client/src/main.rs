@@ -34,6 +34,10 @@ struct Cli {
     /// The server's base URL.
     #[arg(long, global = true, env = "PRISM_URL", default_value = "http://127.0.0.1:8000")]
     url: String,
+    /// The bearer token the server needs (its api_token, or admin_token for load, unload
+    /// and delete).
+    #[arg(long, global = true, env = "PRISM_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -165,7 +169,10 @@ struct BenchArgs {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let client = Client::new(&cli.url);
+    let client = match &cli.token {
+        Some(t) => Client::new(&cli.url).with_token(t)?,
+        None => Client::new(&cli.url),
+    };
     match cli.command {
         Command::Health => {
             let meta = client.server_metadata().await?;
@@ -315,6 +322,10 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
     let transport = match args.protocol {
         Protocol::Http => Transport::Http {
             client: reqwest::Client::builder()
+                .default_headers(match client.token() {
+                    Some(t) => prism_client::bearer_headers(t)?,
+                    None => Default::default(),
+                })
                 .timeout(args.timeout)
                 .pool_max_idle_per_host(max_connections)
                 .tcp_nodelay(true)
@@ -327,7 +338,7 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
                 None => grpc_url_beside(client.url())?,
             };
             // Calls multiplex on HTTP/2: a connection per 8 calls in flight.
-            Transport::grpc(&url, max_connections.div_ceil(8), args.timeout).await?
+            Transport::grpc(&url, max_connections.div_ceil(8), args.timeout, client.token()).await?
         }
     };
     let format = match (args.protocol, args.shared_memory) {

@@ -125,6 +125,34 @@ pub fn ttl(seconds: f64) -> Result<Duration, String> {
     }
 }
 
+/// A token: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A token: at least 16 characters, printable ASCII without spaces (it travels in an
+    /// HTTP header).
+    pub fn new(token: String) -> Result<Self, String> {
+        if token.len() < 16 {
+            return Err(format!("must be at least 16 characters, got {}", token.len()));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("must be printable ASCII without spaces (it is sent in an HTTP header)".into());
+        }
+        Ok(Secret(token))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// The bounds on client connections (`[server]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConnectionLimits {
@@ -167,6 +195,10 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// How connections are bounded, per listener (REST and gRPC each).
     pub connections: ConnectionLimits,
+    /// The bearer token of every route but health (`PRISM_API_TOKEN` when absent).
+    pub api_token: Option<Secret>,
+    /// The bearer token of the admin routes (`PRISM_ADMIN_TOKEN` when absent).
+    pub admin_token: Option<Secret>,
     /// Custom logical resources and how many of each the server has (`[server.resources]`).
     pub resources: BTreeMap<String, f64>,
 }
@@ -462,6 +494,12 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
         idle_timeout: timeout("idle_timeout_s", s.idle_timeout_s, d.idle_timeout)?,
         body_read_timeout: timeout("body_read_timeout_s", s.body_read_timeout_s, d.body_read_timeout)?,
     };
+    let token = |key: &str, value: &Option<String>| match value {
+        None => Ok(None),
+        Some(t) => Secret::new(t.clone()).map(Some).map_err(|e| (key.to_owned(), e)),
+    };
+    let api_token = token("api_token", &s.api_token)?;
+    let admin_token = token("admin_token", &s.admin_token)?;
     for (name, &amount) in &s.resources {
         let key = format!("resources.{name}");
         if matches!(name.as_str(), "CPU" | "GPU" | "memory" | "object_store_memory") || name.is_empty() {
@@ -478,6 +516,8 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
         max_request_bytes,
         shutdown_timeout,
         connections,
+        api_token,
+        admin_token,
         resources: s.resources.clone(),
     })
 }

@@ -71,6 +71,8 @@ pub(crate) struct Server {
     pub header_read_timeout_s: Option<f64>,
     pub idle_timeout_s: Option<f64>,
     pub body_read_timeout_s: Option<f64>,
+    pub api_token: Option<String>,
+    pub admin_token: Option<String>,
     #[serde(default)]
     pub resources: BTreeMap<String, f64>,
 }

@@ -5,6 +5,7 @@
 
 use tonic::Code;
 
+use crate::auth::Denied;
 use crate::codec::DecodeError;
 use crate::inference::InferenceError;
 use crate::serving::{BatchError, ServeError};
@@ -28,6 +29,8 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error(transparent)]
     SharedMemory(#[from] ShmError),
+    #[error(transparent)]
+    Denied(#[from] Denied),
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
     /// A repository load could not start the model (`reason` names it); `serving`: what
@@ -99,6 +102,8 @@ pub fn status(e: &ApiError) -> Status {
             ShmError::AlreadyRegistered(_) | ShmError::Invalid(_) => BAD_REQUEST,
             ShmError::Io { .. } => BAD_REQUEST,
         },
+        ApiError::Denied(Denied::Missing | Denied::Wrong) => pair(401, Code::Unauthenticated),
+        ApiError::Denied(Denied::NotAdmin) => pair(403, Code::PermissionDenied),
         ApiError::NoRoute { .. } => NOT_FOUND,
         ApiError::LoadFailed { .. } => INTERNAL,
     }

@@ -33,6 +33,7 @@
 //! [`Server::start`] and [`Server::serve`]) on `127.0.0.1:0`.
 
 pub mod api;
+pub mod auth;
 pub mod codec;
 pub mod connections;
 pub mod describe;
@@ -140,15 +141,21 @@ impl Server {
         let store = Arc::new(store);
         spawn_expiry(Arc::downgrade(&store));
         Ok(Server {
-            app: Arc::new(AppState::new(
-                deployments,
-                metrics,
-                config.server.max_request_bytes,
-                cluster,
-                store,
-                config.pipelines.clone(),
-                shm::SharedMemory::new(config.server.allow_shared_memory),
-            )),
+            app: Arc::new(
+                AppState::new(
+                    deployments,
+                    metrics,
+                    config.server.max_request_bytes,
+                    cluster,
+                    store,
+                    config.pipelines.clone(),
+                    shm::SharedMemory::new(config.server.allow_shared_memory),
+                )
+                .with_tokens(auth::Tokens::new(
+                    config.server.api_token.as_ref().map(|t| t.expose().to_owned()),
+                    config.server.admin_token.as_ref().map(|t| t.expose().to_owned()),
+                )),
+            ),
             shutdown_timeout: config.server.shutdown_timeout,
             connection_limits: config.server.connections,
         })

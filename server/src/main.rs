@@ -77,6 +77,35 @@ async fn main() -> ExitCode {
             }
         },
     }
+    // Tokens the file does not set come from the environment (keep secrets out of files).
+    for (var, token) in [
+        ("PRISM_API_TOKEN", &mut config.server.api_token),
+        ("PRISM_ADMIN_TOKEN", &mut config.server.admin_token),
+    ] {
+        if let (None, Ok(value)) = (&token, std::env::var(var)) {
+            match prism_config::Secret::new(value) {
+                Ok(t) => *token = Some(t),
+                Err(e) => {
+                    eprintln!("error: {var}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    if config.server.api_token.is_none() {
+        let exposed = std::iter::once(config.server.http_addr)
+            .chain(config.server.grpc_addr)
+            .filter(|a| !a.ip().is_loopback())
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>();
+        if !exposed.is_empty() {
+            tracing::warn!(
+                addresses = exposed.join(", "),
+                "listening beyond loopback with no api_token: anyone who reaches these ports can run, load and \
+                 unload models and read and delete objects; set server.api_token or PRISM_API_TOKEN"
+            );
+        }
+    }
     tracing::info!(config = %config.source_name, deployments = config.deployments.len(), "starting");
     let inventory: std::sync::Arc<dyn prism_server::resources::inventory::Inventory> = match &args.simulate_gpus {
         Some(spec) => match prism_server::resources::inventory::SimulatedInventory::parse(spec) {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::auth::Tokens;
 use crate::metrics::{Metrics, RequestMetrics};
 use crate::pipeline::Pipeline;
 use crate::resources::Cluster;
@@ -35,6 +36,8 @@ pub struct AppState {
     /// The clients' registered shared-memory regions (Triton's system shared-memory
     /// extension; refuses every call unless `allow_shared_memory`).
     pub shm: SharedMemory,
+    /// The bearer tokens routes need (none: all open).
+    pub tokens: Tokens,
 }
 
 /// What a model name serves: a deployment or a pipeline, each served through the same
@@ -146,7 +149,13 @@ impl AppState {
             pipelines,
             pipelines_by_name,
             shm,
+            tokens: Tokens::default(),
         }
+    }
+
+    /// The same state, its routes guarded by `tokens`.
+    pub fn with_tokens(self, tokens: Tokens) -> Self {
+        AppState { tokens, ..self }
     }
 
     /// Whether the server takes new work (false once it is shutting down).

@@ -175,7 +175,7 @@ async fn grpc_and_shared_memory_runs_measure_a_v2_server() {
     let dir = tempfile::tempdir().unwrap();
     let default = prism_config::DEFAULT_TOML.replacen("[server]\n", "[server]\nallow_shared_memory = true\n", 1);
     let server = TestServer::start(config(&default, dir.path())).await;
-    let grpc = Transport::grpc(&server.grpc_url, 2, Duration::from_secs(5))
+    let grpc = Transport::grpc(&server.grpc_url, 2, Duration::from_secs(5), None)
         .await
         .unwrap();
     let rest = Transport::Http {

@@ -28,13 +28,24 @@ pub enum Transport {
     Grpc {
         channels: Vec<GrpcInferenceServiceClient<Channel>>,
         timeout: Duration,
+        /// `authorization` metadata every call carries, if the server needs a token.
+        token: Option<tonic::metadata::AsciiMetadataValue>,
     },
 }
 
 impl Transport {
     /// `connections` HTTP/2 connections to the gRPC server at `url`
-    /// (`http://host:port`), opened now.
-    pub async fn grpc(url: &str, connections: usize, timeout: Duration) -> anyhow::Result<Transport> {
+    /// (`http://host:port`), opened now; each call sends `token` as a bearer token.
+    pub async fn grpc(
+        url: &str,
+        connections: usize,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> anyhow::Result<Transport> {
+        let token = token
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("the token must be printable ASCII"))?;
         let mut channels = Vec::new();
         for _ in 0..connections.max(1) {
             let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
@@ -48,7 +59,11 @@ impl Transport {
                     .max_encoding_message_size(usize::MAX),
             );
         }
-        Ok(Transport::Grpc { channels, timeout })
+        Ok(Transport::Grpc {
+            channels,
+            timeout,
+            token,
+        })
     }
 }
 
@@ -79,10 +94,20 @@ async fn send(transport: &Transport, path: &str, workload: &Workload, w: usize, 
                 Err(format!("http_{}", status.as_u16()))
             }
         }
-        (Request::Grpc(m), Transport::Grpc { channels, timeout }) => {
+        (
+            Request::Grpc(m),
+            Transport::Grpc {
+                channels,
+                timeout,
+                token,
+            },
+        ) => {
             let mut client = channels[w % channels.len()].clone();
             let mut request = tonic::Request::new(m.clone());
             request.set_timeout(*timeout);
+            if let Some(t) = token {
+                request.metadata_mut().insert("authorization", t.clone());
+            }
             match client.model_infer(request).await {
                 Ok(_) => Ok(()),
                 Err(status) => Err(format!("grpc_{:?}", status.code()).to_lowercase()),

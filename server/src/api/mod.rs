@@ -23,14 +23,15 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
-use axum::http::Method;
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use serde::Deserialize;
 
 pub use respond::ApiError;
 
+use crate::auth;
 use crate::codec::invalid;
 use crate::state::{AppState, Served};
 
@@ -115,9 +116,21 @@ pub fn router(app: Arc<AppState>) -> Router {
     r = model_routes(r, "/stats", get(models::stats));
     r = model_routes(r, "/infer", post(infer::infer));
     r.fallback(no_route)
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), authorize))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), track))
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .with_state(app)
+}
+
+/// Refuses a request without the token its route needs (see [`crate::auth`]).
+async fn authorize(State(app): App, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let access = auth::rest_access(request.method(), route);
+    let sent = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    match app.tokens.check(access, sent) {
+        Ok(()) => next.run(request).await,
+        Err(denied) => ApiError::from(denied).into_response(),
+    }
 }
 
 /// Counts every request by matched route and status.

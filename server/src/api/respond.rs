@@ -46,13 +46,26 @@ impl IntoResponse for ApiError {
             });
             return (status, axum::Json(body)).into_response();
         }
-        (
+        let mut response = (
             status,
             axum::Json(ErrorBody {
                 error: self.to_string(),
             }),
         )
-            .into_response()
+            .into_response();
+        // RFC 6750: how to authenticate, and whether the token sent was the problem.
+        if let ApiError::Denied(denied) = &self
+            && status == StatusCode::UNAUTHORIZED
+        {
+            let challenge = match denied {
+                crate::auth::Denied::Wrong => r#"Bearer realm="prism", error="invalid_token""#,
+                _ => r#"Bearer realm="prism""#,
+            };
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
     }
 }
 

@@ -38,6 +38,7 @@ pub struct Service {
 /// The gRPC service as routes for the HTTP stack, messages up to `max_request_bytes`.
 pub fn router(app: Arc<AppState>) -> axum::Router {
     let limit = app.max_request_bytes;
+    let tokens = app.tokens.clone();
     let service = GrpcInferenceServiceServer::new(Service { app })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
@@ -45,6 +46,24 @@ pub fn router(app: Arc<AppState>) -> axum::Router {
         .prepare()
         .into_axum_router()
         .layer(axum::middleware::map_response(move |r| too_large(r, limit)))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            authorize(tokens.clone(), request, next)
+        }))
+}
+
+/// Refuses a call without the token its method needs, as `UNAUTHENTICATED` or
+/// `PERMISSION_DENIED` (the token travels as `authorization` metadata).
+async fn authorize(
+    tokens: crate::auth::Tokens,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let access = crate::auth::grpc_access(request.uri().path());
+    let sent = request.headers().get("authorization").map(|v| v.as_bytes());
+    match tokens.check(access, sent) {
+        Ok(()) => next.run(request).await,
+        Err(denied) => ApiError::from(denied).to_grpc().into_http(),
+    }
 }
 
 /// tonic refuses a message over the limit with OUT_OF_RANGE (in the headers, or in the
