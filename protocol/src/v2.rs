@@ -451,6 +451,9 @@ pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_json::R
     match serde_json::from_slice(bytes) {
         Err(e) if e.is_syntax() => match quote_non_finite(bytes) {
             Some((rewritten, inserted)) => {
+                // Every marker must end in tensor data. Sound while no deserializer on
+                // these documents tries alternatives (serde's `untagged`), which could
+                // count a marker in a failed attempt and keep it as a string in the next.
                 let before = MARKERS_TAKEN.with(|n| n.get());
                 let parsed = serde_json::from_slice(&rewritten).map_err(unmark);
                 let taken = MARKERS_TAKEN.with(|n| n.get()) - before;

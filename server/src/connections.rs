@@ -3,10 +3,12 @@
 //!
 //! * At most `max_connections` are open per listener; past that, new ones wait in the
 //!   kernel's backlog until one closes.
-//! * A connection with no request in flight is closed after `idle_timeout`; once the
-//!   first byte of a request's head has come, the whole head must come within
-//!   `header_read_timeout` (a client sending headers at a byte a second is cut off), and
-//!   its body within `body_read_timeout` of the head (408 otherwise).
+//! * A connection with no request in flight is ended after `idle_timeout` (HTTP/2 with
+//!   GOAWAY); once the first byte of an HTTP/1 request's head has come, the whole head
+//!   must come within `header_read_timeout` (a client sending headers at a byte a second
+//!   is cut off), and its body within `body_read_timeout` of its first read plus a second
+//!   per 64 KiB (408 otherwise). HTTP/2 streams are bounded by flow control instead: a
+//!   gRPC stream lasts as long as its client wants.
 //! * On shutdown the listener closes first; for a short grace every HTTP/1 answer says
 //!   `Connection: close`, so busy keep-alive connections end after an answer rather than
 //!   under a request the client has just sent; then idle connections are closed and every
@@ -28,11 +30,10 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prism_config::ConnectionLimits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
@@ -51,7 +52,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let closing = Arc::new(AtomicBool::new(false));
-    let graceful = GracefulShutdown::new();
+    let (shutdown_tx, shutdown) = watch::channel(false);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().timer(TokioTimer::new());
     tokio::pin!(stop);
@@ -77,11 +78,19 @@ pub async fn serve(
         let conn = Arc::new(Conn::new());
         let io = TokioIo::new(Watched::new(tcp, Arc::clone(&conn), limits));
         let service = hyper::service::service_fn({
-            let (router, closing) = (router.clone(), Arc::clone(&closing));
+            let (router, closing, conn) = (router.clone(), Arc::clone(&closing), Arc::clone(&conn));
             move |request: Request<Incoming>| {
                 let in_flight = InFlight::begin(Arc::clone(&conn));
                 let http1 = request.version() < Version::HTTP_2;
-                let request = request.map(|b| Body::new(Deadline::new(b, limits.body_read_timeout)));
+                if !http1 {
+                    conn.http2.store(true, Ordering::Relaxed);
+                }
+                // HTTP/1 bodies are bounded in time; HTTP/2 streams (a gRPC stream may
+                // last as long as its client wants) by flow control.
+                let request = request.map(|b| match http1 {
+                    true => Body::new(Deadline::new(b, limits.body_read_timeout)),
+                    false => Body::new(b),
+                });
                 let (router, closing) = (router.clone(), Arc::clone(&closing));
                 async move {
                     let Ok(mut response) = router.oneshot(request).await;
@@ -97,9 +106,27 @@ pub async fn serve(
                 }
             }
         });
-        let connection = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+        let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
+        let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            tokio::pin!(connection);
+            // An idle connection, or all at shutdown, end gracefully: HTTP/1 closes once
+            // its answer is written, HTTP/2 sends GOAWAY and finishes its streams.
+            let mut ending = false;
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    () = conn.idle.notified(), if !ending => {
+                        ending = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = shutdown.wait_for(|s| *s), if !ending => {
+                        ending = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -110,7 +137,10 @@ pub async fn serve(
     if permits.available_permits() < limits.max_connections {
         tokio::time::sleep(CLOSE_GRACE).await;
     }
-    graceful.shutdown().await;
+    let _ = shutdown_tx.send(true);
+    // Every connection has ended once every permit is back.
+    let all = u32::try_from(limits.max_connections).expect("max_connections fits u32 (checked by the config)");
+    let _ = permits.acquire_many(all).await;
     Ok(())
 }
 
@@ -121,6 +151,8 @@ struct Conn {
     times: Mutex<Times>,
     /// The client spoke HTTP/2 (its preface came first): only the idle rule applies.
     http2: AtomicBool,
+    /// Signalled once the connection has been idle for `idle_timeout`.
+    idle: Notify,
 }
 
 struct Times {
@@ -142,6 +174,7 @@ impl Conn {
                 reader: None,
             }),
             http2: AtomicBool::new(false),
+            idle: Notify::new(),
         }
     }
 
@@ -175,14 +208,21 @@ impl Drop for InFlight {
     }
 }
 
-/// A TCP stream whose reads fail with `TimedOut` once the connection has been idle for
-/// `idle_timeout`, or a request's head has taken longer than `header_read_timeout`.
+/// HTTP/2's connection preface: a connection that starts with it speaks HTTP/2.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// A TCP stream that watches its connection's clocks: a read fails with `TimedOut` once a
+/// request's head has taken longer than `header_read_timeout`, and the connection is
+/// asked to end gracefully (`Conn::idle`) once it has been idle for `idle_timeout`.
 struct Watched {
     tcp: TcpStream,
     conn: Arc<Conn>,
     limits: ConnectionLimits,
     timer: Pin<Box<Sleep>>,
-    first_read: bool,
+    /// The first bytes, until they tell HTTP/1 from HTTP/2.
+    sniffed: Option<Vec<u8>>,
+    /// The idle timeout has fired: the connection is ending.
+    expired: bool,
 }
 
 impl Watched {
@@ -192,20 +232,40 @@ impl Watched {
             conn,
             limits,
             timer: Box::pin(tokio::time::sleep(limits.idle_timeout)),
-            first_read: true,
+            sniffed: Some(Vec::with_capacity(H2_PREFACE.len())),
+            expired: false,
         }
     }
 
-    /// When the connection is to be closed if nothing changes; `None` while a request
-    /// is in flight.
-    fn deadline(&self) -> Option<Instant> {
+    /// Reads of `got` bytes: the protocol, while unknown, and the start of a head.
+    fn saw(&mut self, got: &[u8]) {
+        if let Some(sniffed) = &mut self.sniffed {
+            let take = (H2_PREFACE.len() - sniffed.len()).min(got.len());
+            sniffed.extend_from_slice(&got[..take]);
+            if !H2_PREFACE.starts_with(sniffed) {
+                self.sniffed = None; // HTTP/1
+            } else if sniffed.len() == H2_PREFACE.len() {
+                self.sniffed = None;
+                self.conn.http2.store(true, Ordering::Relaxed);
+                self.conn.times().head_started = None;
+                return;
+            }
+        }
+        if !self.conn.http2.load(Ordering::Relaxed) && self.conn.in_flight.load(Ordering::Acquire) == 0 {
+            self.conn.times().head_started.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// When the connection is to be closed if nothing changes, and whether that is the
+    /// head's deadline; `None` while a request is in flight.
+    fn deadline(&self) -> Option<(Instant, bool)> {
         if self.conn.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
         let t = self.conn.times();
         Some(match t.head_started {
-            Some(started) if !self.conn.http2.load(Ordering::Relaxed) => started + self.limits.header_read_timeout,
-            _ => t.idle_since + self.limits.idle_timeout,
+            Some(started) => (started + self.limits.header_read_timeout, true),
+            None => (t.idle_since + self.limits.idle_timeout, false),
         })
     }
 }
@@ -215,37 +275,39 @@ impl AsyncRead for Watched {
         let this = self.get_mut();
         let before = buf.filled().len();
         if let Poll::Ready(result) = Pin::new(&mut this.tcp).poll_read(cx, buf) {
-            let got = &buf.filled()[before..];
-            if !got.is_empty() {
-                if std::mem::take(&mut this.first_read) && got.starts_with(b"PRI * HTTP/2.0") {
-                    this.conn.http2.store(true, Ordering::Relaxed);
-                }
-                if this.conn.in_flight.load(Ordering::Acquire) == 0 {
-                    this.conn.times().head_started.get_or_insert_with(Instant::now);
-                }
+            if buf.filled().len() > before {
+                let got = buf.filled()[before..].to_vec();
+                this.saw(&got);
             }
             return Poll::Ready(result);
         }
-        let Some(deadline) = this.deadline() else {
+        if this.expired {
+            return Poll::Pending;
+        }
+        let Some((deadline, head)) = this.deadline() else {
             // The clock starts when the last answer is written: that wakes this read.
             this.conn.times().reader = Some(cx.waker().clone());
-            if this.conn.in_flight.load(Ordering::Acquire) > 0 {
-                return Poll::Pending;
+            if this.conn.in_flight.load(Ordering::Acquire) == 0 {
+                cx.waker().wake_by_ref();
             }
-            cx.waker().wake_by_ref();
             return Poll::Pending;
         };
         if this.timer.deadline() != deadline {
             this.timer.as_mut().reset(deadline);
         }
         ready!(this.timer.as_mut().poll(cx));
-        let what = if this.conn.times().head_started.is_some() && !this.conn.http2.load(Ordering::Relaxed) {
-            "a request's head took longer than server.header_read_timeout_s"
-        } else {
-            "the connection was idle for server.idle_timeout_s"
-        };
-        tracing::debug!(reason = what, "closing a connection");
-        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+        if head {
+            // A head trickling in is cut off at once, not waited for.
+            tracing::debug!("closing a connection: a request's head took longer than server.header_read_timeout_s");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a request's head took longer than server.header_read_timeout_s",
+            )));
+        }
+        tracing::debug!("ending a connection idle for server.idle_timeout_s");
+        this.expired = true;
+        this.conn.idle.notify_one();
+        Poll::Pending
     }
 }
 
@@ -275,9 +337,10 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// The request body read did not finish within `server.body_read_timeout_s`.
+/// The request body came too slowly: not within `server.body_read_timeout_s` (plus a
+/// second per 64 KiB that came).
 #[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {0:?} (server.body_read_timeout_s)")]
+#[error("the request body came too slowly (server.body_read_timeout_s of {0:?}, then at least 64 KiB/s)")]
 pub struct BodyTimedOut(pub Duration);
 
 /// Whether `e` (a body read's error, or what wraps it) is a [`BodyTimedOut`].
@@ -292,19 +355,30 @@ pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> Option<Duration
     None
 }
 
-/// A request body that must arrive whole within a time of the request's head.
+/// Bytes of body that earn one more second to read the rest: a body must come at least
+/// this fast once its first allowance (`body_read_timeout`) is spent.
+const BODY_BYTES_PER_SECOND: u64 = 64 << 10;
+
+/// A request body that must arrive within `timeout` of its first read, plus a second for
+/// each [`BODY_BYTES_PER_SECOND`] that have come: a large upload at any useful rate goes
+/// through, a body trickling in is cut off.
 struct Deadline {
     body: Incoming,
-    timer: Pin<Box<Sleep>>,
+    /// Started at the first read (the handler may wait for room before it reads).
+    timer: Option<Pin<Box<Sleep>>>,
+    started: Instant,
     timeout: Duration,
+    received: u64,
 }
 
 impl Deadline {
     fn new(body: Incoming, timeout: Duration) -> Self {
         Deadline {
             body,
-            timer: Box::pin(tokio::time::sleep(timeout)),
+            timer: None,
+            started: Instant::now(),
             timeout,
+            received: 0,
         }
     }
 }
@@ -315,10 +389,25 @@ impl http_body::Body for Deadline {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if this.timer.is_none() {
+            this.started = Instant::now();
+            this.timer = Some(Box::pin(tokio::time::sleep(this.timeout)));
+        }
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref))
+                && let Some(data) = data
+            {
+                this.received += data.len() as u64;
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        ready!(this.timer.as_mut().poll(cx));
+        let earned = Duration::from_secs_f64(this.received as f64 / BODY_BYTES_PER_SECOND as f64);
+        let deadline = this.started + this.timeout + earned;
+        let timer = this.timer.as_mut().expect("started above");
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        ready!(timer.as_mut().poll(cx));
         Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.timeout)))))
     }
 

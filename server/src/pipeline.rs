@@ -222,7 +222,7 @@ async fn run_model(d: &Arc<Deployment>, lease: Lease) -> Result<(ndarray::Array2
     let io = d
         .rows_io()
         .expect("pipeline steps run models over rows (validated with the config)");
-    let rows = codec::signature::object_rows(&d.spec, io, lease).map_err(|e| e.failure())?;
+    let rows = codec::signature::object_rows(&d.spec, io, lease, false).map_err(|e| e.failure())?;
     let y = d.infer(rows).await.map_err(|e| e.failure())?;
     Ok((y, io.output.datatype))
 }

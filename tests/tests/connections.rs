@@ -177,3 +177,48 @@ async fn a_shutdown_under_keep_alive_load_answers_every_request_it_read() {
     assert_eq!(lost, 0, "requests sent and never answered");
     assert_eq!(refused, 32, "every client ended on a refused connection");
 }
+
+#[tokio::test]
+async fn grpc_streams_outlive_the_body_timeout_and_idle_channels_reconnect() {
+    use prism_protocol::grpc::model_infer_request::InferInputTensor;
+    use prism_protocol::grpc::{GrpcInferenceServiceClient, ModelInferRequest};
+    let (s, _dir) = start("idle_timeout_s = 1\nheader_read_timeout_s = 1\nbody_read_timeout_s = 1").await;
+    let request = |x: f32| ModelInferRequest {
+        model_name: "celsius".into(),
+        id: format!("{x}"),
+        inputs: vec![InferInputTensor {
+            name: "INPUT0".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 1],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![bytes::Bytes::copy_from_slice(&x.to_le_bytes())],
+        ..Default::default()
+    };
+    let mut g = GrpcInferenceServiceClient::connect(s.grpc_url.clone()).await.unwrap();
+    // A stream that pauses longer than every timeout stays open: it is in flight.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = g
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for x in [1.0f32, 2.0] {
+        tx.send(request(x)).await.unwrap();
+        let a = answers.message().await.unwrap().expect("an answer");
+        assert_eq!(a.error_message, "", "{x}");
+        assert_eq!(a.infer_response.unwrap().id, format!("{x}"));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    drop(tx);
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "the stream ends when the client's does"
+    );
+    // An idle channel is ended with GOAWAY after idle_timeout_s; the client's next call
+    // opens a new connection and is answered.
+    g.model_infer(request(3.0)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(g.model_infer(request(4.0)).await.unwrap().into_inner().id, "4");
+    s.stop().await.unwrap();
+}

@@ -79,8 +79,12 @@ fn inline_rows(spec: &Spec, io: &RowsIo, name: &str, t: Tensor) -> Result<Array2
         Values::Json(data) => {
             check_count(&data, count, &t.shape, what)?;
             let values = json_values(&data, dtype, &what())?;
-            if !spec.allow_non_finite {
-                finite(&values, Some(&data), dtype, &what())?;
+            if !spec.allow_non_finite && is_float(dtype) {
+                let written = |i: usize| match &data {
+                    TensorData::Numbers(n) => n.get(i).copied(),
+                    _ => None,
+                };
+                finite(&values, written, dtype, &what())?;
             }
             values
         }
@@ -89,8 +93,8 @@ fn inline_rows(spec: &Spec, io: &RowsIo, name: &str, t: Tensor) -> Result<Array2
             check_binary_size(&bytes, dtype, &t.shape, need, what)?;
             let mut values = Vec::with_capacity(count);
             dtype.decode_le(&bytes, &mut values);
-            if !spec.allow_non_finite {
-                finite(&values, None, dtype, &what())?;
+            if !spec.allow_non_finite && is_float(dtype) {
+                finite(&values, |i| written_f64(dtype, &bytes, i), dtype, &what())?;
             }
             values
         }
@@ -99,8 +103,10 @@ fn inline_rows(spec: &Spec, io: &RowsIo, name: &str, t: Tensor) -> Result<Array2
 }
 
 /// The rows of an object passed as the input of the model `spec`: it must be
-/// `[rows, features]` of a numeric type. FP32 objects are read in place.
-pub fn object_rows(spec: &Spec, io: &RowsIo, lease: Lease) -> Result<Rows, DecodeError> {
+/// `[rows, features]` of a numeric type. FP32 objects are read in place. A client's
+/// object (`refuse_non_finite`, unless the deployment allows them) must hold finite
+/// values; the objects between pipeline steps are the pipeline's own and pass as they are.
+pub fn object_rows(spec: &Spec, io: &RowsIo, lease: Lease, refuse_non_finite: bool) -> Result<Rows, DecodeError> {
     let want = &io.input;
     let name = &want.name;
     let rows = match lease.meta.shape.as_slice() {
@@ -118,11 +124,13 @@ pub fn object_rows(spec: &Spec, io: &RowsIo, lease: Lease) -> Result<Rows, Decod
             lease.object_ref, spec.batching.max_batch_size
         )));
     }
-    if !spec.allow_non_finite {
-        let what = format!("input `{name}` (object {})", lease.object_ref);
-        finite(&lease.to_f32(), None, lease.meta.datatype, &what)?;
-    }
-    if lease.meta.datatype == DType::F32 {
+    let dtype = lease.meta.datatype;
+    let check = refuse_non_finite && !spec.allow_non_finite && is_float(dtype);
+    let what = || format!("input `{name}` (object {})", lease.object_ref);
+    if dtype == DType::F32 {
+        if check {
+            finite(&lease.to_f32(), |_| None, dtype, &what())?;
+        }
         return Ok(Rows::Object {
             lease,
             rows,
@@ -130,16 +138,30 @@ pub fn object_rows(spec: &Spec, io: &RowsIo, lease: Lease) -> Result<Rows, Decod
         });
     }
     let values = lease.to_f32().into_owned();
+    if check {
+        finite(&values, |i| written_f64(dtype, lease.bytes(), i), dtype, &what())?;
+    }
     Ok(Rows::Owned(
         Array2::from_shape_vec((rows, want.features), values).expect("the object's length matches its shape"),
     ))
+}
+
+fn is_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
+}
+
+/// Element `i` of FP64 bytes as written (to tell a value beyond FP32 from a non-finite
+/// one); `None` for other types.
+fn written_f64(dtype: DType, bytes: &[u8], i: usize) -> Option<f64> {
+    let b = bytes.get(i * 8..i * 8 + 8).filter(|_| dtype == DType::F64)?;
+    Some(f64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
 /// JSON `data` as the model's `f32` values. Floating-point types are converted as they
 /// are; integer types are checked as the datatype holds them (whole and in range:
 /// `INT8` 300 is refused, never wrapped or saturated).
 fn json_values(data: &TensorData, dtype: DType, what: &str) -> Result<Vec<f32>, DecodeError> {
-    if matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+    if is_float(dtype) {
         return data
             .to_f32()
             .ok_or_else(|| invalid(format!("{what}: datatype {dtype} needs numbers, got {}", data.kind())));
@@ -154,18 +176,15 @@ fn json_values(data: &TensorData, dtype: DType, what: &str) -> Result<Vec<f32>, 
     Ok(values)
 }
 
-/// Refuses the first NaN or ±Inf of `values` (sent as `dtype`; `json` is the data as
-/// written, to tell a number too large for the type from a non-finite one).
-fn finite(values: &[f32], json: Option<&TensorData>, dtype: DType, what: &str) -> Result<(), DecodeError> {
+/// Refuses the first NaN or ±Inf of `values` (sent as `dtype`; `written(i)` is element
+/// `i` as the client wrote it, where known, to tell a number too large for FP32 from a
+/// non-finite one).
+fn finite(values: &[f32], written: impl Fn(usize) -> Option<f64>, dtype: DType, what: &str) -> Result<(), DecodeError> {
     let Some(i) = values.iter().position(|v| !v.is_finite()) else {
         return Ok(());
     };
-    let written = match json {
-        Some(TensorData::Numbers(n)) => n.get(i).copied(),
-        _ => None,
-    };
     let v = values[i];
-    let why = match written {
+    let why = match written(i) {
         Some(w) if w.is_finite() => format!("{w} is beyond the range of FP32, the type the model computes in"),
         _ if v.is_nan() => "is NaN".to_owned(),
         _ if v > 0.0 => "is Infinity".to_owned(),
@@ -447,6 +466,14 @@ mod tests {
         let spec = celsius();
         let io = spec.model.rows_io().unwrap().clone();
         assert!(message(model_input(&spec, &io, request.inputs)).contains("element 0 (FP32) is Infinity"));
+        let header =
+            r#"{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP64","parameters":{"binary_data_size":8}}]}"#;
+        let request = decode(header.as_bytes(), Bytes::from(1e39f64.to_le_bytes().to_vec())).unwrap();
+        let got = message(model_input(&spec, &io, request.inputs));
+        assert!(
+            got.contains("element 0 (FP64) 1000000000000000000000000000000000000000 is beyond the range of FP32"),
+            "{got}"
+        );
         // A deployment may let them through.
         let spec = Spec {
             allow_non_finite: true,

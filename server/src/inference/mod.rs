@@ -235,6 +235,11 @@ impl AppState {
             tokens,
         };
         let run_async = request.run_async;
+        // An async answer needs an object: refused before any work is queued when the
+        // store holds its max_objects.
+        if run_async && let Err(e) = self.store.room_for_one_more() {
+            return count.finish(Err(e.into()));
+        }
         let keep = run_async || wanted.iter().any(|w| w.flags.by_ref);
         let work = match deadline.bound(&target, self.begin(&target, request, keep)).await {
             Ok(work) => work,

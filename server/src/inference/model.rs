@@ -73,7 +73,15 @@ fn rows(
                 tokens: None,
                 output: Box::pin(async move {
                     let lease = store.get(r, None).await?;
-                    let rows = signature::object_rows(&d.spec, &io, lease)?;
+                    // A large object is checked (and converted) off the async workers.
+                    let rows = if lease.meta.bytes() > 1 << 20 {
+                        let d = Arc::clone(&d);
+                        tokio::task::spawn_blocking(move || signature::object_rows(&d.spec, &io, lease, true))
+                            .await
+                            .map_err(|e| InferenceError::Internal(format!("reading the input object stopped: {e}")))??
+                    } else {
+                        signature::object_rows(&d.spec, &io, lease, true)?
+                    };
                     Ok(d.infer(rows).await?)
                 }),
             }
