@@ -214,10 +214,19 @@ pub struct Deployment {
     pub batching: Batching,
     pub fault_injection: FaultInjection,
     pub retries: Retries,
+    pub restarts: Restarts,
     /// The arithmetic of the GEMMs on GPU replicas; CPU replicas compute in fp32.
     pub precision: Precision,
     /// Whether NaN and ±Inf inputs are passed to the model (refused with 400 otherwise).
     pub allow_non_finite: bool,
+}
+
+/// How a replica that crashed is restarted: at most `max_restarts` times in any
+/// `window`; past that it is marked failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Restarts {
+    pub max_restarts: u32,
+    pub window: Duration,
 }
 
 /// How a failed batch is retried on its replica: system failures (a panic in the model)
@@ -322,12 +331,14 @@ pub struct Batching {
 
 /// Deliberate failures and delays, for drills and tests (like Envoy's fault filter).
 /// Each execution of a batch fails with probability `error_rate` and is delayed by
-/// `delay` with probability `delay_rate`.
+/// `delay` with probability `delay_rate`; a deployment's replica breaks with probability
+/// `break_rate` per batch (its batches fail as a crash would, until it is restarted).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultInjection {
     pub error_rate: f64,
     pub delay: Duration,
     pub delay_rate: f64,
+    pub break_rate: f64,
 }
 
 impl FaultInjection {
@@ -343,11 +354,12 @@ impl FaultInjection {
             error_rate: fraction("error_rate", error_rate)?,
             delay: seconds("delay_ms", delay_ms.unwrap_or(0.0), 1e-3, 3_600_000.0)?,
             delay_rate: fraction("delay_rate", delay_rate.or(delay_ms.map(|_| 1.0)))?,
+            break_rate: 0.0,
         })
     }
 
     pub fn is_active(&self) -> bool {
-        self.error_rate > 0.0 || (self.delay_rate > 0.0 && !self.delay.is_zero())
+        self.error_rate > 0.0 || self.break_rate > 0.0 || (self.delay_rate > 0.0 && !self.delay.is_zero())
     }
 }
 
@@ -637,9 +649,14 @@ fn validate_deployment(
 
     let fault_injection = match &d.fault_injection {
         None => FaultInjection::default(),
-        Some(f) => FaultInjection::from_parts(f.error_rate, f.delay_ms, f.delay_rate)
-            .map_err(|(k, r)| (format!("fault_injection.{k}"), r))?,
+        Some(f) => FaultInjection {
+            break_rate: fraction("fault_injection.break_rate", f.break_rate)?,
+            ..FaultInjection::from_parts(f.error_rate, f.delay_ms, f.delay_rate)
+                .map_err(|(k, r)| (format!("fault_injection.{k}"), r))?
+        },
     };
+    let max_restarts = in_range("max_restarts", d.max_restarts, 3, 0, 1000)? as u32;
+    let restart_window = seconds("restart_window_s", d.restart_window_s.unwrap_or(60.0), 1.0, 86_400.0)?;
 
     let max_retries = in_range("max_retries", d.max_retries, 3, 0, 100)? as u32;
     let retry_exceptions = d
@@ -683,6 +700,10 @@ fn validate_deployment(
         retries: Retries {
             max_retries,
             retry_exceptions,
+        },
+        restarts: Restarts {
+            max_restarts,
+            window: restart_window,
         },
         precision,
         allow_non_finite: d.allow_non_finite.unwrap_or(false),

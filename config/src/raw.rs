@@ -91,6 +91,8 @@ pub(crate) struct Deployment {
     pub fault_injection: Option<FaultInjection>,
     pub max_retries: Option<i64>,
     pub retry_exceptions: Option<Vec<String>>,
+    pub max_restarts: Option<i64>,
+    pub restart_window_s: Option<f64>,
     pub precision: Option<String>,
     pub allow_non_finite: Option<bool>,
 }
@@ -142,4 +144,5 @@ pub(crate) struct FaultInjection {
     pub error_rate: Option<f64>,
     pub delay_ms: Option<f64>,
     pub delay_rate: Option<f64>,
+    pub break_rate: Option<f64>,
 }

@@ -79,7 +79,7 @@ pub fn status(e: &ApiError) -> Status {
             // A full queue is UNAVAILABLE over gRPC too, as Triton answers it: clients
             // retry that code.
             ServeError::NotReady(_) | ServeError::QueueFull { .. } => UNAVAILABLE,
-            ServeError::Batch(BatchError::ShuttingDown { .. }) => UNAVAILABLE,
+            ServeError::Batch(BatchError::ShuttingDown { .. } | BatchError::NoReplica { .. }) => UNAVAILABLE,
             ServeError::Batch(
                 BatchError::Model { .. }
                 | BatchError::Panicked { .. }

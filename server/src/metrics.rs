@@ -27,6 +27,7 @@ pub const OBJECT_SPILLS: &str = "prism_object_store_spills_total";
 pub const OBJECT_RESTORES: &str = "prism_object_store_restores_total";
 pub const OBJECT_PUT_FAILURES: &str = "prism_object_store_put_failures_total";
 pub const INFERENCE_RETRIES: &str = "prism_inference_retries_total";
+pub const REPLICA_RESTARTS: &str = "prism_replica_restarts_total";
 pub const TASKS: &str = "prism_tasks_total";
 pub const TASK_RETRIES: &str = "prism_task_retries_total";
 pub const TASK_DURATION: &str = "prism_task_duration_seconds";
@@ -77,6 +78,8 @@ pub struct Metrics {
     pub grpc_duration: HistogramVec,
     /// Batches run again after a failure, by `model` and `reason`.
     pub inference_retries: IntCounterVec,
+    /// Replicas started again after a crash, by `model`.
+    pub replica_restarts: IntCounterVec,
     /// The object store's gauges and counters.
     pub store: StoreMetrics,
     /// Finished tasks by `op` and `outcome` (success, failed).
@@ -193,6 +196,11 @@ impl Metrics {
                 INFERENCE_RETRIES,
                 "Batches run again after a failure, by model and the error kind of the failed try.",
                 &["model", "reason"],
+            ),
+            replica_restarts: counter(
+                REPLICA_RESTARTS,
+                "Replicas started again after a crash (their batches ran on other replicas), by model.",
+                &["model"],
             ),
             tasks: counter(TASKS, "Finished tasks by op and outcome.", &["op", "outcome"]),
             task_retries: counter(

@@ -76,3 +76,73 @@ fn unknown_retry_exceptions_are_refused() {
         "{err}"
     );
 }
+
+/// A deployment whose replicas break: `break_rate` of its batches break their replica.
+fn breaking(replicas: usize, break_rate: f64, max_restarts: u32) -> String {
+    format!(
+        r#"
+[[deployments]]
+name = "breaking"
+num_replicas = {replicas}
+max_restarts = {max_restarts}
+max_retries = 10
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_cpus = 0
+[deployments.fault_injection]
+break_rate = {break_rate}
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_crashed_replica_is_restarted_and_its_batch_runs_on_a_healthy_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(config(&breaking(2, 0.1, 1000), dir.path())).await;
+    // One at a time, so each is a batch: about one in ten breaks its replica, and runs
+    // again on the other (or on the first once it is back).
+    for i in 0..120 {
+        let answer = s
+            .client
+            .infer("breaking", &one_row(i as f32))
+            .await
+            .unwrap_or_else(|e| panic!("request {i} lost to a crash: {e}"));
+        let got = answer.outputs[0].data.as_ref().unwrap().to_f32().unwrap();
+        assert!((got[0] - (i as f32 * 1.8 + 32.0)).abs() < 1e-3, "{i}: {got:?}");
+    }
+    let metrics = s.client.metrics().await.unwrap();
+    let restarts = prism_tests::metric(&metrics, "prism_replica_restarts_total{model=\"breaking\"}").unwrap_or(0.0);
+    assert!(
+        restarts >= 1.0,
+        "120 batches at a 10% break rate restarted nothing (odds 0.9^120)"
+    );
+    let status = s.get_json("/v2/status").await;
+    let text = status.to_string();
+    assert!(text.contains("\"restarts\""), "{text}");
+    assert!(s.client.model_ready("breaking").await.unwrap());
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replica_that_keeps_crashing_is_failed_and_the_model_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(config(&breaking(1, 1.0, 2), dir.path())).await;
+    // Every batch breaks its replica: two restarts, then it is failed, and the request
+    // gets a clear 503 (not a hang).
+    let e = s.client.infer("breaking", &one_row(1.0)).await.unwrap_err();
+    assert_eq!(e.status(), Some(503), "{e}");
+    assert!(e.to_string().contains("every replica has failed"), "{e}");
+    assert!(!s.client.model_ready("breaking").await.unwrap());
+    let status = s.get_json("/v2/status").await.to_string();
+    assert!(
+        status.contains("\"failed\"") && status.contains("max_restarts"),
+        "{status}"
+    );
+    let metrics = s.client.metrics().await.unwrap();
+    assert_eq!(
+        prism_tests::metric(&metrics, "prism_replica_restarts_total{model=\"breaking\"}"),
+        Some(2.0)
+    );
+    s.stop().await.unwrap();
+}

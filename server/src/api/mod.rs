@@ -125,7 +125,7 @@ pub fn router(app: Arc<AppState>) -> Router {
 /// Refuses a request without the token its route needs (see [`crate::auth`]).
 async fn authorize(State(app): App, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
-    let access = auth::rest_access(request.method(), route);
+    let access = auth::rest_access(request.method().as_str(), route);
     let sent = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
     match app.tokens.check(access, sent) {
         Ok(()) => next.run(request).await,

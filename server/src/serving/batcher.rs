@@ -126,6 +126,8 @@ pub struct Entry {
     pub input: Input,
     pub reply: oneshot::Sender<Reply>,
     pub enqueued: Instant,
+    /// Replicas that crashed running it: past `max_retries`, it fails.
+    pub crashes: u32,
 }
 
 impl Entry {
@@ -164,6 +166,12 @@ impl State {
     pub fn push(&mut self, entry: Entry) {
         self.rows += entry.rows();
         self.queue.push_back(entry);
+    }
+
+    /// Puts a request back at the front (its replica crashed): it goes first.
+    pub fn push_front(&mut self, entry: Entry) {
+        self.rows += entry.rows();
+        self.queue.push_front(entry);
     }
 
     pub fn len(&self) -> usize {
@@ -262,6 +270,7 @@ impl BatcherHandle {
             input,
             reply,
             enqueued: Instant::now(),
+            crashes: 0,
         };
         if let Err(mpsc::error::SendError(entry)) = self.tx.send(entry) {
             self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -281,9 +290,97 @@ pub(crate) const REPLICA_SLOTS: usize = 2;
 
 /// A replica as the batcher sees it: where to send batches and how many it holds.
 pub struct ReplicaSlot {
-    pub tx: SyncSender<Batch>,
+    /// `None` once it crashed, until it is started again.
+    pub tx: Option<SyncSender<Batch>>,
     pub outstanding: usize,
-    pub alive: bool,
+    pub state: SlotState,
+    /// Which start of the replica this is (reports of an earlier one are stale).
+    pub generation: u64,
+    /// When it was restarted, within the restart window.
+    restarts: VecDeque<std::time::Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    Running,
+    Restarting,
+    /// Ended for good (its restarts spent, or the server stopping).
+    Gone,
+}
+
+/// What replicas (and their restarts) tell the batcher.
+pub enum Report {
+    /// Start `generation` of replica `index` finished a batch.
+    Done { index: usize, generation: u64 },
+    /// It crashed (a system failure): `batch`, which it could not run, is handed back;
+    /// it hands back every batch it still receives, and ends once it receives no more.
+    Crashed {
+        index: usize,
+        generation: u64,
+        batch: Batch,
+        error: BatchError,
+    },
+    /// It was started again.
+    Restarted {
+        index: usize,
+        generation: u64,
+        tx: SyncSender<Batch>,
+    },
+    /// Starting it again failed.
+    RestartFailed { index: usize, reason: String },
+}
+
+/// A replica's health, as the status page shows it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Health {
+    /// `running`, `restarting` or `failed`.
+    pub state: &'static str,
+    pub restarts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Shared between the batcher, which writes it, and the status page.
+#[derive(Clone, Debug)]
+pub struct SharedHealth(pub Arc<std::sync::Mutex<Health>>);
+
+impl SharedHealth {
+    pub fn running() -> Self {
+        SharedHealth(Arc::new(std::sync::Mutex::new(Health {
+            state: "running",
+            ..Default::default()
+        })))
+    }
+
+    pub fn get(&self) -> Health {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Health)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+impl serde::Serialize for SharedHealth {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+/// How crashed replicas come back: started again by `start(index, generation)` (a new
+/// thread, its device opened anew) after a backoff, at most `policy.max_restarts` times in
+/// `policy.window`.
+pub struct Supervisor {
+    pub start: Arc<dyn Fn(usize, u64) -> Result<SyncSender<Batch>, String> + Send + Sync>,
+    pub policy: prism_config::Restarts,
+    /// A request whose replicas crashed more than this many times fails.
+    pub max_retries: u32,
+    /// By running replica, in the batcher's order.
+    pub health: Vec<SharedHealth>,
+    pub restarts: prometheus::IntCounter,
+    /// The deployment's readiness: false once no replica can run again.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+    pub reports: mpsc::UnboundedSender<Report>,
 }
 
 /// What the batcher reports as it goes. Requests whose client went away are skipped, not
@@ -299,7 +396,10 @@ pub struct Hooks {
 pub struct Batcher {
     state: State,
     rx: mpsc::UnboundedReceiver<Entry>,
-    done: mpsc::UnboundedReceiver<usize>,
+    done: mpsc::UnboundedReceiver<Report>,
+    supervisor: Option<Supervisor>,
+    /// A replica failed for good (its restarts spent).
+    failed: bool,
     replicas: Vec<ReplicaSlot>,
     queued: Arc<AtomicUsize>,
     hooks: Hooks,
@@ -308,15 +408,17 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// A batcher over `replicas`, each of which reports its index on `done` when it
-    /// finishes a batch. Returns the handle and the task to spawn.
-    /// `limits`: the deployment's batching (sizes, window, queue bound).
+    /// A batcher over `replicas`, each of which reports on `done` when it finishes a
+    /// batch (or crashes). Returns the handle and the task to spawn.
+    /// `limits`: the deployment's batching (sizes, window, queue bound). Without a
+    /// `supervisor`, a crashed replica is gone.
     pub fn new(
         limits: &prism_config::Batching,
         replicas: Vec<SyncSender<Batch>>,
-        done: mpsc::UnboundedReceiver<usize>,
+        done: mpsc::UnboundedReceiver<Report>,
         hooks: Hooks,
         closing: watch::Receiver<bool>,
+        supervisor: Option<Supervisor>,
     ) -> (BatcherHandle, Batcher) {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -328,9 +430,11 @@ impl Batcher {
         let replicas = replicas
             .into_iter()
             .map(|tx| ReplicaSlot {
-                tx,
+                tx: Some(tx),
                 outstanding: 0,
-                alive: true,
+                state: SlotState::Running,
+                generation: 0,
+                restarts: VecDeque::new(),
             })
             .collect();
         let batcher = Batcher {
@@ -341,6 +445,8 @@ impl Batcher {
             ),
             rx,
             done,
+            supervisor,
+            failed: false,
             replicas,
             queued,
             hooks,
@@ -352,7 +458,7 @@ impl Batcher {
     /// The least-loaded live replica with a free slot.
     fn pick_replica(&self) -> Option<usize> {
         (0..self.replicas.len())
-            .filter(|&i| self.replicas[i].alive && self.replicas[i].outstanding < REPLICA_SLOTS)
+            .filter(|&i| self.replicas[i].state == SlotState::Running && self.replicas[i].outstanding < REPLICA_SLOTS)
             .min_by_key(|&i| self.replicas[i].outstanding)
     }
 
@@ -373,14 +479,16 @@ impl Batcher {
             };
             let n = batch.entries.len();
             self.dequeued(n);
-            match self.replicas[i].tx.try_send(batch) {
+            let tx = self.replicas[i].tx.as_ref().expect("a running replica has its sender");
+            match tx.try_send(batch) {
                 Ok(()) => self.replicas[i].outstanding += 1,
                 Err(TrySendError::Full(_)) => {
                     unreachable!("a replica never holds more than {REPLICA_SLOTS} batches. This is a bug.")
                 }
                 Err(TrySendError::Disconnected(batch)) => {
-                    // The replica's thread is gone (it catches panics, so only at exit).
-                    self.replicas[i].alive = false;
+                    // The replica's thread is gone (it catches panics, and a crashed one
+                    // waits for its sender to go, so only at exit).
+                    self.replicas[i].state = SlotState::Gone;
                     for e in batch.entries {
                         let _ = e.reply.send(Err(BatchError::ShuttingDown {
                             model: self.hooks.model.clone(),
@@ -389,19 +497,148 @@ impl Batcher {
                 }
             }
         }
-        if self.pick_replica().is_none() && self.replicas.iter().all(|r| !r.alive) {
+        if self.pick_replica().is_none() && self.replicas.iter().all(|r| r.state == SlotState::Gone) {
             // No replica will ever run these: answer rather than leave them hanging.
             let n = self.state.len();
+            let model = self.hooks.model.clone();
             while let Some(batch) = self.state.next_batch(Instant::now(), true) {
                 for e in batch.entries {
-                    let _ = e.reply.send(Err(BatchError::ShuttingDown {
-                        model: self.hooks.model.clone(),
+                    let _ = e.reply.send(Err(match self.failed {
+                        true => BatchError::NoReplica { model: model.clone() },
+                        false => BatchError::ShuttingDown { model: model.clone() },
                     }));
                 }
             }
             self.dequeued(n);
         }
         self.hooks.queue_depth.set(self.queued.load(Ordering::Acquire) as i64);
+    }
+
+    fn report(&mut self, report: Report) {
+        match report {
+            Report::Done { index, generation } => {
+                let slot = &mut self.replicas[index];
+                if slot.generation == generation {
+                    slot.outstanding = slot.outstanding.saturating_sub(1);
+                }
+            }
+            Report::Crashed {
+                index,
+                generation,
+                batch,
+                error,
+            } => {
+                self.requeue(batch, &error);
+                let slot = &mut self.replicas[index];
+                if slot.generation == generation && slot.state == SlotState::Running {
+                    // Its first report of the crash: no more batches go to it, and the
+                    // sender it waits on goes, so its thread ends.
+                    slot.tx = None;
+                    slot.outstanding = 0;
+                    self.restart(index, error.to_string());
+                }
+            }
+            Report::Restarted { index, generation, tx } => {
+                let slot = &mut self.replicas[index];
+                if slot.state == SlotState::Restarting {
+                    *slot = ReplicaSlot {
+                        tx: Some(tx),
+                        outstanding: 0,
+                        state: SlotState::Running,
+                        generation,
+                        restarts: std::mem::take(&mut slot.restarts),
+                    };
+                    if let Some(s) = &self.supervisor {
+                        s.health[index].update(|h| h.state = "running");
+                    }
+                    tracing::info!(model = %self.hooks.model, replica = index, "replica restarted");
+                }
+            }
+            Report::RestartFailed { index, reason } => {
+                tracing::error!(model = %self.hooks.model, replica = index, %reason, "restarting the replica failed");
+                self.restart(index, reason);
+            }
+        }
+    }
+
+    /// The requests of a batch whose replica crashed go back to the front of the queue,
+    /// in order, unless their replicas have crashed more than `max_retries` times.
+    fn requeue(&mut self, batch: Batch, error: &BatchError) {
+        let max_retries = self.supervisor.as_ref().map_or(0, |s| s.max_retries);
+        let mut back = 0;
+        for mut e in batch.entries.into_iter().rev() {
+            if e.reply.is_closed() {
+                continue;
+            }
+            e.crashes += 1;
+            if e.crashes > max_retries {
+                let _ = e.reply.send(Err(BatchError::Retried {
+                    last: Box::new(error.clone()),
+                    attempts: e.crashes,
+                }));
+                continue;
+            }
+            self.state.push_front(e);
+            back += 1;
+        }
+        self.queued.fetch_add(back, Ordering::AcqRel);
+    }
+
+    /// Starts replica `index` again after a backoff, if its restarts in the window allow;
+    /// otherwise it is failed for good.
+    fn restart(&mut self, index: usize, reason: String) {
+        let model = self.hooks.model.clone();
+        let slot = &mut self.replicas[index];
+        let Some(s) = &self.supervisor else {
+            slot.state = SlotState::Gone;
+            self.failed = true;
+            return;
+        };
+        let now = std::time::Instant::now();
+        while slot.restarts.front().is_some_and(|&t| now - t > s.policy.window) {
+            slot.restarts.pop_front();
+        }
+        if slot.restarts.len() >= s.policy.max_restarts as usize {
+            slot.state = SlotState::Gone;
+            self.failed = true;
+            let why = format!(
+                "failed: {} restarts within {:?} (max_restarts) and it crashed again: {reason}",
+                slot.restarts.len(),
+                s.policy.window
+            );
+            tracing::error!(%model, replica = index, "{why}");
+            s.health[index].update(|h| {
+                h.state = "failed";
+                h.last_error = Some(why);
+            });
+            if self.replicas.iter().all(|r| r.state == SlotState::Gone) {
+                s.ready.store(false, Ordering::Release);
+            }
+            return;
+        }
+        slot.restarts.push_back(now);
+        slot.state = SlotState::Restarting;
+        let generation = slot.generation + 1;
+        // 100 ms, doubling with each restart in the window, at most 5 s.
+        let backoff = Duration::from_millis(100 << (slot.restarts.len() - 1).min(6)).min(Duration::from_secs(5));
+        s.restarts.inc();
+        s.health[index].update(|h| {
+            h.state = "restarting";
+            h.restarts += 1;
+            h.last_error = Some(reason.clone());
+        });
+        tracing::warn!(%model, replica = index, %reason, backoff_ms = backoff.as_millis() as u64, "replica crashed; restarting it");
+        let (start, reports) = (Arc::clone(&s.start), s.reports.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let started = tokio::task::spawn_blocking(move || start(index, generation))
+                .await
+                .unwrap_or_else(|e| Err(format!("starting the replica stopped: {e}")));
+            let _ = reports.send(match started {
+                Ok(tx) => Report::Restarted { index, generation, tx },
+                Err(reason) => Report::RestartFailed { index, reason },
+            });
+        });
     }
 
     /// Runs until the server closes it (or every handle is dropped) and every request it
@@ -417,10 +654,10 @@ impl Batcher {
             let deadline = self.pick_replica().and(self.state.deadline());
             tokio::select! {
                 biased;
-                Some(i) = self.done.recv() => {
-                    self.replicas[i].outstanding -= 1;
-                    while let Ok(i) = self.done.try_recv() {
-                        self.replicas[i].outstanding -= 1;
+                Some(report) = self.done.recv() => {
+                    self.report(report);
+                    while let Ok(report) = self.done.try_recv() {
+                        self.report(report);
                     }
                 }
                 msg = self.rx.recv(), if open => match msg {
@@ -441,7 +678,7 @@ impl Batcher {
                 else => {
                     // Closed, and no replica will ever report back: answer what is left.
                     for r in &mut self.replicas {
-                        r.alive = false;
+                        r.state = SlotState::Gone;
                     }
                     self.dispatch(true);
                     break;
@@ -463,6 +700,7 @@ mod tests {
                 input: Array2::zeros((rows, 1)).into(),
                 reply,
                 enqueued: at,
+                crashes: 0,
             },
             rx,
         )
@@ -547,6 +785,7 @@ mod tests {
                 input: tokens.into(),
                 reply,
                 enqueued: at,
+                crashes: 0,
             },
             rx,
         )
@@ -587,7 +826,7 @@ mod tests {
     struct Harness {
         handle: BatcherHandle,
         replicas: Vec<Receiver<Batch>>,
-        done: mpsc::UnboundedSender<usize>,
+        done: mpsc::UnboundedSender<Report>,
         _close: watch::Sender<bool>,
     }
 
@@ -605,7 +844,7 @@ mod tests {
             batch_wait_timeout: window,
             max_queue_size: max_queue,
         };
-        let (handle, batcher) = Batcher::new(&limits, txs, done_rx, hooks, closing);
+        let (handle, batcher) = Batcher::new(&limits, txs, done_rx, hooks, closing, None);
         tokio::spawn(batcher.run());
         Harness {
             handle,
@@ -660,7 +899,12 @@ mod tests {
             h.replicas[0].try_recv().is_err(),
             "the replica holds two batches already"
         );
-        h.done.send(0).unwrap();
+        h.done
+            .send(Report::Done {
+                index: 0,
+                generation: 0,
+            })
+            .unwrap();
         settle().await;
         assert_eq!(h.replicas[0].try_recv().expect("a slot freed").rows, 4);
         drop(first);
@@ -682,7 +926,12 @@ mod tests {
             SubmitError::QueueFull
         );
         let _ = h.replicas[0].try_recv().unwrap();
-        h.done.send(0).unwrap();
+        h.done
+            .send(Report::Done {
+                index: 0,
+                generation: 0,
+            })
+            .unwrap();
         settle().await;
         assert_eq!(h.handle.queued(), 1);
         held.push(h.handle.submit(Array2::zeros((1, 1))).expect("a queue slot freed"));

@@ -13,7 +13,7 @@ use prism_config::Deployment as Spec;
 use prism_kernels::Device;
 use tokio::sync::{mpsc, watch};
 
-use super::batcher::{Batcher, BatcherHandle, Hooks};
+use super::batcher::{Batch, Batcher, BatcherHandle, Hooks, SharedHealth, Supervisor};
 use super::model::ServedModel;
 use super::replica::{self, ReplicaMetrics, ReplicaSpec};
 use super::stats::ModelStats;
@@ -53,14 +53,15 @@ pub enum StartError {
 /// The running part of a deployment: replica threads and the batcher in front of them.
 pub(super) struct Engine {
     pub(super) handle: BatcherHandle,
-    pub(super) ready: AtomicBool,
+    pub(super) ready: Arc<AtomicBool>,
     close: watch::Sender<bool>,
     pub(super) replicas: Vec<ReplicaStatus>,
     /// An encoder's tokenizer, for the requests to use before they queue.
     pub(super) tokenizer: Option<Arc<TextTokenizer>>,
     /// `prism_replicas` children this engine counts in, given back when it stops.
     replica_gauges: std::sync::Mutex<Vec<prometheus::IntGauge>>,
-    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Replica threads, restarted ones included.
+    threads: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     batcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -72,6 +73,9 @@ pub struct ReplicaStatus {
     pub placement: ReplicaPlacement,
     /// Where its kernels run.
     pub device: Option<String>,
+    /// Running, restarting after a crash, or failed; `None` while pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<SharedHealth>,
 }
 
 impl Engine {
@@ -94,15 +98,46 @@ impl Engine {
         };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut senders = Vec::new();
-        let mut threads = Vec::new();
+        let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut replicas = Vec::new();
         let mut opened = Vec::new();
+        let (mut healths, mut devices) = (Vec::new(), Vec::new());
+        // Starts replica thread `index` (among the running ones, which the batcher knows
+        // by position), start `generation`: at start-up, and after each crash.
+        let spawn_replica = {
+            let (name, spec, model, stats, done_tx) = (
+                name.clone(),
+                spec.clone(),
+                model.clone(),
+                Arc::clone(stats),
+                done_tx.clone(),
+            );
+            let replica_metrics = replica_metrics.clone();
+            move |index: usize, generation: u64, device: Device| {
+                replica::spawn(ReplicaSpec {
+                    model_name: name.clone(),
+                    index,
+                    threads: spec.actor.threads,
+                    model: model.clone(),
+                    device,
+                    faults: spec.fault_injection.clone(),
+                    retries: spec.retries.clone(),
+                    precision: spec.precision,
+                    max_batch_tokens: spec.batching.max_batch_tokens,
+                    metrics: replica_metrics.clone(),
+                    stats: Arc::clone(&stats),
+                    done: done_tx.clone(),
+                    generation,
+                })
+            }
+        };
         for (index, placement) in placements.into_iter().enumerate() {
             if !placement.runs() {
                 replicas.push(ReplicaStatus {
                     index,
                     placement,
                     device: None,
+                    health: None,
                 });
                 continue;
             }
@@ -118,30 +153,18 @@ impl Engine {
                 _ => Device::cpu(spec.actor.threads).map_err(|e| fail(e.to_string()))?,
             };
             let location = device.location().to_string();
+            let health = SharedHealth::running();
             replicas.push(ReplicaStatus {
                 index,
                 placement,
                 device: Some(location.clone()),
+                health: Some(health.clone()),
             });
-            let spawned = replica::spawn(ReplicaSpec {
-                model_name: name.clone(),
-                // The batcher knows running replicas by their position among its
-                // senders, which skips pending ones.
-                index: senders.len(),
-                threads: spec.actor.threads,
-                model: model.clone(),
-                device,
-                faults: spec.fault_injection.clone(),
-                retries: spec.retries.clone(),
-                precision: spec.precision,
-                max_batch_tokens: spec.batching.max_batch_tokens,
-                metrics: replica_metrics.clone(),
-                stats: Arc::clone(stats),
-                done: done_tx.clone(),
-            })
-            .map_err(|e| fail(e.to_string()))?;
+            healths.push(health);
+            devices.push(device.clone());
+            let spawned = spawn_replica(senders.len(), 0, device).map_err(|e| fail(e.to_string()))?;
             senders.push(spawned.batches);
-            threads.push(spawned.thread);
+            threads.lock().expect("not poisoned").push(spawned.thread);
             opened.push((replicas.len() - 1, spawned.opened));
         }
         // Each replica opens its device on its own thread (a CUDA context belongs to the
@@ -187,7 +210,30 @@ impl Engine {
         };
         let b = &spec.batching;
         let (close, closing) = watch::channel(false);
-        let (handle, batcher) = Batcher::new(b, senders, done_rx, hooks, closing);
+        let ready = Arc::new(AtomicBool::new(!senders_empty));
+        let restart = {
+            let threads = Arc::clone(&threads);
+            let spawn_replica = Arc::new(spawn_replica);
+            move |index: usize, generation: u64| -> Result<std::sync::mpsc::SyncSender<Batch>, String> {
+                let spawned = spawn_replica(index, generation, devices[index].clone()).map_err(|e| e.to_string())?;
+                threads.lock().expect("not poisoned").push(spawned.thread);
+                // Its device is opened anew (a GPU replica makes a new context).
+                match spawned.opened.recv() {
+                    Ok(_) => Ok(spawned.batches),
+                    Err(_) => Err("the restarted replica ended while opening its device".into()),
+                }
+            }
+        };
+        let supervisor = Supervisor {
+            start: Arc::new(restart),
+            policy: spec.restarts,
+            max_retries: spec.retries.max_retries,
+            health: healths,
+            restarts: metrics.replica_restarts.with_label_values(&[&name]),
+            ready: Arc::clone(&ready),
+            reports: done_tx,
+        };
+        let (handle, batcher) = Batcher::new(b, senders, done_rx, hooks, closing, Some(supervisor));
         let batcher = tokio::spawn(batcher.run());
         tracing::info!(
             model = %name,
@@ -206,11 +252,11 @@ impl Engine {
         Ok(Engine {
             tokenizer,
             handle,
-            ready: AtomicBool::new(!senders_empty),
+            ready,
             close,
             replicas,
             replica_gauges: std::sync::Mutex::new(replica_gauges),
-            threads: std::sync::Mutex::new(threads),
+            threads,
             batcher: std::sync::Mutex::new(Some(batcher)),
         })
     }

@@ -50,6 +50,9 @@ pub enum BatchError {
     /// The server stopped before the batch could run.
     #[error("model `{model}`: the server is shutting down")]
     ShuttingDown { model: String },
+    /// Every replica crashed past its `max_restarts`.
+    #[error("model `{model}`: every replica has failed (max_restarts spent); GET /v2/status says why")]
+    NoReplica { model: String },
 }
 
 impl BatchError {
@@ -61,7 +64,7 @@ impl BatchError {
             BatchError::InjectedFault { .. } => ErrorKind::InjectedFault,
             BatchError::Lost { .. } => ErrorKind::Lost,
             BatchError::Retried { last, .. } => last.kind(),
-            BatchError::ShuttingDown { .. } => ErrorKind::Unavailable,
+            BatchError::ShuttingDown { .. } | BatchError::NoReplica { .. } => ErrorKind::Unavailable,
         }
     }
 

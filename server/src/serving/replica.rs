@@ -3,8 +3,8 @@
 //! It receives batches from the batcher over a bounded channel (one running, one
 //! prefetched), gathers the requests' rows into one matrix, runs the model once, splits
 //! the answer back per request, and tells the batcher it is free. A panic inside the
-//! model fails that batch's requests and the replica carries on: the model is immutable,
-//! so there is no state to rebuild.
+//! model is a crash: the replica hands its batches back (they run on healthy replicas)
+//! and ends, and the batcher starts it again, its device opened anew (`max_restarts`).
 //!
 //! The only code that runs a model's kernels; it knows nothing of requests beyond their
 //! rows, and of the store only the leases of objects it is handed.
@@ -24,7 +24,7 @@ use prometheus::{Histogram, IntCounterVec};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::BatchError;
-use super::batcher::{Batch, Entry, Input, REPLICA_SLOTS, Reply, Rows};
+use super::batcher::{Batch, Entry, Input, REPLICA_SLOTS, Reply, Report, Rows};
 use super::faults;
 use super::model::ServedModel;
 use super::stats::{BatchTimes, ModelStats};
@@ -55,8 +55,10 @@ pub struct ReplicaSpec {
     pub max_batch_tokens: usize,
     pub metrics: ReplicaMetrics,
     pub stats: Arc<ModelStats>,
-    /// Where the replica reports its index after each batch.
-    pub done: UnboundedSender<usize>,
+    /// Where the replica reports after each batch, and when it crashes.
+    pub done: UnboundedSender<Report>,
+    /// Which start of this replica it is (restarts count up).
+    pub generation: u64,
 }
 
 /// A started replica thread.
@@ -133,20 +135,52 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), Str
         tracing::info!(model = %spec.model_name, replica = spec.index, precision = %spec.precision,
             "precision applies to GPU replicas; this one computes in fp32 on the CPU");
     }
+    let (index, generation) = (spec.index, spec.generation);
+    let mut broken = false;
     while let Ok(batch) = rx.recv() {
         // The model's own panics are caught inside; this guards the replica's bookkeeping,
         // so the thread (and its slot in the batcher) survives whatever one batch does.
         // The batch's requests then get `BatchError::Lost` from their dropped senders.
-        if catch_unwind(AssertUnwindSafe(|| execute(&spec, &mut backend, batch))).is_err() {
-            tracing::error!(model = %spec.model_name, replica = spec.index, "replica failed outside the model; batch lost");
+        match catch_unwind(AssertUnwindSafe(|| execute(&spec, &mut backend, batch, &mut broken))) {
+            Ok(None) => {}
+            Ok(Some((batch, error))) => {
+                // A crash: this replica is done. It hands back what it holds, and what
+                // still comes until the batcher lets go of it, for healthy replicas to run.
+                tracing::error!(model = %spec.model_name, replica = index, %error, "replica crashed");
+                let _ = spec.done.send(Report::Crashed {
+                    index,
+                    generation,
+                    batch,
+                    error: error.clone(),
+                });
+                while let Ok(batch) = rx.recv() {
+                    let _ = spec.done.send(Report::Crashed {
+                        index,
+                        generation,
+                        batch,
+                        error: error.clone(),
+                    });
+                }
+                break;
+            }
+            Err(_) => {
+                tracing::error!(model = %spec.model_name, replica = index, "replica failed outside the model; batch lost");
+            }
         }
         // The batcher may be gone at shutdown; then nobody needs to know.
-        let _ = spec.done.send(spec.index);
+        let _ = spec.done.send(Report::Done { index, generation });
     }
     tracing::debug!(model = %spec.model_name, replica = spec.index, "replica stopped");
 }
 
-fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
+/// Runs one batch and answers its requests; or, when the replica crashed running it (a
+/// system failure), hands the batch back, unanswered, with the error.
+fn execute(
+    spec: &ReplicaSpec,
+    backend: &mut Backend,
+    mut batch: Batch,
+    broken: &mut bool,
+) -> Option<(Batch, BatchError)> {
     // A prefetched batch may hold requests whose client left (or whose timeout passed)
     // while it waited: skip them rather than compute answers nobody reads. Whoever waited
     // for them counts them.
@@ -155,7 +189,7 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     if batch.entries.len() < before {
         batch.rows = batch.entries.iter().map(Entry::rows).sum();
         if batch.entries.is_empty() {
-            return;
+            return None;
         }
     }
     let started = Instant::now();
@@ -176,9 +210,10 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     let rows: Vec<usize> = batch.entries.iter().map(Entry::rows).collect();
     let input = gather(&mut batch.entries);
     let gathered = Instant::now();
+    // A crash is not retried here: the replica goes, and the batch runs on another.
     let result = faults::with_retries(
         &spec.retries,
-        || run_model(spec, backend, &input),
+        || run_model(spec, backend, &input, broken).map_err(Local),
         // Nobody left to answer (clients gone, deadlines passed): no point running again.
         || batch.entries.iter().all(|e| e.reply.is_closed()),
         |kind, attempts| {
@@ -189,13 +224,24 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
             tracing::debug!(model = %spec.model_name, replica = spec.index, %kind, attempts, "batch failed; retrying");
         },
     )
-    .map_err(|(last, attempts)| match attempts {
+    .map_err(|(Local(last), attempts)| match attempts {
         1 => last,
         _ => BatchError::Retried {
             last: Box::new(last),
             attempts,
         },
     });
+    if let Err(e) = &result
+        && e.kind().is_system()
+    {
+        // The lone request's matrix or tokens go back into it.
+        if let [only] = batch.entries.as_mut_slice()
+            && !matches!(input, Input::Rows(Rows::Object { .. }))
+        {
+            only.input = input;
+        }
+        return Some((batch, e.clone()));
+    }
     drop(input);
     let computed = Instant::now();
     spec.metrics
@@ -233,6 +279,20 @@ fn execute(spec: &ReplicaSpec, backend: &mut Backend, mut batch: Batch) {
     for (e, answer) in batch.entries.into_iter().zip(answers) {
         // A client that left while its batch ran is counted by whoever waited for it.
         let _ = e.reply.send(answer);
+    }
+    None
+}
+
+/// A failure as this replica retries it: application errors as `retry_exceptions` says,
+/// crashes not at all (the batch moves to another replica).
+struct Local(BatchError);
+
+impl faults::Retryable for Local {
+    fn retry_kind(&self) -> Option<prism_config::ErrorKind> {
+        let kind = self.0.kind();
+        (!kind.is_system())
+            .then_some(kind)
+            .and(faults::Retryable::retry_kind(&self.0))
     }
 }
 
@@ -273,7 +333,24 @@ fn gather(entries: &mut [Entry]) -> Input {
     ))
 }
 
-fn run_model(spec: &ReplicaSpec, backend: &mut Backend, input: &Input) -> Result<Array2<f32>, BatchError> {
+fn run_model(
+    spec: &ReplicaSpec,
+    backend: &mut Backend,
+    input: &Input,
+    broken: &mut bool,
+) -> Result<Array2<f32>, BatchError> {
+    // A drill: `fault_injection.break_rate` breaks the replica, which then fails as a
+    // crash does until it is started again.
+    if spec.faults.break_rate > 0.0 && !*broken && rand::random_bool(spec.faults.break_rate) {
+        *broken = true;
+    }
+    if *broken {
+        return Err(BatchError::Panicked {
+            model: spec.model_name.clone(),
+            replica: spec.index,
+            reason: "fault_injection.break_rate broke this replica (a drill)".into(),
+        });
+    }
     if faults::injected_failure(&spec.faults) {
         return Err(BatchError::InjectedFault {
             model: spec.model_name.clone(),
