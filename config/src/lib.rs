@@ -657,6 +657,9 @@ fn validate_deployment(
     };
     let max_restarts = in_range("max_restarts", d.max_restarts, 3, 0, 1000)? as u32;
     let restart_window = seconds("restart_window_s", d.restart_window_s.unwrap_or(60.0), 1.0, 86_400.0)?;
+    if restart_window.is_zero() {
+        return invalid("restart_window_s", "must be above 0");
+    }
 
     let max_retries = in_range("max_retries", d.max_retries, 3, 0, 100)? as u32;
     let retry_exceptions = d

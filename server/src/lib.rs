@@ -161,6 +161,12 @@ impl Server {
         })
     }
 
+    /// The server's state (its deployments, store, tasks), for in-process use: it
+    /// outlives the serving, so what the server left behind can be read after it stopped.
+    pub fn state(&self) -> Arc<AppState> {
+        Arc::clone(&self.app)
+    }
+
     /// The API as a router, for in-process use (benchmarks, embedding).
     pub fn router(&self) -> axum::Router {
         api::router(Arc::clone(&self.app))
@@ -231,6 +237,25 @@ impl Server {
                 Ok(())
             }
         };
+        // Work that goes on after its answer (tasks, pipeline steps, async inferences)
+        // finishes while the deployments still run it, within the same timeout.
+        let background = &self.app.tasks.background;
+        background.close();
+        if !background.is_empty() {
+            tracing::info!(
+                running = background.len(),
+                "waiting for tasks, pipelines and async inferences"
+            );
+            if tokio::time::timeout(self.shutdown_timeout, background.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    running = background.len(),
+                    "shutdown timeout passed with background work still running; stopping anyway"
+                );
+            }
+        }
         // Drain whether serving ended cleanly or not: accepted work is still answered.
         for d in &self.app.deployments {
             d.join().await;

@@ -149,14 +149,16 @@ impl Pipeline {
         }
         let refs = Arc::new(refs);
         for i in 0..self.spec.steps.len() {
-            let (p, store, tasks, refs, left) = (
+            let (p, store, step_tasks, refs, left) = (
                 Arc::clone(self),
                 Arc::clone(store),
                 Arc::clone(tasks),
                 Arc::clone(&refs),
                 Arc::clone(&left),
             );
-            tokio::spawn(async move { p.run_step(i, &store, &tasks, &refs, &left).await });
+            tasks
+                .background
+                .spawn(async move { p.run_step(i, &store, &step_tasks, &refs, &left).await });
         }
         Ok(output)
     }

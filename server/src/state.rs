@@ -136,6 +136,7 @@ impl AppState {
             store: Arc::clone(&store),
             pool: Arc::clone(&cluster.pool),
             metrics: Arc::clone(&metrics),
+            background: tokio_util::task::TaskTracker::new(),
         });
         AppState {
             cluster,

@@ -134,6 +134,9 @@ pub struct Tasks {
     pub store: Arc<Store>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
+    /// The work that goes on after its request was answered: tasks, pipeline steps and
+    /// async inferences. A shutdown waits for it (`server.shutdown_timeout_s`).
+    pub background: tokio_util::task::TaskTracker,
 }
 
 /// An argument, ready to compute with.
@@ -176,7 +179,7 @@ impl Tasks {
         let ttl = options.ttl.unwrap_or(self.store.default_ttl);
         let result = self.store.create_pending(Owner::Client { ttl })?;
         let tasks = Arc::clone(self);
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let _settles = Settles::new(Arc::clone(&tasks.store), result, "the task");
             match tasks.run(op, args, &options).await {
                 // A result the store cannot hold fails the object with StoreFull.

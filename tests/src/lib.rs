@@ -16,6 +16,8 @@ pub struct TestServer {
     pub url: String,
     /// Where V2 gRPC listens (`http://127.0.0.1:port`, as tonic's clients take it).
     pub grpc_url: String,
+    /// The server's state, readable after it stopped.
+    pub state: std::sync::Arc<prism_server::state::AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -51,6 +53,7 @@ impl TestServer {
             .expect("bind loopback");
         let grpc_url = format!("http://{}", grpc.local_addr().expect("bound"));
         let (tx, rx) = oneshot::channel::<()>();
+        let state = server.state();
         let task = tokio::spawn(server.serve_all(listener, Some(grpc), async move {
             let _ = rx.await;
         }));
@@ -65,6 +68,7 @@ impl TestServer {
             client,
             url,
             grpc_url,
+            state,
             shutdown: Some(tx),
             task,
         })

@@ -225,3 +225,33 @@ async fn shutdown_answers_every_accepted_request_before_exiting() {
     server.stop().await.unwrap();
     assert!(c.server_live().await.is_err(), "the server no longer listens");
 }
+
+#[tokio::test]
+async fn shutdown_finishes_tasks_and_async_inferences_already_started() {
+    use prism_client::{FaultInjection, TaskOptions, Tensor};
+    use prism_server::store::{ObjectRef, ObjectState};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(config(&slow_celsius(2, 100), dir.path())).await;
+    let c = server.client.clone();
+    // Each runs for a while after its request was answered with a ref.
+    let queued = c.infer_async("slow", &one_row(1.0)).await.unwrap();
+    let slow_task = TaskOptions {
+        fault_injection: Some(FaultInjection {
+            delay_ms: Some(300.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let task = c
+        .task("square", [Tensor::scalar(3.0).into()], &slow_task)
+        .await
+        .unwrap();
+    server.signal_shutdown();
+    let state = std::sync::Arc::clone(&server.state);
+    server.stop().await.unwrap();
+    for r in [&queued[0].1, &task] {
+        let r: ObjectRef = r.0.parse().unwrap();
+        let info = state.store.info(r).unwrap();
+        assert_eq!(info.state, ObjectState::Ready, "{r}: {info:?}");
+    }
+}

@@ -117,9 +117,16 @@ async fn a_crashed_replica_is_restarted_and_its_batch_runs_on_a_healthy_one() {
         restarts >= 1.0,
         "120 batches at a 10% break rate restarted nothing (odds 0.9^120)"
     );
-    let status = s.get_json("/v2/status").await;
-    let text = status.to_string();
-    assert!(text.contains("\"restarts\""), "{text}");
+    let text = s.get_json("/v2/status").await.to_string();
+    let shown: u64 = text
+        .split("\"restarts\":")
+        .skip(1)
+        .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        shown as f64, restarts,
+        "the replicas' health counts the restarts: {text}"
+    );
     assert!(s.client.model_ready("breaking").await.unwrap());
     s.stop().await.unwrap();
 }

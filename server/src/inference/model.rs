@@ -267,7 +267,7 @@ pub(super) fn accept(
         Err(e) => return count.finish(Err(e.into())),
     };
     let datatype = w.datatype;
-    tokio::spawn(async move {
+    state.tasks.background.spawn(async move {
         let _settles = Settles::new(Arc::clone(&store), object_ref, "the inference");
         let result = match deadline.bound(&target, output).await {
             // A result the store cannot hold fails the object and is counted so.

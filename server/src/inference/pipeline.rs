@@ -132,7 +132,7 @@ pub(super) fn accept(
 ) -> Result<Vec<AnswerOutput>, InferenceError> {
     let PipelineWork { pipeline, output, .. } = work;
     let store = Arc::clone(&state.store);
-    tokio::spawn(async move {
+    state.tasks.background.spawn(async move {
         let settled = async { Ok(store.settled(output).await?) };
         let result = deadline.bound(&target, settled).await;
         if let Err(e @ InferenceError::DeadlineExceeded { .. }) = &result {

@@ -225,6 +225,11 @@ impl State {
             if !batch.entries.is_empty() && (rows > self.max_batch_size || rows * widest > self.max_batch_tokens) {
                 break;
             }
+            // A request whose replica crashed runs alone: one that crashes the model
+            // takes no other request with it.
+            if !batch.entries.is_empty() && (front.crashes > 0 || batch.entries[0].crashes > 0) {
+                break;
+            }
             let entry = self.queue.pop_front().expect("front exists");
             longest = widest;
             batch.rows += entry.rows();
@@ -380,7 +385,13 @@ pub struct Supervisor {
     pub restarts: prometheus::IntCounter,
     /// The deployment's readiness: false once no replica can run again.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Holds a sender, so `done` never closes while the batcher runs: the batcher ends by
+    /// counting what its replicas hold instead.
     pub reports: mpsc::UnboundedSender<Report>,
+    /// Set when the batcher has ended: a restart under way starts nothing.
+    pub stopped: Arc<std::sync::atomic::AtomicBool>,
+    /// Crashed requests run again, counted as retries for the reason `Panic`.
+    pub crash_retries: prometheus::IntCounter,
 }
 
 /// What the batcher reports as it goes. Requests whose client went away are skipped, not
@@ -400,6 +411,8 @@ pub struct Batcher {
     supervisor: Option<Supervisor>,
     /// A replica failed for good (its restarts spent).
     failed: bool,
+    /// The queue is closed: crashed replicas are not started again.
+    closing_now: bool,
     replicas: Vec<ReplicaSlot>,
     queued: Arc<AtomicUsize>,
     hooks: Hooks,
@@ -447,6 +460,7 @@ impl Batcher {
             done,
             supervisor,
             failed: false,
+            closing_now: false,
             replicas,
             queued,
             hooks,
@@ -485,9 +499,19 @@ impl Batcher {
                 Err(TrySendError::Full(_)) => {
                     unreachable!("a replica never holds more than {REPLICA_SLOTS} batches. This is a bug.")
                 }
+                Err(TrySendError::Disconnected(batch)) if self.supervisor.is_some() && !flush => {
+                    // Its thread ended by itself: the batch goes back, the replica is
+                    // started again.
+                    let error = BatchError::Lost {
+                        model: self.hooks.model.clone(),
+                    };
+                    self.replicas[i].tx = None;
+                    self.replicas[i].outstanding = 0;
+                    self.requeue(batch, &error);
+                    self.restart(i, "the replica's thread ended".into());
+                }
                 Err(TrySendError::Disconnected(batch)) => {
-                    // The replica's thread is gone (it catches panics, and a crashed one
-                    // waits for its sender to go, so only at exit).
+                    // The replica's thread is gone at exit.
                     self.replicas[i].state = SlotState::Gone;
                     for e in batch.entries {
                         let _ = e.reply.send(Err(BatchError::ShuttingDown {
@@ -503,7 +527,7 @@ impl Batcher {
             let model = self.hooks.model.clone();
             while let Some(batch) = self.state.next_batch(Instant::now(), true) {
                 for e in batch.entries {
-                    let _ = e.reply.send(Err(match self.failed {
+                    let _ = e.reply.send(Err(match self.failed && !self.closing_now {
                         true => BatchError::NoReplica { model: model.clone() },
                         false => BatchError::ShuttingDown { model: model.clone() },
                     }));
@@ -582,6 +606,9 @@ impl Batcher {
             back += 1;
         }
         self.queued.fetch_add(back, Ordering::AcqRel);
+        if let Some(s) = &self.supervisor {
+            s.crash_retries.inc_by(back as u64);
+        }
     }
 
     /// Starts replica `index` again after a backoff, if its restarts in the window allow;
@@ -594,6 +621,11 @@ impl Batcher {
             self.failed = true;
             return;
         };
+        if self.closing_now {
+            // Stopping: the other replicas run what is queued, or it is answered.
+            slot.state = SlotState::Gone;
+            return;
+        }
         let now = std::time::Instant::now();
         while slot.restarts.front().is_some_and(|&t| now - t > s.policy.window) {
             slot.restarts.pop_front();
@@ -602,7 +634,7 @@ impl Batcher {
             slot.state = SlotState::Gone;
             self.failed = true;
             let why = format!(
-                "failed: {} restarts within {:?} (max_restarts) and it crashed again: {reason}",
+                "failed: {} restarts within {:?} (max_restarts) were spent; the last failure: {reason}",
                 slot.restarts.len(),
                 s.policy.window
             );
@@ -628,9 +660,12 @@ impl Batcher {
             h.last_error = Some(reason.clone());
         });
         tracing::warn!(%model, replica = index, %reason, backoff_ms = backoff.as_millis() as u64, "replica crashed; restarting it");
-        let (start, reports) = (Arc::clone(&s.start), s.reports.clone());
+        let (start, reports, stopped) = (Arc::clone(&s.start), s.reports.clone(), Arc::clone(&s.stopped));
         tokio::spawn(async move {
             tokio::time::sleep(backoff).await;
+            if stopped.load(Ordering::Acquire) {
+                return;
+            }
             let started = tokio::task::spawn_blocking(move || start(index, generation))
                 .await
                 .unwrap_or_else(|e| Err(format!("starting the replica stopped: {e}")));
@@ -646,8 +681,19 @@ impl Batcher {
     pub async fn run(mut self) {
         let mut open = true;
         loop {
+            self.closing_now = !open;
             self.dispatch(!open);
-            if !open && self.state.is_empty() {
+            // Done once nothing is queued and no replica holds a batch (one may still
+            // crash and hand its batch back).
+            let holding = self.supervisor.is_some()
+                && self
+                    .replicas
+                    .iter()
+                    .any(|r| r.state == SlotState::Running && r.outstanding > 0);
+            if !open && self.state.is_empty() && !holding {
+                if let Some(s) = &self.supervisor {
+                    s.stopped.store(true, Ordering::Release);
+                }
                 break;
             }
             // Sleep to the window's end only if a replica could take the batch then.
@@ -757,6 +803,23 @@ mod tests {
         let (e, _rx) = entry(1, t0);
         s.push(e);
         assert_eq!(s.next_batch(t0, true).unwrap().rows, 1);
+    }
+
+    #[test]
+    fn a_request_whose_replica_crashed_runs_alone() {
+        let now = Instant::now();
+        let mut q = State::new(64, usize::MAX, Duration::from_millis(5));
+        let (mut crashed, _a) = entry(1, now);
+        crashed.crashes = 1;
+        let keep: Vec<_> = (0..3).map(|_| entry(1, now)).collect();
+        q.push_front(crashed);
+        for (e, _) in keep {
+            q.push(e);
+        }
+        let sizes: Vec<usize> = std::iter::from_fn(|| q.next_batch(now, true))
+            .map(|b| b.entries.len())
+            .collect();
+        assert_eq!(sizes, vec![1, 3], "the crashed one alone, then the others together");
     }
 
     #[test]

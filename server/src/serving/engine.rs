@@ -217,9 +217,12 @@ impl Engine {
             move |index: usize, generation: u64| -> Result<std::sync::mpsc::SyncSender<Batch>, String> {
                 let spawned = spawn_replica(index, generation, devices[index].clone()).map_err(|e| e.to_string())?;
                 threads.lock().expect("not poisoned").push(spawned.thread);
-                // Its device is opened anew (a GPU replica makes a new context).
+                // Its device is opened anew (a GPU replica makes a new context); one that
+                // cannot open its card is not started on another device behind the
+                // status page's back.
                 match spawned.opened.recv() {
-                    Ok(_) => Ok(spawned.batches),
+                    Ok(Ok(())) => Ok(spawned.batches),
+                    Ok(Err(why)) => Err(format!("its device could not be opened again: {why}")),
                     Err(_) => Err("the restarted replica ended while opening its device".into()),
                 }
             }
@@ -232,6 +235,8 @@ impl Engine {
             restarts: metrics.replica_restarts.with_label_values(&[&name]),
             ready: Arc::clone(&ready),
             reports: done_tx,
+            stopped: Arc::new(AtomicBool::new(false)),
+            crash_retries: metrics.inference_retries.with_label_values(&[name.as_str(), "Panic"]),
         };
         let (handle, batcher) = Batcher::new(b, senders, done_rx, hooks, closing, Some(supervisor));
         let batcher = tokio::spawn(batcher.run());
@@ -266,10 +271,11 @@ impl Engine {
         self.ready.store(false, Ordering::Release);
         let _ = self.close.send(true);
         let batcher = self.batcher.lock().expect("not poisoned").take();
-        let threads = std::mem::take(&mut *self.threads.lock().expect("not poisoned"));
         if let Some(b) = batcher {
             let _ = b.await;
         }
+        // Taken after the batcher ended: threads restarted while it drained are joined too.
+        let threads = std::mem::take(&mut *self.threads.lock().expect("not poisoned"));
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
