@@ -174,8 +174,12 @@ impl Pipeline {
         let step = &self.spec.steps[i];
         let (out, _) = refs[&step.name];
         let _settles = Settles::new(Arc::clone(store), out, "the pipeline step");
-        // Gives back this step's read of each input; the last reader deletes it.
+        // Gives back this step's read of each input, once; the last reader deletes it.
+        let released = std::sync::atomic::AtomicBool::new(false);
         let release = || {
+            if released.swap(true, Ordering::AcqRel) {
+                return;
+            }
             for name in &step.inputs {
                 let (r, owned) = refs[name];
                 if left[name].fetch_sub(1, Ordering::AcqRel) == 1 && owned && *name != self.spec.output_step {
@@ -187,29 +191,47 @@ impl Pipeline {
             f.message = format!("pipeline `{}`, step `{}`: {}", self.spec.name, step.name, f.message);
             store.fail(out, f);
         };
-        match &self.runners[i] {
-            Runner::Model(d) => {
-                let (r, _) = refs[&step.inputs[0]];
-                let lease = store.get(r, None).await;
-                release();
-                let result = match lease {
-                    Err(e) => Err(Failure::upstream(&format!("input `{}`", step.inputs[0]), e)),
-                    Ok(lease) => run_model(d, lease).await,
-                };
-                match result {
-                    // A result the store cannot hold fails the object with StoreFull.
-                    Ok((y, datatype)) => drop(store.fulfil_array(out, y.into_dyn(), datatype).await),
-                    Err(f) => failed(f),
+        let work = async {
+            match &self.runners[i] {
+                Runner::Model(d) => {
+                    let (r, _) = refs[&step.inputs[0]];
+                    let lease = store.get(r, None).await;
+                    release();
+                    let result = match lease {
+                        Err(e) => Err(Failure::upstream(&format!("input `{}`", step.inputs[0]), e)),
+                        Ok(lease) => run_model(d, lease).await,
+                    };
+                    match result {
+                        // A result the store cannot hold fails the object with StoreFull.
+                        Ok((y, datatype)) => drop(store.fulfil_array(out, y.into_dyn(), datatype).await),
+                        Err(f) => failed(f),
+                    }
+                }
+                Runner::Op(op) => {
+                    let args = step.inputs.iter().map(|n| Arg::Ref(refs[n].0)).collect();
+                    let y = tasks.run(*op, args, &TaskOptions::pipeline_step()).await;
+                    release();
+                    match y {
+                        Ok(y) => drop(store.fulfil_array(out, y, DType::F32).await),
+                        Err(f) => failed(f),
+                    }
                 }
             }
-            Runner::Op(op) => {
-                let args = step.inputs.iter().map(|n| Arg::Ref(refs[n].0)).collect();
-                let y = tasks.run(*op, args, &TaskOptions::pipeline_step()).await;
+        };
+        // Nobody wants the answer once the pipeline's output is deleted (its client
+        // left, or deleted it): the step stops, and its queued batch leaves the queue.
+        let output = refs[&self.spec.output_step].0;
+        let abandoned = async {
+            if let Err(StoreError::NotFound(_)) = store.settled(output).await {
+                return;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            () = work => {}
+            () = abandoned => {
                 release();
-                match y {
-                    Ok(y) => drop(store.fulfil_array(out, y, DType::F32).await),
-                    Err(f) => failed(f),
-                }
+                tracing::debug!(pipeline = %self.spec.name, step = %step.name, "output abandoned; step stopped");
             }
         }
         // A step's output that nothing reads is not needed past here.

@@ -40,16 +40,16 @@ const LIVE: &[u8] = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n";
 
 #[tokio::test]
 async fn idle_connections_and_slow_heads_and_bodies_are_cut_off() {
-    let (s, _dir) = start("idle_timeout_s = 1\nheader_read_timeout_s = 1\nbody_read_timeout_s = 1").await;
+    let (s, _dir) = start("idle_timeout_s = 2\nheader_read_timeout_s = 1\nbody_read_timeout_s = 1").await;
 
     // A keep-alive connection in use stays open past the idle timeout in total...
     let mut tcp = TcpStream::connect(addr(&s)).await.unwrap();
-    for _ in 0..3 {
+    for _ in 0..6 {
         tcp.write_all(LIVE).await.unwrap();
         let mut buf = [0u8; 1024];
         let n = tcp.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
     // ...and is closed once it has been idle for it.
     let closed = read_to_close(&mut tcp, Duration::from_secs(10)).await;

@@ -14,12 +14,26 @@ fn file() -> String {
         celsius("slow_a", slow),
         celsius("slow_b", slow),
         celsius("broken", "[deployments.fault_injection]\nerror_rate = 1.0"),
+        celsius(
+            "one_at_a_time",
+            "[deployments.batching]\nmax_batch_size = 1\n[deployments.fault_injection]\ndelay_ms = 300\ndelay_rate = 1.0",
+        ),
         PIPELINES.to_owned(),
     ]
     .concat()
 }
 
 const PIPELINES: &str = r#"
+# One slow model step, a batch per request: what a client that leaves leaves behind.
+[[pipelines]]
+name = "lonely"
+inputs = [{ name = "INPUT0", datatype = "FP32", shape = [-1, 1] }]
+output = { name = "OUTPUT0", step = "m" }
+[[pipelines.steps]]
+name = "m"
+model = "one_at_a_time"
+inputs = ["INPUT0"]
+
 # f(x) + x^2, with f = Celsius to Fahrenheit: two independent steps, then their sum.
 [[pipelines]]
 name = "ensemble"
@@ -365,4 +379,35 @@ fn pipeline_files_are_checked_at_start_up() {
         let err = prism_config::Config::parse(&format!("{base}{text}"), "p.toml", Some(dir.path())).unwrap_err();
         assert!(err.to_string().contains(says), "{err}");
     }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_takes_its_queued_step_batches_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(config(&file(), dir.path())).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let url = format!("{}/v2/models/lonely/infer", s.url);
+    let body = r#"{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[1]}]}"#;
+    // Five requests, 300 ms each one after another; every client leaves after 150 ms.
+    let calls = (0..5).map(|_| http.post(&url).body(body).send());
+    for r in futures::future::join_all(calls).await {
+        assert!(r.unwrap_err().is_timeout());
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let stats = s.client.model_statistics(Some("one_at_a_time")).await.unwrap();
+    let executions = stats["model_stats"][0]["execution_count"].as_u64().unwrap();
+    assert!(
+        executions <= 2,
+        "{executions} of 5 abandoned batches ran (the first was running)"
+    );
+    let metrics = s.client.metrics().await.unwrap();
+    assert_eq!(
+        prism_tests::metric(&metrics, "prism_object_store_objects"),
+        Some(0.0),
+        "nothing left behind"
+    );
+    s.stop().await.unwrap();
 }
