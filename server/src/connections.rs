@@ -276,8 +276,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         if let Poll::Ready(result) = Pin::new(&mut this.tcp).poll_read(cx, buf) {
             if buf.filled().len() > before {
-                let got = buf.filled()[before..].to_vec();
-                this.saw(&got);
+                this.saw(&buf.filled()[before..]);
             }
             return Poll::Ready(result);
         }
