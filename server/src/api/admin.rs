@@ -33,7 +33,8 @@ pub async fn server_metadata(State(app): App) -> Json<ServerMetadata> {
 pub async fn resources(State(app): App) -> Json<Value> {
     let c = &app.cluster;
     let free = c.pool.free();
-    let round = |v: f64| (v.max(0.0) * 1e4).round() / 1e4;
+    // `+ 0.0` makes an empty sum's -0.0 a plain 0.
+    let round = |v: f64| (v.max(0.0) * 1e4).round() / 1e4 + 0.0;
     let (_, used, _) = app.store.usage();
     let capacity = app.store.capacity();
     let mut total = json!({
