@@ -16,11 +16,13 @@ BINARY = Path(os.environ.get("PRISM_SERVER_BIN", ROOT / "target" / "debug" / "pr
 
 
 class Server:
-    def __init__(self, config=None):
+    def __init__(self, config=None, env=None):
         args = [str(BINARY), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
         if config:
             args += ["--config", str(config)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+        )
         self.log = []
         ready = threading.Event()
         self.url = None
@@ -55,13 +57,13 @@ class Server:
 
 @pytest.fixture
 def prism():
-    """A factory: `prism(config_path=None)` starts a server; all are stopped at the end."""
+    """A factory: `prism(config_path=None, env=None)` starts a server; all are stopped at the end."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: build it with `cargo build -p prism-server`")
     servers = []
 
-    def start(config=None):
-        s = Server(config)
+    def start(config=None, env=None):
+        s = Server(config, env)
         servers.append(s)
         return s
 

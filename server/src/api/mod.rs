@@ -23,10 +23,11 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::handler::Handler;
 use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use serde::Deserialize;
 
 pub use respond::ApiError;
@@ -79,47 +80,95 @@ fn deployment(app: &AppState, path: ModelParam) -> Result<Arc<crate::serving::De
     Ok(app.deployment(&p.model, p.version.as_deref())?)
 }
 
+/// The REST API's description (OpenAPI 3.1), served at `/v2/openapi.json`. It is kept
+/// beside the router: a test checks that both name the same routes, and the Python
+/// suite checks the running server against it with schemathesis.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The router being built and what it routes (method, path), which the description's
+/// test compares with the description.
+struct Routes {
+    router: Router<Arc<AppState>>,
+    table: Vec<(&'static str, String)>,
+}
+
+impl Routes {
+    fn add(mut self, method: &'static str, path: &str, route: MethodRouter<Arc<AppState>>) -> Self {
+        // Two methods on one path merge into one route.
+        self.router = self.router.route(path, route);
+        self.table.push((method, path.to_owned()));
+        self
+    }
+
+    fn get<H: Handler<T, Arc<AppState>>, T: 'static>(self, path: &str, handler: H) -> Self {
+        self.add("GET", path, get(handler))
+    }
+
+    fn post<H: Handler<T, Arc<AppState>>, T: 'static>(self, path: &str, handler: H) -> Self {
+        self.add("POST", path, post(handler))
+    }
+
+    fn delete<H: Handler<T, Arc<AppState>>, T: 'static>(self, path: &str, handler: H) -> Self {
+        self.add("DELETE", path, delete(handler))
+    }
+}
+
+/// Every route of the API.
+fn routes() -> Routes {
+    let mut r = Routes {
+        router: Router::new(),
+        table: Vec::new(),
+    }
+    .get("/v2/health/live", admin::live)
+    .get("/v2/health/ready", admin::ready)
+    .get("/v2", admin::server_metadata)
+    .get("/v2/openapi.json", openapi)
+    .get("/v2/models/stats", models::all_stats)
+    .post("/v2/repository/index", repository::index)
+    .post("/v2/repository/models/{model}/load", repository::load)
+    .post("/v2/repository/models/{model}/unload", repository::unload)
+    .get("/v2/resources", admin::resources)
+    .get("/v2/status", admin::status)
+    .post("/v2/objects", objects::put)
+    .get("/v2/objects/{object_ref}", objects::get)
+    .delete("/v2/objects/{object_ref}", objects::delete)
+    .get("/v2/objects/{object_ref}/meta", objects::meta)
+    .post("/v2/wait", objects::wait)
+    .get("/v2/systemsharedmemory/status", shm::status_all)
+    .post("/v2/systemsharedmemory/unregister", shm::unregister_all)
+    .get("/v2/systemsharedmemory/region/{name}/status", shm::status)
+    .post("/v2/systemsharedmemory/region/{name}/register", shm::register)
+    .post("/v2/systemsharedmemory/region/{name}/unregister", shm::unregister)
+    .post("/v2/tasks/{op}", tasks::submit)
+    .post("/v1/embeddings", openai::embeddings)
+    .get("/v1/models", openai::models)
+    .get("/metrics", admin::metrics);
+    // Each model route also exists under `/versions/{version}`.
+    for model in ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"] {
+        r = r
+            .get(model, models::metadata)
+            .get(&format!("{model}/ready"), models::ready)
+            .get(&format!("{model}/config"), models::config)
+            .get(&format!("{model}/stats"), models::stats)
+            .post(&format!("{model}/infer"), infer::infer);
+    }
+    r
+}
+
 /// The router of the whole API. `max_request_bytes` bounds every body.
 pub fn router(app: Arc<AppState>) -> Router {
     let max_request_bytes = app.max_request_bytes;
-    // Each model route also exists under `/versions/{version}`.
-    let model_routes = |r: Router<Arc<AppState>>, suffix: &str, route: MethodRouter<Arc<AppState>>| {
-        r.route(&format!("/v2/models/{{model}}{suffix}"), route.clone())
-            .route(&format!("/v2/models/{{model}}/versions/{{version}}{suffix}"), route)
-    };
-    let mut r = Router::new()
-        .route("/v2/health/live", get(admin::live))
-        .route("/v2/health/ready", get(admin::ready))
-        .route("/v2", get(admin::server_metadata))
-        .route("/v2/models/stats", get(models::all_stats))
-        .route("/v2/repository/index", post(repository::index))
-        .route("/v2/repository/models/{model}/load", post(repository::load))
-        .route("/v2/repository/models/{model}/unload", post(repository::unload))
-        .route("/v2/resources", get(admin::resources))
-        .route("/v2/status", get(admin::status))
-        .route("/v2/objects", post(objects::put))
-        .route("/v2/objects/{object_ref}", get(objects::get).delete(objects::delete))
-        .route("/v2/objects/{object_ref}/meta", get(objects::meta))
-        .route("/v2/wait", post(objects::wait))
-        .route("/v2/systemsharedmemory/status", get(shm::status_all))
-        .route("/v2/systemsharedmemory/unregister", post(shm::unregister_all))
-        .route("/v2/systemsharedmemory/region/{name}/status", get(shm::status))
-        .route("/v2/systemsharedmemory/region/{name}/register", post(shm::register))
-        .route("/v2/systemsharedmemory/region/{name}/unregister", post(shm::unregister))
-        .route("/v2/tasks/{op}", post(tasks::submit))
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/v1/models", get(openai::models))
-        .route("/metrics", get(admin::metrics));
-    r = model_routes(r, "", get(models::metadata));
-    r = model_routes(r, "/ready", get(models::ready));
-    r = model_routes(r, "/config", get(models::config));
-    r = model_routes(r, "/stats", get(models::stats));
-    r = model_routes(r, "/infer", post(infer::infer));
-    r.fallback(no_route)
+    routes()
+        .router
+        .fallback(no_route)
         .layer(middleware::from_fn_with_state(Arc::clone(&app), authorize))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), track))
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .with_state(app)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 /// Refuses a request without the token its route needs (see [`crate::auth`]).
@@ -172,4 +221,53 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8], what: &s
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| invalid(format!("invalid {what}: {e}")).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The description names every route the router has, each method, and no other.
+    #[test]
+    fn the_description_names_the_routes_the_router_has() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let described: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .expect("operations")
+                    .keys()
+                    .map(|m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let routed: BTreeSet<(String, String)> = routes().table.into_iter().map(|(m, p)| (m.to_owned(), p)).collect();
+        let missing: Vec<_> = routed.difference(&described).collect();
+        let extra: Vec<_> = described.difference(&routed).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "routes the description lacks: {missing:?}; described routes the router lacks: {extra:?}"
+        );
+    }
+
+    /// Each operation says which token it needs as [`auth::rest_access`] decides it.
+    #[test]
+    fn the_description_asks_for_the_tokens_the_server_checks() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in ops.as_object().expect("operations") {
+                let described = match op.get("security").map(|s| s.to_string()).as_deref() {
+                    None => auth::Access::Api,
+                    Some("[]") => auth::Access::Open,
+                    Some(r#"[{"adminToken":[]}]"#) => auth::Access::Admin,
+                    Some(other) => panic!("{method} {path}: unexpected security {other}"),
+                };
+                let checked = auth::rest_access(&method.to_uppercase(), Some(path));
+                assert_eq!(described, checked, "{method} {path}");
+            }
+        }
+    }
 }

@@ -44,7 +44,7 @@ pub async fn register(
 
 /// `POST /v2/systemsharedmemory[/region/{name}]/unregister`.
 pub async fn unregister_all(State(app): App, WholeBody(body): WholeBody) -> Result<Json<Value>, ApiError> {
-    let _: Value = optional_json(&body, "unregister request")?;
+    let _: serde_json::Map<String, Value> = optional_json(&body, "unregister request")?;
     app.shm.unregister("")?;
     Ok(Json(json!({})))
 }
