@@ -201,6 +201,8 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// Custom logical resources and how many of each the server has (`[server.resources]`).
     pub resources: BTreeMap<String, f64>,
+    /// How often the GPUs' figures (`prism_gpu_*`) are read from NVML (default 5 s).
+    pub metrics_interval: Duration,
 }
 
 /// One deployment: a model served by `num_replicas` actors behind one batcher.
@@ -219,6 +221,9 @@ pub struct Deployment {
     pub precision: Precision,
     /// Whether NaN and ±Inf inputs are passed to the model (refused with 400 otherwise).
     pub allow_non_finite: bool,
+    /// Batches each replica runs at load, of `max_batch_size` rows of zeros (or texts),
+    /// before the deployment reports ready (default 0).
+    pub warmup: usize,
 }
 
 /// How a replica that crashed is restarted: at most `max_restarts` times in any
@@ -510,6 +515,10 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
         None => Ok(None),
         Some(t) => Secret::new(t.clone()).map(Some).map_err(|e| (key.to_owned(), e)),
     };
+    let metrics_interval = seconds("metrics_interval_s", s.metrics_interval_s.unwrap_or(5.0), 1.0, 3600.0)?;
+    if metrics_interval < Duration::from_millis(100) {
+        return invalid("metrics_interval_s", "must be at least 0.1 (seconds)");
+    }
     let api_token = token("api_token", &s.api_token)?;
     let admin_token = token("admin_token", &s.admin_token)?;
     for (name, &amount) in &s.resources {
@@ -531,6 +540,7 @@ fn validate_server(s: &raw::Server) -> Result<ServerConfig, Invalid> {
         api_token,
         admin_token,
         resources: s.resources.clone(),
+        metrics_interval,
     })
 }
 
@@ -710,6 +720,7 @@ fn validate_deployment(
         },
         precision,
         allow_non_finite: d.allow_non_finite.unwrap_or(false),
+        warmup: in_range("warmup", d.warmup, 0, 0, 1000)?,
     })
 }
 

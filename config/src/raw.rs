@@ -71,6 +71,7 @@ pub(crate) struct Server {
     pub header_read_timeout_s: Option<f64>,
     pub idle_timeout_s: Option<f64>,
     pub body_read_timeout_s: Option<f64>,
+    pub metrics_interval_s: Option<f64>,
     pub api_token: Option<String>,
     pub admin_token: Option<String>,
     #[serde(default)]
@@ -95,6 +96,7 @@ pub(crate) struct Deployment {
     pub restart_window_s: Option<f64>,
     pub precision: Option<String>,
     pub allow_non_finite: Option<bool>,
+    pub warmup: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -103,6 +103,16 @@ fn impossible_values_name_the_key_and_the_reason() {
             "batch_wait_timeout_ms = -2",
             "must be a non-negative number",
         ),
+        (
+            "fallback = \"cpu\"",
+            "fallback = \"cpu\"\nwarmup = -1",
+            "deployments[0] (digits).warmup: must be at least 0, got -1",
+        ),
+        (
+            "http_addr = \"127.0.0.1:8000\"",
+            "http_addr = \"127.0.0.1:8000\"\nmetrics_interval_s = 0.01",
+            "server.metrics_interval_s: must be at least 0.1",
+        ),
     ];
     for (from, to, want) in cases {
         let text = DIGITS.replace(from, to);

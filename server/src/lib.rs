@@ -140,6 +140,7 @@ impl Server {
         }
         let store = Arc::new(store);
         spawn_expiry(Arc::downgrade(&store));
+        spawn_gpu_sampler(Arc::downgrade(&metrics), inventory, config.server.metrics_interval);
         Ok(Server {
             app: Arc::new(
                 AppState::new(
@@ -321,6 +322,28 @@ fn spawn_expiry(store: std::sync::Weak<store::Store>) {
             tick.tick().await;
             let Some(store) = store.upgrade() else { break };
             store.expire(tokio::time::Instant::now());
+        }
+    });
+}
+
+/// Reads the cards' figures into `prism_gpu_*` at once and every `interval`, off the
+/// async workers (NVML calls the driver), until the server's metrics are gone. Without
+/// GPUs there is nothing to read and no series.
+fn spawn_gpu_sampler(metrics: std::sync::Weak<Metrics>, inventory: Arc<dyn Inventory>, interval: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if metrics.strong_count() == 0 {
+                break;
+            }
+            let inventory = Arc::clone(&inventory);
+            let Ok(samples) = tokio::task::spawn_blocking(move || inventory.sample()).await else {
+                break;
+            };
+            let Some(metrics) = metrics.upgrade() else { break };
+            metrics.gpus.record(&samples);
         }
     });
 }

@@ -5,9 +5,11 @@
 //! it is handed (bound once, at start-up, where it can be).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::resources::inventory::GpuSample;
 
 pub const INFERENCE_REQUESTS: &str = "prism_inference_requests_total";
 pub const INFERENCE_REQUEST_DURATION: &str = "prism_inference_request_duration_seconds";
@@ -31,6 +33,14 @@ pub const REPLICA_RESTARTS: &str = "prism_replica_restarts_total";
 pub const TASKS: &str = "prism_tasks_total";
 pub const TASK_RETRIES: &str = "prism_task_retries_total";
 pub const TASK_DURATION: &str = "prism_task_duration_seconds";
+pub const REPLICA_BUSY: &str = "prism_replica_busy_seconds_total";
+pub const REPLICA_MEMORY: &str = "prism_replica_memory_bytes";
+pub const REPLICA_STATES: &str = "prism_replica_states";
+pub const GPU_UTILIZATION: &str = "prism_gpu_utilization_ratio";
+pub const GPU_MEMORY_USED: &str = "prism_gpu_memory_used_bytes";
+pub const GPU_MEMORY_TOTAL: &str = "prism_gpu_memory_total_bytes";
+pub const GPU_POWER: &str = "prism_gpu_power_watts";
+pub const GPU_TEMPERATURE: &str = "prism_gpu_temperature_celsius";
 
 /// Latency buckets from 50 µs to 10 s: a lone CPU request answers in well under a
 /// millisecond, a full GPU batch or a queue under overload in seconds.
@@ -88,6 +98,58 @@ pub struct Metrics {
     pub task_retries: IntCounterVec,
     /// From a task's start (arguments ready, resources taken) to its end, by `op`.
     pub task_duration: HistogramVec,
+    /// Seconds each replica spent running batches, by `model`, `replica` (its index in
+    /// the status) and `device`.
+    pub replica_busy: CounterVec,
+    /// What each running replica was placed with, by `model`, `replica` and `device`.
+    pub replica_memory: IntGaugeVec,
+    /// Replicas by `model` and `state` (running, restarting, failed, pending).
+    pub replica_states: IntGaugeVec,
+    /// Each card's figures from NVML, by `gpu` (NVML's index) and `uuid`.
+    pub gpus: GpuMetrics,
+}
+
+/// The cards' figures, sampled every `server.metrics_interval_s`.
+#[derive(Clone)]
+pub struct GpuMetrics {
+    pub utilization: GaugeVec,
+    pub memory_used: GaugeVec,
+    pub memory_total: GaugeVec,
+    pub power: GaugeVec,
+    pub temperature: GaugeVec,
+}
+
+impl GpuMetrics {
+    /// Replaces every card's figures with `samples`: a card or a figure that is no longer
+    /// read loses its series (absent, not zero).
+    pub fn record(&self, samples: &[GpuSample]) {
+        let all = [
+            &self.utilization,
+            &self.memory_used,
+            &self.memory_total,
+            &self.power,
+            &self.temperature,
+        ];
+        for g in all {
+            g.reset();
+        }
+        for s in samples {
+            let labels = [s.index.to_string(), s.uuid.clone()];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            let figures = [
+                (&self.utilization, s.utilization),
+                (&self.memory_used, s.memory_used.map(|b| b as f64)),
+                (&self.memory_total, s.memory_total.map(|b| b as f64)),
+                (&self.power, s.power_watts),
+                (&self.temperature, s.temperature_celsius),
+            ];
+            for (gauge, value) in figures {
+                if let Some(v) = value.filter(|v| v.is_finite()) {
+                    gauge.with_label_values(&labels).set(v);
+                }
+            }
+        }
+    }
 }
 
 impl Metrics {
@@ -112,6 +174,12 @@ impl Metrics {
             register(
                 &registry,
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gpu = |name: &str, help: &str| {
+            register(
+                &registry,
+                GaugeVec::new(Opts::new(name, help), &["gpu", "uuid"]).expect("valid metric"),
             )
         };
         Metrics {
@@ -214,6 +282,37 @@ impl Metrics {
                 LATENCY_BUCKETS,
                 &["op"],
             ),
+            replica_busy: register(
+                &registry,
+                CounterVec::new(
+                    Opts::new(
+                        REPLICA_BUSY,
+                        "Seconds a replica spent running batches, from taking one to answering it.",
+                    ),
+                    &["model", "replica", "device"],
+                )
+                .expect("valid metric"),
+            ),
+            replica_memory: gauge(
+                REPLICA_MEMORY,
+                "Memory a running replica is placed with: its weights and its largest batch's working memory (what a card reserves for it; CPU replicas of a deployment share one mapping of the weights).",
+                &["model", "replica", "device"],
+            ),
+            replica_states: gauge(
+                REPLICA_STATES,
+                "Replicas by state: running, restarting, failed, pending (not placed).",
+                &["model", "state"],
+            ),
+            gpus: GpuMetrics {
+                utilization: gpu(
+                    GPU_UTILIZATION,
+                    "Share of the last sample period the GPU was busy (NVML), 0 to 1.",
+                ),
+                memory_used: gpu(GPU_MEMORY_USED, "GPU memory in use, every process's (NVML)."),
+                memory_total: gpu(GPU_MEMORY_TOTAL, "GPU memory (NVML)."),
+                power: gpu(GPU_POWER, "GPU power draw (NVML)."),
+                temperature: gpu(GPU_TEMPERATURE, "GPU core temperature (NVML)."),
+            },
             registry,
         }
     }

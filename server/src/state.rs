@@ -168,6 +168,30 @@ impl AppState {
         self.accepting.store(false, Ordering::Release);
     }
 
+    /// Sets the replica gauges (`prism_replica_states`, `prism_replica_memory_bytes`) to
+    /// what the deployments hold now: read when scraped, so that reloads, crashes and
+    /// restarts need no bookkeeping of their own.
+    pub fn refresh_replica_metrics(&self) {
+        let (states, memory) = (&self.metrics.replica_states, &self.metrics.replica_memory);
+        states.reset();
+        memory.reset();
+        for d in &self.deployments {
+            let name = d.name();
+            for state in ["running", "restarting", "failed", "pending"] {
+                states.with_label_values(&[name, state]).set(0);
+            }
+            for r in d.replicas() {
+                let state = r.health.as_ref().map_or("pending", |h| h.get().state);
+                states.with_label_values(&[name, state]).inc();
+                if let (Some(device), Some(_)) = (&r.device, &r.health) {
+                    let replica = r.index.to_string();
+                    let bytes = i64::try_from(d.replica_memory()).unwrap_or(i64::MAX);
+                    memory.with_label_values(&[name, &replica, device]).set(bytes);
+                }
+            }
+        }
+    }
+
     /// Ready: taking work, and every loaded deployment has a replica running (a model
     /// unloaded through the repository API is not waited for, as in Triton).
     pub fn is_ready(&self) -> bool {

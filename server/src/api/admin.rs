@@ -63,6 +63,10 @@ pub async fn status(State(app): App) -> Json<Value> {
         .deployments
         .iter()
         .map(|d| {
+            // Since the last load: the slowest replica's warm-up, and the first request.
+            let stats = d.stats.snapshot();
+            let (warmup, first_request) = (stats.warmup, stats.first_request);
+            let ms = |t: std::time::Duration| t.as_secs_f64() * 1e3;
             json!({
                 "name": d.name(),
                 "ready": d.is_ready(),
@@ -70,6 +74,8 @@ pub async fn status(State(app): App) -> Json<Value> {
                 "num_replicas": d.spec.num_replicas,
                 "queue_depth": d.queued(),
                 "replicas": d.replicas(),
+                "warmup_ms": warmup.map(ms),
+                "first_request_ms": first_request.map(ms),
             })
         })
         .collect();
@@ -101,6 +107,7 @@ pub async fn status(State(app): App) -> Json<Value> {
 }
 
 pub async fn metrics(State(app): App) -> impl IntoResponse {
+    app.refresh_replica_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         app.metrics.render(),

@@ -24,6 +24,20 @@ pub struct GpuInfo {
     pub simulated: bool,
 }
 
+/// One card's figures at one moment, as `prism_gpu_*` export them. A figure the card
+/// (or its driver) does not give is `None`, and its series is left out rather than zero.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GpuSample {
+    pub index: usize,
+    pub uuid: String,
+    /// Share of the last sample period the card was busy, 0 to 1.
+    pub utilization: Option<f64>,
+    pub memory_used: Option<u64>,
+    pub memory_total: Option<u64>,
+    pub power_watts: Option<f64>,
+    pub temperature_celsius: Option<f64>,
+}
+
 /// A snapshot of the machine.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Machine {
@@ -41,6 +55,11 @@ pub trait Inventory: Send + Sync {
     /// Why there are no GPUs, when there are none and a reason is known.
     fn no_gpu_reason(&self) -> Option<String> {
         None
+    }
+
+    /// Each card's figures now (none without GPUs). May block (NVML calls the driver).
+    fn sample(&self) -> Vec<GpuSample> {
+        Vec::new()
     }
 }
 
@@ -118,6 +137,28 @@ impl Inventory for SystemInventory {
         }
     }
 
+    fn sample(&self) -> Vec<GpuSample> {
+        use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+        let Ok(nvml) = &self.nvml else { return Vec::new() };
+        let count = nvml.device_count().unwrap_or(0);
+        (0..count)
+            .filter_map(|i| {
+                let device = nvml.device_by_index(i).ok()?;
+                let memory = device.memory_info().ok();
+                Some(GpuSample {
+                    index: i as usize,
+                    uuid: device.uuid().unwrap_or_default(),
+                    utilization: device.utilization_rates().ok().map(|u| f64::from(u.gpu) / 100.0),
+                    memory_used: memory.as_ref().map(|m| m.used),
+                    memory_total: memory.as_ref().map(|m| m.total),
+                    // NVML reads milliwatts.
+                    power_watts: device.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
+                    temperature_celsius: device.temperature(TemperatureSensor::Gpu).ok().map(f64::from),
+                })
+            })
+            .collect()
+    }
+
     fn no_gpu_reason(&self) -> Option<String> {
         self.nvml.as_ref().err().cloned()
     }
@@ -126,6 +167,9 @@ impl Inventory for SystemInventory {
 /// Cards that are not there, for placement only.
 pub struct SimulatedInventory {
     pub machine: Machine,
+    /// What the cards read, when a test scripts it; otherwise each card reads its
+    /// memory alone (total, and used as total less free), the only figures it has.
+    pub readings: Option<Vec<GpuSample>>,
 }
 
 impl SimulatedInventory {
@@ -166,6 +210,7 @@ impl SimulatedInventory {
                 memory: host_memory(),
                 gpus,
             },
+            readings: None,
         })
     }
 }
@@ -173,6 +218,23 @@ impl SimulatedInventory {
 impl Inventory for SimulatedInventory {
     fn machine(&self) -> Machine {
         self.machine.clone()
+    }
+
+    fn sample(&self) -> Vec<GpuSample> {
+        if let Some(readings) = &self.readings {
+            return readings.clone();
+        }
+        self.machine
+            .gpus
+            .iter()
+            .map(|g| GpuSample {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                memory_used: Some(g.memory_total.saturating_sub(g.memory_free)),
+                memory_total: Some(g.memory_total),
+                ..GpuSample::default()
+            })
+            .collect()
     }
 }
 

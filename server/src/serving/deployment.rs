@@ -105,6 +105,11 @@ impl Deployment {
         self.engine().map(|e| e.replicas.clone()).unwrap_or_default()
     }
 
+    /// What each replica is placed with (the memory a card reserves for it).
+    pub fn replica_memory(&self) -> u64 {
+        self.gpu_memory
+    }
+
     /// Loads the model again as declared at start-up, re-reading its weights file, and
     /// starts new replicas on the deployment's slots. If it was loaded, the new replicas
     /// take the requests that arrive from then on while the old ones finish theirs; a load

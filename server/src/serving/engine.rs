@@ -14,8 +14,9 @@ use prism_kernels::Device;
 use tokio::sync::{mpsc, watch};
 
 use super::batcher::{Batch, Batcher, BatcherHandle, Hooks, SharedHealth, Supervisor};
+use super::batcher::{Input, Rows};
 use super::model::ServedModel;
-use super::replica::{self, ReplicaMetrics, ReplicaSpec};
+use super::replica::{self, ReplicaMetrics, ReplicaSpec, Warmup};
 use super::stats::ModelStats;
 use crate::metrics::Metrics;
 use crate::resources::ReplicaPlacement;
@@ -95,8 +96,21 @@ impl Engine {
             compute_duration: metrics.compute_duration.with_label_values(&[&name]),
             batch_size: metrics.batch_size.with_label_values(&[&name]),
             retries: metrics.inference_retries.clone(),
+            busy: metrics.replica_busy.clone(),
         };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        stats.record_load();
+        let warmup = match spec.warmup {
+            0 => None,
+            batches => Some(Arc::new(Warmup {
+                batches,
+                input: warmup_input(spec, &model).map_err(|reason| StartError::Replica {
+                    name: name.clone(),
+                    index: 0,
+                    reason: format!("cannot make its warm-up batch: {reason}"),
+                })?,
+            })),
+        };
         let mut senders = Vec::new();
         let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut replicas = Vec::new();
@@ -113,10 +127,11 @@ impl Engine {
                 done_tx.clone(),
             );
             let replica_metrics = replica_metrics.clone();
-            move |index: usize, generation: u64, device: Device| {
+            move |index: usize, generation: u64, (device, status_index): (Device, usize)| {
                 replica::spawn(ReplicaSpec {
                     model_name: name.clone(),
                     index,
+                    status_index,
                     threads: spec.actor.threads,
                     model: model.clone(),
                     device,
@@ -128,6 +143,7 @@ impl Engine {
                     stats: Arc::clone(&stats),
                     done: done_tx.clone(),
                     generation,
+                    warmup: warmup.clone(),
                 })
             }
         };
@@ -161,8 +177,8 @@ impl Engine {
                 health: Some(health.clone()),
             });
             healths.push(health);
-            devices.push(device.clone());
-            let spawned = spawn_replica(senders.len(), 0, device).map_err(|e| fail(e.to_string()))?;
+            devices.push((device.clone(), index));
+            let spawned = spawn_replica(senders.len(), 0, (device, index)).map_err(|e| fail(e.to_string()))?;
             senders.push(spawned.batches);
             threads.lock().expect("not poisoned").push(spawned.thread);
             opened.push((replicas.len() - 1, spawned.opened));
@@ -284,6 +300,28 @@ impl Engine {
         .await;
         for g in std::mem::take(&mut *self.replica_gauges.lock().expect("not poisoned")) {
             g.dec();
+        }
+    }
+}
+
+/// A warm-up batch: `max_batch_size` rows of zeros, or as many texts of the model's
+/// longest length as `max_batch_tokens` lets one batch hold.
+fn warmup_input(spec: &Spec, model: &ServedModel) -> Result<Input, String> {
+    let b = &spec.batching;
+    match model {
+        ServedModel::Rows(m) => Ok(Input::Rows(Rows::Owned(ndarray::Array2::zeros((
+            b.max_batch_size,
+            m.in_features(),
+        ))))),
+        ServedModel::Encoder(e) => {
+            let longest = e.config().max_seq_length.max(1);
+            let count = (b.max_batch_tokens / longest).clamp(1, b.max_batch_size);
+            let text = "warm up ".repeat(longest);
+            let texts = vec![text.as_str(); count];
+            e.tokenizer()
+                .encode(&texts, None, true)
+                .map(Input::Tokens)
+                .map_err(|e| e.to_string())
         }
     }
 }

@@ -20,7 +20,7 @@ use prism_config::{FaultInjection, Precision, Retries};
 use prism_kernels::cuda::{CudaDevice, GpuEncoder, GpuModel};
 use prism_kernels::encoder::{EncoderError, Tokens};
 use prism_kernels::{CpuDevice, Device};
-use prometheus::{Histogram, IntCounterVec};
+use prometheus::{CounterVec, Histogram, IntCounterVec};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::BatchError;
@@ -37,12 +37,17 @@ pub struct ReplicaMetrics {
     pub batch_size: Histogram,
     /// Batches run again after a failure, by `model` and `reason` (the error kind).
     pub retries: IntCounterVec,
+    /// Seconds each replica spent on batches, by `model`, `replica` and `device`.
+    pub busy: CounterVec,
 }
 
 /// Everything a replica thread needs.
 pub struct ReplicaSpec {
     pub model_name: String,
+    /// Its position among the deployment's running replicas (the batcher's).
     pub index: usize,
+    /// Its index in the deployment's status (`replica` in the metrics).
+    pub status_index: usize,
     pub model: ServedModel,
     pub device: Device,
     /// Intra-op threads, for a CPU fallback when the GPU cannot be opened.
@@ -59,6 +64,14 @@ pub struct ReplicaSpec {
     pub done: UnboundedSender<Report>,
     /// Which start of this replica it is (restarts count up).
     pub generation: u64,
+    /// Batches to run once the device is open, before the replica takes work.
+    pub warmup: Option<Arc<Warmup>>,
+}
+
+/// The deployment's `warmup`: how many batches, and the batch.
+pub struct Warmup {
+    pub batches: usize,
+    pub input: Input,
 }
 
 /// A started replica thread.
@@ -129,6 +142,9 @@ impl Backend {
 fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), String>>) {
     tracing::debug!(model = %spec.model_name, replica = spec.index, device = %spec.device.location(), "replica started");
     let (mut backend, how) = Backend::open(&spec);
+    if let Some(w) = &spec.warmup {
+        warm_up(&spec, &mut backend, w);
+    }
     // Whoever started the replica may have stopped waiting.
     let _ = opened.send(how);
     if matches!(backend, Backend::Cpu(_)) && spec.precision != Precision::Fp32 {
@@ -136,12 +152,26 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), Str
             "precision applies to GPU replicas; this one computes in fp32 on the CPU");
     }
     let (index, generation) = (spec.index, spec.generation);
+    // Where it really computes: a GPU replica that could not open its card is on the CPU.
+    let device = match backend {
+        Backend::Cpu(_) => "cpu".to_owned(),
+        _ => spec.device.location().to_string(),
+    };
+    let busy =
+        spec.metrics
+            .busy
+            .with_label_values(&[spec.model_name.as_str(), &spec.status_index.to_string(), &device]);
     let mut broken = false;
     while let Ok(batch) = rx.recv() {
         // The model's own panics are caught inside; this guards the replica's bookkeeping,
         // so the thread (and its slot in the batcher) survives whatever one batch does.
         // The batch's requests then get `BatchError::Lost` from their dropped senders.
-        match catch_unwind(AssertUnwindSafe(|| execute(&spec, &mut backend, batch, &mut broken))) {
+        // Busy from taking the batch to having answered it (on a GPU, the batch's copies
+        // back end it, so the wall time covers the kernels).
+        let took = Instant::now();
+        let ran = catch_unwind(AssertUnwindSafe(|| execute(&spec, &mut backend, batch, &mut broken)));
+        busy.inc_by(took.elapsed().as_secs_f64());
+        match ran {
             Ok(None) => {}
             Ok(Some((batch, error))) => {
                 // A crash: this replica is done. It hands back what it holds, and what
@@ -171,6 +201,28 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), Str
         let _ = spec.done.send(Report::Done { index, generation });
     }
     tracing::debug!(model = %spec.model_name, replica = spec.index, "replica stopped");
+}
+
+/// Runs the warm-up batches (kernels compiled, buffers allocated, caches filled) before
+/// the replica reports it is open, so that the deployment turns ready warm. A batch that
+/// fails is logged and the replica starts anyway: requests then meet the same error.
+fn warm_up(spec: &ReplicaSpec, backend: &mut Backend, w: &Warmup) {
+    let started = Instant::now();
+    for i in 0..w.batches {
+        // A drill's broken replica is not kept broken by its warm-up.
+        let mut broken = false;
+        let ran = catch_unwind(AssertUnwindSafe(|| run_model(spec, backend, &w.input, &mut broken)));
+        let why = match ran {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the model panicked".to_owned(),
+        };
+        tracing::warn!(model = %spec.model_name, replica = spec.index, batch = i, "warm-up batch failed: {why}");
+    }
+    let took = started.elapsed();
+    spec.stats.record_warmup(took);
+    tracing::info!(model = %spec.model_name, replica = spec.index, batches = w.batches,
+        rows = w.input.rows(), ms = took.as_secs_f64() * 1e3, "warmed up");
 }
 
 /// Runs one batch and answers its requests; or, when the replica crashed running it (a
