@@ -84,7 +84,8 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 /// route, which answers 404 once a token is checked).
 pub fn rest_access(method: &str, route: Option<&str>) -> Access {
     match (method, route) {
-        (_, Some("/v2/health/live" | "/v2/health/ready")) => Access::Open,
+        // The page holds no data: what it shows comes from routes that take the token.
+        (_, Some("/" | "/v2/health/live" | "/v2/health/ready")) => Access::Open,
         ("POST", Some("/v2/repository/models/{model}/load" | "/v2/repository/models/{model}/unload")) => Access::Admin,
         ("DELETE", Some("/v2/objects/{object_ref}")) => Access::Admin,
         _ => Access::Api,

@@ -39,6 +39,7 @@ pub mod connections;
 pub mod describe;
 pub mod error;
 pub mod grpc;
+pub mod history;
 pub mod inference;
 pub mod metrics;
 pub mod pipeline;
@@ -141,7 +142,7 @@ impl Server {
         let store = Arc::new(store);
         spawn_expiry(Arc::downgrade(&store));
         spawn_gpu_sampler(Arc::downgrade(&metrics), inventory, config.server.metrics_interval);
-        Ok(Server {
+        let server = Server {
             app: Arc::new(
                 AppState::new(
                     deployments,
@@ -159,7 +160,9 @@ impl Server {
             ),
             shutdown_timeout: config.server.shutdown_timeout,
             connection_limits: config.server.connections,
-        })
+        };
+        spawn_history(Arc::downgrade(&server.app));
+        Ok(server)
     }
 
     /// The server's state (its deployments, store, tasks), for in-process use: it
@@ -322,6 +325,20 @@ fn spawn_expiry(store: std::sync::Weak<store::Store>) {
             tick.tick().await;
             let Some(store) = store.upgrade() else { break };
             store.expire(tokio::time::Instant::now());
+        }
+    });
+}
+
+/// Takes a point of the status page's history every [`history::INTERVAL`] while the
+/// server's state lives.
+fn spawn_history(app: std::sync::Weak<AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(history::INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { break };
+            app.sample_history();
         }
     });
 }

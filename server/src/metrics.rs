@@ -327,6 +327,22 @@ impl Metrics {
     }
 }
 
+/// A histogram's counts as they read now.
+pub fn reading(h: &Histogram) -> crate::history::Histogram {
+    use prometheus::core::Metric as _;
+    let m = h.metric();
+    let p = m.get_histogram();
+    crate::history::Histogram {
+        buckets: p
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect(),
+        sum: p.get_sample_sum(),
+        count: p.get_sample_count(),
+    }
+}
+
 /// How an inference request ended: the `outcome` label of [`INFERENCE_REQUESTS`]. Every
 /// request is counted once, with one of these, so the outcomes add up to the requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::Tokens;
+use crate::history::{History, ModelReading};
 use crate::metrics::{Metrics, RequestMetrics};
 use crate::pipeline::Pipeline;
 use crate::resources::Cluster;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub shm: SharedMemory,
     /// The bearer tokens routes need (none: all open).
     pub tokens: Tokens,
+    /// The last minutes, for the status page.
+    pub history: History,
 }
 
 /// What a model name serves: a deployment or a pipeline, each served through the same
@@ -151,6 +154,7 @@ impl AppState {
             pipelines_by_name,
             shm,
             tokens: Tokens::default(),
+            history: History::default(),
         }
     }
 
@@ -166,6 +170,23 @@ impl AppState {
 
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::Release);
+    }
+
+    /// A point of each deployment's history and of the store's, from the metrics and
+    /// gauges as they read now.
+    pub fn sample_history(&self) {
+        let now = std::time::Instant::now();
+        for d in &self.deployments {
+            let name = d.name();
+            let reading = ModelReading {
+                latency: crate::metrics::reading(&self.metrics.request_duration.with_label_values(&[name])),
+                batch_rows: crate::metrics::reading(&self.metrics.batch_size.with_label_values(&[name])),
+                queue_depth: d.queued(),
+            };
+            self.history.record_model(name, now, reading);
+        }
+        let (objects, memory, spilled) = self.store.usage();
+        self.history.record_store(objects, memory, spilled);
     }
 
     /// Sets the replica gauges (`prism_replica_states`, `prism_replica_memory_bytes`) to

@@ -16,8 +16,8 @@ BINARY = Path(os.environ.get("PRISM_SERVER_BIN", ROOT / "target" / "debug" / "pr
 
 
 class Server:
-    def __init__(self, config=None, env=None):
-        args = [str(BINARY), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
+    def __init__(self, config=None, env=None, args=()):
+        args = [str(BINARY), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", *args]
         if config:
             args += ["--config", str(config)]
         self.proc = subprocess.Popen(
@@ -57,13 +57,13 @@ class Server:
 
 @pytest.fixture
 def prism():
-    """A factory: `prism(config_path=None, env=None)` starts a server; all are stopped at the end."""
+    """A factory: `prism(config_path=None, env=None, args=())` starts a server; all are stopped at the end."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: build it with `cargo build -p prism-server`")
     servers = []
 
-    def start(config=None, env=None):
-        s = Server(config, env)
+    def start(config=None, env=None, args=()):
+        s = Server(config, env, args)
         servers.append(s)
         return s
 

@@ -12,6 +12,7 @@ mod infer;
 mod models;
 mod objects;
 mod openai;
+mod page;
 mod repository;
 pub mod respond;
 mod shm;
@@ -119,6 +120,8 @@ fn routes() -> Routes {
         router: Router::new(),
         table: Vec::new(),
     }
+    .get("/", page::page)
+    .get("/v2/status/history", page::history)
     .get("/v2/health/live", admin::live)
     .get("/v2/health/ready", admin::ready)
     .get("/v2", admin::server_metadata)
