@@ -287,7 +287,7 @@ impl Metrics {
                 CounterVec::new(
                     Opts::new(
                         REPLICA_BUSY,
-                        "Seconds a replica spent running batches, from taking one to answering it.",
+                        "Seconds a replica spent running batches: on a GPU its copies and kernels (CUDA events), on the CPU from taking a batch to answering it.",
                     ),
                     &["model", "replica", "device"],
                 )

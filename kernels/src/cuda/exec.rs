@@ -111,6 +111,9 @@ pub struct CudaExecutor {
     staging_in: Vec<Option<PinnedHostSlice<u8>>>,
     staging_out: Option<PinnedHostSlice<f32>>,
     compute: cublasComputeType_t,
+    /// The last batch's time on the card, from a CUDA event before its first copy in
+    /// to one after its copy out; `None` after a failed batch.
+    last_batch: Option<std::time::Duration>,
 }
 
 impl CudaExecutor {
@@ -121,7 +124,14 @@ impl CudaExecutor {
             staging_in: Vec::new(),
             staging_out: None,
             compute: cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            last_batch: None,
         }
+    }
+
+    /// The last batch's time on the card (its copies and kernels, timed by CUDA events),
+    /// `None` when it failed or the events could not be read.
+    pub fn last_batch_time(&self) -> Option<std::time::Duration> {
+        self.last_batch
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -264,6 +274,13 @@ impl CudaExecutor {
             plan.inputs.len(),
             "one input per plan input. This is a bug."
         );
+        // Timed from here, on the stream: the copies in, the kernels, the copy out.
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let started = self
+            .device
+            .stream
+            .record_event(timing)
+            .map_err(gpu("record an event"))?;
         for (i, (&buf, data)) in plan.inputs.iter().zip(inputs).enumerate() {
             let bytes = bytes(data);
             let ctx = Arc::clone(&self.device.ctx);
@@ -318,7 +335,12 @@ impl CudaExecutor {
         // the staging buffer may be longer than this batch's answer.
         let dst = &mut out.as_mut_slice().map_err(gpu("map pinned output"))?[..len];
         stream.memcpy_dtoh(&src, dst).map_err(gpu("copy the answer back"))?;
+        let ended = stream.record_event(timing).map_err(gpu("record an event"))?;
         stream.synchronize().map_err(gpu("synchronize"))?;
+        self.last_batch = started
+            .elapsed_ms(&ended)
+            .ok()
+            .map(|ms| std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3));
         Ok(dst.to_vec())
     }
 }
@@ -351,6 +373,7 @@ impl Executor for CudaExecutor {
     fn run(&mut self, plan: &Plan, inputs: &[Host<'_>]) -> Result<Vec<f32>, GpuError> {
         // cudarc panics on a missing library symbol and on some failed frees: a panic here
         // is a failed batch, never the end of the replica's thread.
+        self.last_batch = None;
         let result = catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner(plan, inputs)))
             .unwrap_or_else(|_| Err(GpuError("cudarc panicked running a batch".into())));
         if result.is_err() {

@@ -166,11 +166,16 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), Str
         // The model's own panics are caught inside; this guards the replica's bookkeeping,
         // so the thread (and its slot in the batcher) survives whatever one batch does.
         // The batch's requests then get `BatchError::Lost` from their dropped senders.
-        // Busy from taking the batch to having answered it (on a GPU, the batch's copies
-        // back end it, so the wall time covers the kernels).
+        // Busy: on a card, the batch's copies and kernels as CUDA events time them; on
+        // the CPU (or when a GPU batch failed), from taking the batch to answering it.
         let took = Instant::now();
         let ran = catch_unwind(AssertUnwindSafe(|| execute(&spec, &mut backend, batch, &mut broken)));
-        busy.inc_by(took.elapsed().as_secs_f64());
+        let on_card = match &backend {
+            Backend::Cuda(m) => m.executor().last_batch_time(),
+            Backend::CudaEncoder(e) => e.executor().last_batch_time(),
+            Backend::Cpu(_) => None,
+        };
+        busy.inc_by(on_card.unwrap_or_else(|| took.elapsed()).as_secs_f64());
         match ran {
             Ok(None) => {}
             Ok(Some((batch, error))) => {
