@@ -141,7 +141,13 @@ impl Server {
         }
         let store = Arc::new(store);
         spawn_expiry(Arc::downgrade(&store));
-        spawn_gpu_sampler(Arc::downgrade(&metrics), inventory, config.server.metrics_interval);
+        let cards = cluster.machine.gpus.iter().map(|g| g.uuid.clone()).collect();
+        spawn_gpu_sampler(
+            Arc::downgrade(&metrics),
+            inventory,
+            cards,
+            config.server.metrics_interval,
+        );
         let server = Server {
             app: Arc::new(
                 AppState::new(
@@ -343,10 +349,16 @@ fn spawn_history(app: std::sync::Weak<AppState>) {
     });
 }
 
-/// Reads the cards' figures into `prism_gpu_*` at once and every `interval`, off the
-/// async workers (NVML calls the driver), until the server's metrics are gone. Without
-/// GPUs there is nothing to read and no series.
-fn spawn_gpu_sampler(metrics: std::sync::Weak<Metrics>, inventory: Arc<dyn Inventory>, interval: std::time::Duration) {
+/// Reads the figures of the cards the server uses (by UUID: not those CUDA cannot see)
+/// into `prism_gpu_*` at once and every `interval`, off the async workers (NVML calls
+/// the driver), until the server's metrics are gone. Without GPUs there is nothing to
+/// read and no series.
+fn spawn_gpu_sampler(
+    metrics: std::sync::Weak<Metrics>,
+    inventory: Arc<dyn Inventory>,
+    cards: std::collections::HashSet<String>,
+    interval: std::time::Duration,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -356,11 +368,16 @@ fn spawn_gpu_sampler(metrics: std::sync::Weak<Metrics>, inventory: Arc<dyn Inven
                 break;
             }
             let inventory = Arc::clone(&inventory);
-            let Ok(samples) = tokio::task::spawn_blocking(move || inventory.sample()).await else {
-                break;
+            let mut samples = match tokio::task::spawn_blocking(move || inventory.sample()).await {
+                Ok(samples) => samples,
+                Err(e) => {
+                    tracing::warn!("reading the GPUs' figures failed ({e}); trying again next time");
+                    continue;
+                }
             };
+            samples.retain(|s| cards.contains(&s.uuid));
             let Some(metrics) = metrics.upgrade() else { break };
-            metrics.gpus.record(&samples);
+            metrics.record_gpus(&samples);
         }
     });
 }

@@ -65,6 +65,9 @@ pub struct StoreMetrics {
 /// (tests) do not collide.
 pub struct Metrics {
     registry: Registry,
+    /// Held while gauges are cleared and set again, and while the text is rendered: a
+    /// scrape never sees a gauge family half refilled.
+    scrape: std::sync::Mutex<()>,
     /// Inference requests by `model` (a deployment or a pipeline) and `outcome`
     /// ([`Outcome`]), each counted once when it ends.
     pub requests: IntCounterVec,
@@ -110,19 +113,27 @@ pub struct Metrics {
 }
 
 /// The cards' figures, sampled every `server.metrics_interval_s`.
-#[derive(Clone)]
 pub struct GpuMetrics {
     pub utilization: GaugeVec,
     pub memory_used: GaugeVec,
     pub memory_total: GaugeVec,
     pub power: GaugeVec,
     pub temperature: GaugeVec,
+    /// The last samples, for the status page.
+    latest: std::sync::Mutex<Vec<GpuSample>>,
 }
 
 impl GpuMetrics {
+    /// The last sample of card `index` (NVML's), if it was read.
+    pub fn latest(&self, index: usize) -> Option<GpuSample> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest.iter().find(|s| s.index == index).cloned()
+    }
+
     /// Replaces every card's figures with `samples`: a card or a figure that is no longer
     /// read loses its series (absent, not zero).
-    pub fn record(&self, samples: &[GpuSample]) {
+    fn record(&self, samples: &[GpuSample]) {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = samples.to_vec();
         let all = [
             &self.utilization,
             &self.memory_used,
@@ -312,13 +323,27 @@ impl Metrics {
                 memory_total: gpu(GPU_MEMORY_TOTAL, "GPU memory (NVML)."),
                 power: gpu(GPU_POWER, "GPU power draw (NVML)."),
                 temperature: gpu(GPU_TEMPERATURE, "GPU core temperature (NVML)."),
+                latest: std::sync::Mutex::new(Vec::new()),
             },
+            scrape: std::sync::Mutex::new(()),
             registry,
         }
     }
 
+    /// Holds off scrapes while gauges are refilled (see [`Metrics::render`]).
+    pub fn refilling(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.scrape.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the cards' figures with `samples`, as one step for scrapes.
+    pub fn record_gpus(&self, samples: &[GpuSample]) {
+        let _refilling = self.refilling();
+        self.gpus.record(samples);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let _refilling = self.refilling();
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

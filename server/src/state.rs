@@ -94,6 +94,14 @@ impl Served {
         }
     }
 
+    /// A request answered after `d`: the first one a deployment's replicas answer since
+    /// they were loaded is kept (`first_request_ms` in the status).
+    pub fn answered(&self, d: std::time::Duration) {
+        if let Served::Deployment(deployment) = self {
+            deployment.answered(d);
+        }
+    }
+
     /// Triton's statistics, which deployments keep and pipelines do not.
     pub fn stats(&self) -> Option<&ModelStats> {
         match self {
@@ -194,6 +202,7 @@ impl AppState {
     /// restarts need no bookkeeping of their own.
     pub fn refresh_replica_metrics(&self) {
         let (states, memory) = (&self.metrics.replica_states, &self.metrics.replica_memory);
+        let _refilling = self.metrics.refilling();
         states.reset();
         memory.reset();
         for d in &self.deployments {

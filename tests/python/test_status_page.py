@@ -22,6 +22,10 @@ CONFIG = """
 [server]
 metrics_interval_s = 1
 
+# A name with markup in it: the page shows it as text.
+[server.resources]
+"<b id='injected'>licence</b>" = 2
+
 [[deployments]]
 name = "quarters"
 num_replicas = 4
@@ -115,6 +119,8 @@ def test_the_status_page_shows_every_replica_and_moves_under_load(prism, tmp_pat
         assert pending.get_attribute("data-replica") == "waiting#0"
         assert "room" in cpu.text or "GPU" in cpu.text, cpu.text
         assert driver.find_element(By.CSS_SELECTOR, '#resources [data-resource="GPU"]')
+        assert "<b id='injected'>licence</b>" in driver.find_element(By.ID, "resources").text
+        assert not driver.find_elements(By.ID, "injected"), "a server string became markup"
 
         # Load: the figures move (req/s and p99 from the server's ring buffers).
         def rps():

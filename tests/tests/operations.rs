@@ -255,6 +255,17 @@ name = "cold"
 builtin = "celsius"
 [deployments.actor]
 num_cpus = 0
+
+# Warm-up runs the model alone: 3 batches that each met this delay would take 1.5 s.
+[[deployments]]
+name = "delayed"
+warmup = 3
+[deployments.model]
+builtin = "celsius"
+[deployments.actor]
+num_cpus = 0
+[deployments.fault_injection]
+delay_ms = 500
 "#,
         mean.display()
     );
@@ -275,6 +286,8 @@ num_cpus = 0
         assert!(d["first_request_ms"].is_null(), "no request yet: {d}");
     }
     assert!(by_name(&status, "cold")["warmup_ms"].is_null());
+    let delayed = by_name(&status, "delayed")["warmup_ms"].as_f64().unwrap();
+    assert!(delayed < 500.0, "warm-up met the injected delay: {delayed} ms");
     // Warm-up batches are not inferences: the statistics count clients' requests only.
     let stats = server.client.model_statistics(Some("celsius")).await.unwrap();
     assert_eq!(stats["model_stats"][0]["inference_count"], 0, "{stats}");
@@ -290,5 +303,16 @@ num_cpus = 0
         first,
         "the first one stays"
     );
+    // A load starts over: new replicas, warmed again, no request yet.
+    let loaded = reqwest::Client::new()
+        .post(format!("{}/v2/repository/models/celsius/load", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(loaded.status(), 200);
+    let status = server.get_json("/v2/status").await;
+    let d = by_name(&status, "celsius");
+    assert!(d["first_request_ms"].is_null(), "{d}");
+    assert!(d["warmup_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{d}");
     server.stop().await.unwrap();
 }

@@ -519,3 +519,11 @@ impl<E: Executor> GpuEncoder<E> {
         &self.exec
     }
 }
+
+impl GpuEncoder<CudaExecutor> {
+    /// The card's time on the batches since the last call (see
+    /// [`CudaExecutor::take_batch_time`]).
+    pub fn take_batch_time(&mut self) -> Option<std::time::Duration> {
+        self.exec.take_batch_time()
+    }
+}

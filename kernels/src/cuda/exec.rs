@@ -111,9 +111,10 @@ pub struct CudaExecutor {
     staging_in: Vec<Option<PinnedHostSlice<u8>>>,
     staging_out: Option<PinnedHostSlice<f32>>,
     compute: cublasComputeType_t,
-    /// The last batch's time on the card, from a CUDA event before its first copy in
-    /// to one after its copy out; `None` after a failed batch.
-    last_batch: Option<std::time::Duration>,
+    /// The batches' time on the card since [`CudaExecutor::take_batch_time`], each from
+    /// a CUDA event before its first copy in to one after its copy out (failed batches
+    /// are not counted).
+    card_time: Option<std::time::Duration>,
 }
 
 impl CudaExecutor {
@@ -124,14 +125,14 @@ impl CudaExecutor {
             staging_in: Vec::new(),
             staging_out: None,
             compute: cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            last_batch: None,
+            card_time: None,
         }
     }
 
-    /// The last batch's time on the card (its copies and kernels, timed by CUDA events),
-    /// `None` when it failed or the events could not be read.
-    pub fn last_batch_time(&self) -> Option<std::time::Duration> {
-        self.last_batch
+    /// The time the card spent on the batches run since the last call (their copies and
+    /// kernels, timed by CUDA events); `None` when none ran to the end.
+    pub fn take_batch_time(&mut self) -> Option<std::time::Duration> {
+        self.card_time.take()
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -274,41 +275,26 @@ impl CudaExecutor {
             plan.inputs.len(),
             "one input per plan input. This is a bug."
         );
-        // Timed from here, on the stream: the copies in, the kernels, the copy out.
-        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let started = self
-            .device
-            .stream
-            .record_event(timing)
-            .map_err(gpu("record an event"))?;
-        for (i, (&buf, data)) in plan.inputs.iter().zip(inputs).enumerate() {
+        // The host's part first: each input into its page-locked staging, and the output's
+        // staging, (re)allocated as they grow. (Each batch ends synchronized, so the
+        // previous batch's copies are done with them.)
+        for (i, data) in inputs.iter().enumerate() {
             let bytes = bytes(data);
-            let ctx = Arc::clone(&self.device.ctx);
             let staging = &mut self.staging_in[i];
             if staging.as_ref().is_none_or(|s| s.len() < bytes.len()) {
                 *staging = None;
-                // SAFETY: written below before the copy reads it.
+                // SAFETY: written just below, before any copy reads it.
                 *staging = Some(
-                    unsafe { ctx.alloc_pinned::<u8>(bytes.len().next_power_of_two().max(1)) }
-                        .map_err(gpu("allocate pinned input"))?,
+                    unsafe {
+                        self.device
+                            .ctx
+                            .alloc_pinned::<u8>(bytes.len().next_power_of_two().max(1))
+                    }
+                    .map_err(gpu("allocate pinned input"))?,
                 );
             }
             let staging = staging.as_mut().expect("allocated above");
             staging.as_mut_slice().map_err(gpu("map pinned input"))?[..bytes.len()].copy_from_slice(bytes);
-            let stream = Arc::clone(&self.device.stream);
-            let dst = &mut self.buffers[buf.0].as_mut().expect("inputs are scratch").bytes;
-            stream
-                .memcpy_htod(
-                    &staging.as_slice().map_err(gpu("map pinned input"))?[..bytes.len()],
-                    &mut dst.slice_mut(0..bytes.len()),
-                )
-                .map_err(gpu("copy the batch to the card"))?;
-        }
-        for op in &plan.ops {
-            match op {
-                Op::Launch { kernel, cfg, args } => self.launch(*kernel, *cfg, args)?,
-                Op::Gemm(g) => self.gemm(g)?,
-            }
         }
         let (buf, len) = plan.output;
         if self.staging_out.as_ref().is_none_or(|s| s.len() < len) {
@@ -325,6 +311,31 @@ impl CudaExecutor {
                 .map_err(gpu("allocate pinned output"))?,
             );
         }
+        // The card's part, timed on the stream: the copies in, the kernels, the copy out.
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let started = self
+            .device
+            .stream
+            .record_event(timing)
+            .map_err(gpu("record an event"))?;
+        for (i, (&buf, data)) in plan.inputs.iter().zip(inputs).enumerate() {
+            let n = bytes(data).len();
+            let staging = self.staging_in[i].as_ref().expect("staged above");
+            let stream = Arc::clone(&self.device.stream);
+            let dst = &mut self.buffers[buf.0].as_mut().expect("inputs are scratch").bytes;
+            stream
+                .memcpy_htod(
+                    &staging.as_slice().map_err(gpu("map pinned input"))?[..n],
+                    &mut dst.slice_mut(0..n),
+                )
+                .map_err(gpu("copy the batch to the card"))?;
+        }
+        for op in &plan.ops {
+            match op {
+                Op::Launch { kernel, cfg, args } => self.launch(*kernel, *cfg, args)?,
+                Op::Gemm(g) => self.gemm(g)?,
+            }
+        }
         let stream = Arc::clone(&self.device.stream);
         let src = &self.buffers[buf.0].as_ref().expect("the output is a buffer").bytes;
         let out = self.staging_out.as_mut().expect("allocated above");
@@ -337,10 +348,10 @@ impl CudaExecutor {
         stream.memcpy_dtoh(&src, dst).map_err(gpu("copy the answer back"))?;
         let ended = stream.record_event(timing).map_err(gpu("record an event"))?;
         stream.synchronize().map_err(gpu("synchronize"))?;
-        self.last_batch = started
-            .elapsed_ms(&ended)
-            .ok()
-            .map(|ms| std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3));
+        if let Ok(ms) = started.elapsed_ms(&ended) {
+            let took = std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
+            self.card_time = Some(self.card_time.unwrap_or_default() + took);
+        }
         Ok(dst.to_vec())
     }
 }
@@ -373,7 +384,6 @@ impl Executor for CudaExecutor {
     fn run(&mut self, plan: &Plan, inputs: &[Host<'_>]) -> Result<Vec<f32>, GpuError> {
         // cudarc panics on a missing library symbol and on some failed frees: a panic here
         // is a failed batch, never the end of the replica's thread.
-        self.last_batch = None;
         let result = catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner(plan, inputs)))
             .unwrap_or_else(|_| Err(GpuError("cudarc panicked running a batch".into())));
         if result.is_err() {

@@ -214,3 +214,11 @@ impl<E: Executor> GpuModel<E> {
         &self.exec
     }
 }
+
+impl GpuModel<CudaExecutor> {
+    /// The card's time on the batches since the last call (see
+    /// [`CudaExecutor::take_batch_time`]).
+    pub fn take_batch_time(&mut self) -> Option<std::time::Duration> {
+        self.exec.take_batch_time()
+    }
+}

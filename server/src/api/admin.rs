@@ -64,8 +64,7 @@ pub async fn status(State(app): App) -> Json<Value> {
         .iter()
         .map(|d| {
             // Since the last load: the slowest replica's warm-up, and the first request.
-            let stats = d.stats.snapshot();
-            let (warmup, first_request) = (stats.warmup, stats.first_request);
+            let (warmup, first_request) = d.load_times();
             let ms = |t: std::time::Duration| t.as_secs_f64() * 1e3;
             json!({
                 "name": d.name(),
@@ -93,6 +92,15 @@ pub async fn status(State(app): App) -> Json<Value> {
         "gpus": c.machine.gpus.iter().zip(&c.gpu_used).map(|(g, used)| {
             let mut v = serde_json::to_value(g).expect("GPU info serializes");
             v["used"] = json!(used);
+            // The last NVML sample's figures rather than the start-up ones.
+            if let Some(s) = app.metrics.gpus.latest(g.index) {
+                if let Some(u) = s.utilization {
+                    v["utilization"] = json!((u * 100.0).round());
+                }
+                if let (Some(total), Some(used)) = (s.memory_total, s.memory_used) {
+                    v["memory_free"] = json!(total.saturating_sub(used));
+                }
+            }
             v
         }).collect::<Vec<_>>(),
         "no_gpu_reason": c.no_gpu_reason,

@@ -185,6 +185,9 @@ impl Count {
         if let Some(stats) = self.target.stats() {
             stats.record_request(result.is_ok(), elapsed);
         }
+        if result.is_ok() {
+            self.target.answered(elapsed);
+        }
         if let (Err(e), Outcome::Failed | Outcome::Timeout | Outcome::Unavailable | Outcome::Rejected) =
             (&result, outcome)
         {

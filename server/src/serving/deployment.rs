@@ -105,6 +105,20 @@ impl Deployment {
         self.engine().map(|e| e.replicas.clone()).unwrap_or_default()
     }
 
+    /// A request was answered after `d` (see [`Deployment::load_times`]).
+    pub fn answered(&self, d: std::time::Duration) {
+        if let Some(e) = self.engine() {
+            let _ = e.first_request.set(d);
+        }
+    }
+
+    /// Of the replicas serving now: the slowest one's warm-up, and the first request
+    /// they answered, arrival to answer.
+    pub fn load_times(&self) -> (Option<std::time::Duration>, Option<std::time::Duration>) {
+        self.engine()
+            .map_or((None, None), |e| (e.warmup, e.first_request.get().copied()))
+    }
+
     /// What each replica is placed with (the memory a card reserves for it).
     pub fn replica_memory(&self) -> u64 {
         self.gpu_memory

@@ -59,6 +59,10 @@ pub(super) struct Engine {
     pub(super) replicas: Vec<ReplicaStatus>,
     /// An encoder's tokenizer, for the requests to use before they queue.
     pub(super) tokenizer: Option<Arc<TextTokenizer>>,
+    /// The slowest replica's warm-up at start (none without `warmup`).
+    pub(super) warmup: Option<std::time::Duration>,
+    /// The first request these replicas answered, arrival to answer.
+    pub(super) first_request: std::sync::OnceLock<std::time::Duration>,
     /// `prism_replicas` children this engine counts in, given back when it stops.
     replica_gauges: std::sync::Mutex<Vec<prometheus::IntGauge>>,
     /// Replica threads, restarted ones included.
@@ -99,7 +103,6 @@ impl Engine {
             busy: metrics.replica_busy.clone(),
         };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        stats.record_load();
         let warmup = match spec.warmup {
             0 => None,
             batches => Some(Arc::new(Warmup {
@@ -186,11 +189,15 @@ impl Engine {
         // Each replica opens its device on its own thread (a CUDA context belongs to the
         // thread that uses it): wait, so the status says where it really computes. On
         // failure the senders drop here and the started threads end by themselves.
+        let mut warmed: Option<std::time::Duration> = None;
         for (slot, opened) in opened {
             let status = &mut replicas[slot];
             let outcome = opened
                 .recv()
                 .unwrap_or_else(|_| Err("the replica thread ended while opening its device".into()));
+            if let Ok(Some(took)) = outcome {
+                warmed = Some(warmed.map_or(took, |w| w.max(took)));
+            }
             if let Err(why) = outcome {
                 if gpu_required {
                     return Err(StartError::Replica {
@@ -237,7 +244,7 @@ impl Engine {
                 // cannot open its card is not started on another device behind the
                 // status page's back.
                 match spawned.opened.recv() {
-                    Ok(Ok(())) => Ok(spawned.batches),
+                    Ok(Ok(_)) => Ok(spawned.batches),
                     Ok(Err(why)) => Err(format!("its device could not be opened again: {why}")),
                     Err(_) => Err("the restarted replica ended while opening its device".into()),
                 }
@@ -271,6 +278,8 @@ impl Engine {
             ServedModel::Rows(_) => None,
         };
         Ok(Engine {
+            warmup: warmed,
+            first_request: std::sync::OnceLock::new(),
             tokenizer,
             handle,
             ready,

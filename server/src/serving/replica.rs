@@ -79,9 +79,10 @@ pub struct Spawned {
     /// Where the batcher sends batches.
     pub batches: SyncSender<Batch>,
     pub thread: JoinHandle<()>,
-    /// Reports once the replica has opened its device: `Err(why)` when a GPU replica could
-    /// not use its card and computes on the CPU instead.
-    pub opened: Receiver<Result<(), String>>,
+    /// Reports once the replica has opened its device and warmed up (how long that took,
+    /// with `warmup`): `Err(why)` when a GPU replica could not use its card and computes
+    /// on the CPU instead (then unwarmed).
+    pub opened: Receiver<Result<Option<Duration>, String>>,
 }
 
 /// Starts a replica thread.
@@ -139,12 +140,12 @@ impl Backend {
     }
 }
 
-fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), String>>) {
+fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<Option<Duration>, String>>) {
     tracing::debug!(model = %spec.model_name, replica = spec.index, device = %spec.device.location(), "replica started");
     let (mut backend, how) = Backend::open(&spec);
-    if let Some(w) = &spec.warmup {
-        warm_up(&spec, &mut backend, w);
-    }
+    // A replica that could not open its card says so at once: whoever started it may
+    // not keep it (a reload that needs the card, a restart).
+    let how = how.map(|()| spec.warmup.as_ref().map(|w| warm_up(&spec, &mut backend, w)));
     // Whoever started the replica may have stopped waiting.
     let _ = opened.send(how);
     if matches!(backend, Backend::Cpu(_)) && spec.precision != Precision::Fp32 {
@@ -170,11 +171,7 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), Str
         // the CPU (or when a GPU batch failed), from taking the batch to answering it.
         let took = Instant::now();
         let ran = catch_unwind(AssertUnwindSafe(|| execute(&spec, &mut backend, batch, &mut broken)));
-        let on_card = match &backend {
-            Backend::Cuda(m) => m.executor().last_batch_time(),
-            Backend::CudaEncoder(e) => e.executor().last_batch_time(),
-            Backend::Cpu(_) => None,
-        };
+        let on_card = take_card_time(&mut backend);
         busy.inc_by(on_card.unwrap_or_else(|| took.elapsed()).as_secs_f64());
         match ran {
             Ok(None) => {}
@@ -209,25 +206,36 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<(), Str
 }
 
 /// Runs the warm-up batches (kernels compiled, buffers allocated, caches filled) before
-/// the replica reports it is open, so that the deployment turns ready warm. A batch that
+/// the replica reports it is open, so that the deployment turns ready warm; answers how
+/// long they took. They run the model alone: no injected faults or delays. A batch that
 /// fails is logged and the replica starts anyway: requests then meet the same error.
-fn warm_up(spec: &ReplicaSpec, backend: &mut Backend, w: &Warmup) {
+fn warm_up(spec: &ReplicaSpec, backend: &mut Backend, w: &Warmup) -> Duration {
     let started = Instant::now();
     for i in 0..w.batches {
-        // A drill's broken replica is not kept broken by its warm-up.
-        let mut broken = false;
-        let ran = catch_unwind(AssertUnwindSafe(|| run_model(spec, backend, &w.input, &mut broken)));
+        let ran = catch_unwind(AssertUnwindSafe(|| forward(spec, backend, &w.input)));
         let why = match ran {
             Ok(Ok(_)) => continue,
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => e,
             Err(_) => "the model panicked".to_owned(),
         };
         tracing::warn!(model = %spec.model_name, replica = spec.index, batch = i, "warm-up batch failed: {why}");
     }
+    // Warm-up is not serving: the busy time starts with the first batch.
+    let _ = take_card_time(backend);
     let took = started.elapsed();
-    spec.stats.record_warmup(took);
     tracing::info!(model = %spec.model_name, replica = spec.index, batches = w.batches,
         rows = w.input.rows(), ms = took.as_secs_f64() * 1e3, "warmed up");
+    took
+}
+
+/// The time the card spent on this replica's batches since the last call (CUDA events);
+/// `None` on the CPU, or when no batch reached the card.
+fn take_card_time(backend: &mut Backend) -> Option<Duration> {
+    match backend {
+        Backend::Cuda(m) => m.take_batch_time(),
+        Backend::CudaEncoder(e) => e.take_batch_time(),
+        Backend::Cpu(_) => None,
+    }
 }
 
 /// Runs one batch and answers its requests; or, when the replica crashed running it (a
@@ -414,30 +422,7 @@ fn run_model(
             rate: spec.faults.error_rate,
         });
     }
-    let forward = || -> Result<Array2<f32>, String> {
-        match (backend, &spec.model, input) {
-            (Backend::Cpu(cpu), ServedModel::Rows(m), Input::Rows(rows)) => {
-                m.forward(cpu, rows.view()).map_err(|e| e.to_string())
-            }
-            (Backend::Cpu(cpu), ServedModel::Encoder(e), Input::Tokens(tokens)) => Ok(e.forward(cpu, tokens)),
-            (Backend::Cuda(gpu), ServedModel::Rows(m), Input::Rows(rows)) => {
-                let x = rows.view();
-                let n = x.nrows();
-                let x = x.as_standard_layout();
-                let y = gpu
-                    .forward(x.as_slice().expect("standard layout is contiguous"), n)
-                    .map_err(|e| e.to_string())?;
-                Ok(Array2::from_shape_vec((n, m.out_features()), y).expect("the GPU answers rows × out"))
-            }
-            (Backend::CudaEncoder(gpu), ServedModel::Encoder(e), Input::Tokens(tokens)) => {
-                let y = gpu.forward(tokens).map_err(|e| e.to_string())?;
-                Ok(Array2::from_shape_vec((tokens.texts(), e.output_width()), y)
-                    .expect("the GPU answers texts × width"))
-            }
-            _ => unreachable!("the input matches the model, and each backend runs its own model. This is a bug."),
-        }
-    };
-    match catch_unwind(AssertUnwindSafe(forward)) {
+    match catch_unwind(AssertUnwindSafe(|| forward(spec, backend, input))) {
         Ok(Ok(output)) => Ok(output),
         Ok(Err(reason)) => Err(BatchError::Model {
             model: spec.model_name.clone(),
@@ -451,5 +436,29 @@ fn run_model(
                 reason,
             })
         }
+    }
+}
+
+/// The model on the replica's backend, and nothing else: no faults, no catching.
+fn forward(spec: &ReplicaSpec, backend: &mut Backend, input: &Input) -> Result<Array2<f32>, String> {
+    match (backend, &spec.model, input) {
+        (Backend::Cpu(cpu), ServedModel::Rows(m), Input::Rows(rows)) => {
+            m.forward(cpu, rows.view()).map_err(|e| e.to_string())
+        }
+        (Backend::Cpu(cpu), ServedModel::Encoder(e), Input::Tokens(tokens)) => Ok(e.forward(cpu, tokens)),
+        (Backend::Cuda(gpu), ServedModel::Rows(m), Input::Rows(rows)) => {
+            let x = rows.view();
+            let n = x.nrows();
+            let x = x.as_standard_layout();
+            let y = gpu
+                .forward(x.as_slice().expect("standard layout is contiguous"), n)
+                .map_err(|e| e.to_string())?;
+            Ok(Array2::from_shape_vec((n, m.out_features()), y).expect("the GPU answers rows × out"))
+        }
+        (Backend::CudaEncoder(gpu), ServedModel::Encoder(e), Input::Tokens(tokens)) => {
+            let y = gpu.forward(tokens).map_err(|e| e.to_string())?;
+            Ok(Array2::from_shape_vec((tokens.texts(), e.output_width()), y).expect("the GPU answers texts × width"))
+        }
+        _ => unreachable!("the input matches the model, and each backend runs its own model. This is a bug."),
     }
 }

@@ -55,10 +55,6 @@ pub struct Snapshot {
     pub compute_output: Stat,
     /// By batch size (rows).
     pub batches: BTreeMap<usize, BatchStat>,
-    /// Since the last load: the longest replica's warm-up, and the first request's time
-    /// from arrival to answer.
-    pub warmup: Option<Duration>,
-    pub first_request: Option<Duration>,
 }
 
 /// The times of one executed batch.
@@ -111,25 +107,7 @@ impl ModelStats {
     /// A request answered (successfully or not) after `d`.
     pub fn record_request(&self, success: bool, d: Duration) {
         let mut s = self.lock();
-        if success {
-            s.success.add(d)
-        } else {
-            s.fail.add(d)
-        }
-        s.first_request.get_or_insert(d);
-    }
-
-    /// The model is being loaded (again): warm-up and first request start over.
-    pub fn record_load(&self) {
-        let mut s = self.lock();
-        s.warmup = None;
-        s.first_request = None;
-    }
-
-    /// One replica's warm-up took `d`.
-    pub fn record_warmup(&self, d: Duration) {
-        let mut s = self.lock();
-        s.warmup = Some(s.warmup.map_or(d, |w| w.max(d)));
+        if success { s.success.add(d) } else { s.fail.add(d) }
     }
 
     pub fn snapshot(&self) -> Snapshot {
