@@ -140,13 +140,27 @@ impl Server {
             }
         }
         let store = Arc::new(store);
-        spawn_expiry(Arc::downgrade(&store));
-        let cards = cluster.machine.gpus.iter().map(|g| g.uuid.clone()).collect();
-        spawn_gpu_sampler(
+        // Objects past their time-to-live go once a second.
+        spawn_every(
+            "expiring objects",
+            Arc::downgrade(&store),
+            std::time::Duration::from_secs(1),
+            |store| {
+                store.expire(tokio::time::Instant::now());
+            },
+        );
+        // The figures of the cards the server uses (by UUID: not those CUDA cannot see),
+        // into `prism_gpu_*`; without GPUs there is nothing to read and no series.
+        let cards: std::collections::HashSet<String> = cluster.machine.gpus.iter().map(|g| g.uuid.clone()).collect();
+        spawn_every(
+            "reading the GPUs' figures",
             Arc::downgrade(&metrics),
-            inventory,
-            cards,
             config.server.metrics_interval,
+            move |metrics| {
+                let mut samples = inventory.sample();
+                samples.retain(|s| cards.contains(&s.uuid));
+                metrics.record_gpus(&samples);
+            },
         );
         let server = Server {
             app: Arc::new(
@@ -167,7 +181,12 @@ impl Server {
             shutdown_timeout: config.server.shutdown_timeout,
             connection_limits: config.server.connections,
         };
-        spawn_history(Arc::downgrade(&server.app));
+        spawn_every(
+            "the status page's history",
+            Arc::downgrade(&server.app),
+            history::INTERVAL,
+            AppState::sample_history,
+        );
         Ok(server)
     }
 
@@ -322,62 +341,26 @@ fn open_store(config: &Config, cluster: &resources::Cluster, metrics: &Metrics) 
     store
 }
 
-/// Deletes expired client objects once a second, for as long as the store lives.
-fn spawn_expiry(store: std::sync::Weak<store::Store>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(store) = store.upgrade() else { break };
-            store.expire(tokio::time::Instant::now());
-        }
-    });
-}
-
-/// Takes a point of the status page's history every [`history::INTERVAL`] while the
-/// server's state lives.
-fn spawn_history(app: std::sync::Weak<AppState>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(history::INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(app) = app.upgrade() else { break };
-            app.sample_history();
-        }
-    });
-}
-
-/// Reads the figures of the cards the server uses (by UUID: not those CUDA cannot see)
-/// into `prism_gpu_*` at once and every `interval`, off the async workers (NVML calls
-/// the driver), until the server's metrics are gone. Without GPUs there is nothing to
-/// read and no series.
-fn spawn_gpu_sampler(
-    metrics: std::sync::Weak<Metrics>,
-    inventory: Arc<dyn Inventory>,
-    cards: std::collections::HashSet<String>,
+/// Calls `tick` on `state` at once and every `interval` while `state` lives, on the
+/// blocking pool (a tick may block: NVML calls the driver). A tick that panics is logged
+/// and the next one runs.
+fn spawn_every<T: Send + Sync + 'static>(
+    what: &'static str,
+    state: std::sync::Weak<T>,
     interval: std::time::Duration,
+    tick: impl Fn(&T) + Send + Sync + 'static,
 ) {
+    let tick = Arc::new(tick);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            if metrics.strong_count() == 0 {
-                break;
+            ticks.tick().await;
+            let Some(state) = state.upgrade() else { break };
+            let tick = Arc::clone(&tick);
+            if let Err(e) = tokio::task::spawn_blocking(move || tick(&state)).await {
+                tracing::warn!("{what} failed ({e}); trying again next time");
             }
-            let inventory = Arc::clone(&inventory);
-            let mut samples = match tokio::task::spawn_blocking(move || inventory.sample()).await {
-                Ok(samples) => samples,
-                Err(e) => {
-                    tracing::warn!("reading the GPUs' figures failed ({e}); trying again next time");
-                    continue;
-                }
-            };
-            samples.retain(|s| cards.contains(&s.uuid));
-            let Some(metrics) = metrics.upgrade() else { break };
-            metrics.record_gpus(&samples);
         }
     });
 }

@@ -145,8 +145,8 @@ impl GpuMetrics {
             g.reset();
         }
         for s in samples {
-            let labels = [s.index.to_string(), s.uuid.clone()];
-            let labels = [labels[0].as_str(), labels[1].as_str()];
+            let index = s.index.to_string();
+            let labels = [index.as_str(), s.uuid.as_str()];
             let figures = [
                 (&self.utilization, s.utilization),
                 (&self.memory_used, s.memory_used.map(|b| b as f64)),

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice, PushKernelArg,
+};
 
 use super::plan::{Arg, Buf, Executor, Gemm, GemmType, Host, Op, Plan};
 use super::source::{self, Kernel, Output, SOURCES};
@@ -115,6 +117,8 @@ pub struct CudaExecutor {
     /// a CUDA event before its first copy in to one after its copy out (failed batches
     /// are not counted).
     card_time: Option<std::time::Duration>,
+    /// The two timing events, made once and recorded again for each batch.
+    events: Option<(CudaEvent, CudaEvent)>,
 }
 
 impl CudaExecutor {
@@ -126,6 +130,7 @@ impl CudaExecutor {
             staging_out: None,
             compute: cublasComputeType_t::CUBLAS_COMPUTE_32F,
             card_time: None,
+            events: None,
         }
     }
 
@@ -312,12 +317,13 @@ impl CudaExecutor {
             );
         }
         // The card's part, timed on the stream: the copies in, the kernels, the copy out.
-        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let started = self
-            .device
-            .stream
-            .record_event(timing)
-            .map_err(gpu("record an event"))?;
+        if self.events.is_none() {
+            let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let event = || self.device.ctx.new_event(timing).map_err(gpu("make a timing event"));
+            self.events = Some((event()?, event()?));
+        }
+        let (started, _) = self.events.as_ref().expect("made above");
+        started.record(&self.device.stream).map_err(gpu("record an event"))?;
         for (i, (&buf, data)) in plan.inputs.iter().zip(inputs).enumerate() {
             let n = bytes(data).len();
             let staging = self.staging_in[i].as_ref().expect("staged above");
@@ -346,9 +352,10 @@ impl CudaExecutor {
         // the staging buffer may be longer than this batch's answer.
         let dst = &mut out.as_mut_slice().map_err(gpu("map pinned output"))?[..len];
         stream.memcpy_dtoh(&src, dst).map_err(gpu("copy the answer back"))?;
-        let ended = stream.record_event(timing).map_err(gpu("record an event"))?;
+        let (started, ended) = self.events.as_ref().expect("made above");
+        ended.record(&stream).map_err(gpu("record an event"))?;
         stream.synchronize().map_err(gpu("synchronize"))?;
-        if let Ok(ms) = started.elapsed_ms(&ended) {
+        if let Ok(ms) = started.elapsed_ms(ended) {
             let took = std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
             self.card_time = Some(self.card_time.unwrap_or_default() + took);
         }

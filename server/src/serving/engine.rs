@@ -107,10 +107,9 @@ impl Engine {
             0 => None,
             batches => Some(Arc::new(Warmup {
                 batches,
-                input: warmup_input(spec, &model).map_err(|reason| StartError::Replica {
+                input: warmup_input(spec, &model).map_err(|reason| StartError::Load {
                     name: name.clone(),
-                    index: 0,
-                    reason: format!("cannot make its warm-up batch: {reason}"),
+                    reason: format!("`warmup`: cannot make its warm-up batch: {reason}"),
                 })?,
             })),
         };
@@ -195,8 +194,8 @@ impl Engine {
             let outcome = opened
                 .recv()
                 .unwrap_or_else(|_| Err("the replica thread ended while opening its device".into()));
-            if let Ok(Some(took)) = outcome {
-                warmed = Some(warmed.map_or(took, |w| w.max(took)));
+            if let Ok(took) = outcome {
+                warmed = warmed.max(took);
             }
             if let Err(why) = outcome {
                 if gpu_required {

@@ -20,22 +20,9 @@ import numpy as np
 
 from ._client import DEFAULT_URL, RETRYABLE_KINDS, TASK_OPS, ArrayLike, Client, Input, Output
 from ._codec import datatype_of, dtype_of
-from ._errors import (
-    BadRequestError,
-    ForbiddenError,
-    GetTimeoutError,
-    NotFoundError,
-    ObjectFailedError,
-    PrismConnectionError,
-    PrismError,
-    ProtocolError,
-    RequestTimeoutError,
-    ServerError,
-    StoreFullError,
-    TooLargeError,
-    UnauthorizedError,
-    UnavailableError,
-)
+from . import _errors
+from ._errors import *  # noqa: F403 (the error classes, as _errors.__all__ lists them)
+from ._errors import PrismError
 from ._ref import ObjectRef
 
 __version__ = "0.1.0"
@@ -62,20 +49,7 @@ __all__ = [
     "DEFAULT_URL",
     "TASK_OPS",
     "RETRYABLE_KINDS",
-    "PrismError",
-    "PrismConnectionError",
-    "ProtocolError",
-    "BadRequestError",
-    "UnauthorizedError",
-    "ForbiddenError",
-    "NotFoundError",
-    "RequestTimeoutError",
-    "TooLargeError",
-    "UnavailableError",
-    "GetTimeoutError",
-    "StoreFullError",
-    "ServerError",
-    "ObjectFailedError",
+    *_errors.__all__,
 ]
 
 _default: Optional[Client] = None
