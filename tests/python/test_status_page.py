@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from conftest import ROOT
@@ -67,6 +68,22 @@ def browser(tmp_path):
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+def fresh(check):
+    """Runs `check` again when the page redrew what it was reading (every 2 s it
+    replaces its sections, and a handle found before a redraw is stale after it)."""
+    for _ in range(5):
+        try:
+            return check()
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    return check()
+
+
+def text(driver, css):
+    """The text of the element `css` selects, read in one step in the page."""
+    return driver.execute_script("const e = document.querySelector(arguments[0]); return e && e.textContent;", css)
+
+
 def until(check, timeout=20.0, what="the page"):
     deadline = time.monotonic() + timeout
     while True:
@@ -102,30 +119,12 @@ def test_the_status_page_shows_every_replica_and_moves_under_load(prism, tmp_pat
         login.submit()
         until(lambda: int(driver.find_element(By.TAG_NAME, "body").get_attribute("data-refreshed") or 0) >= 1)
 
-        rows = {r.get_attribute("data-model") for r in driver.find_elements(By.CSS_SELECTOR, "#deployments tr[data-model]")}
-        assert rows == {"quarters", "celsius", "waiting"}, rows
-        # Four quarters on the card's slots, each a quarter of its width.
-        card = driver.find_element(By.CSS_SELECTOR, '#gpus [data-gpu="0"]')
-        slots = card.find_elements(By.CSS_SELECTOR, ".slot")
-        assert sorted(x.get_attribute("data-replica") for x in slots) == [f"quarters#{i}" for i in range(4)]
-        widths = [x.size["width"] for x in slots]
-        assert max(widths) - min(widths) <= 2 and sum(widths) > 0.9 * card.find_element(By.CSS_SELECTOR, ".slots").size["width"]
-        assert "100% placed" in card.text, card.text
-        # Two CPU replicas; the one that found no room waits, saying why.
-        cpu = driver.find_element(By.ID, "cpu")
-        assert sorted(x.get_attribute("data-replica") for x in cpu.find_elements(By.CSS_SELECTOR, ".chip:not(.pending)")) == [
-            "celsius#0", "celsius#1"]
-        (pending,) = cpu.find_elements(By.CSS_SELECTOR, ".chip.pending")
-        assert pending.get_attribute("data-replica") == "waiting#0"
-        assert "room" in cpu.text or "GPU" in cpu.text, cpu.text
-        assert driver.find_element(By.CSS_SELECTOR, '#resources [data-resource="GPU"]')
-        assert "<b id='injected'>licence</b>" in driver.find_element(By.ID, "resources").text
-        assert not driver.find_elements(By.ID, "injected"), "a server string became markup"
+        fresh(lambda: layout(driver))
 
         # Load: the figures move (req/s and p99 from the server's ring buffers).
         def rps():
-            cell = driver.find_element(By.CSS_SELECTOR, '#deployments tr[data-model="celsius"] [data-field="rps"]')
-            return cell.text not in ("–", "0.0") and float(cell.text)
+            cell = text(driver, '#deployments tr[data-model="celsius"] [data-field="rps"]')
+            return cell not in (None, "–", "0.0") and float(cell)
 
         stop = threading.Event()
 
@@ -143,9 +142,9 @@ def test_the_status_page_shows_every_replica_and_moves_under_load(prism, tmp_pat
             # And the last minutes are drawn (two points make a line).
             until(lambda: driver.find_elements(By.CSS_SELECTOR, '#deployments tr[data-model="celsius"] svg.spark path'),
                   timeout=30, what="celsius's sparkline")
-            p99 = driver.find_element(By.CSS_SELECTOR, '#deployments tr[data-model="celsius"] [data-field="p99"]').text
+            p99 = text(driver, '#deployments tr[data-model="celsius"] [data-field="p99"]')
             assert float(p99) > 0, p99
-            objects = driver.find_element(By.CSS_SELECTOR, '[data-field="store-objects"]').text
+            objects = text(driver, '[data-field="store-objects"]')
             assert objects.isdigit(), objects
         finally:
             stop.set()
@@ -160,3 +159,26 @@ def test_the_status_page_shows_every_replica_and_moves_under_load(prism, tmp_pat
         assert not logs, logs
     finally:
         driver.quit()
+
+
+def layout(driver):
+    """Every deployment and every replica where it was placed."""
+    rows = {r.get_attribute("data-model") for r in driver.find_elements(By.CSS_SELECTOR, "#deployments tr[data-model]")}
+    assert rows == {"quarters", "celsius", "waiting"}, rows
+    # Four quarters on the card's slots, each a quarter of its width.
+    card = driver.find_element(By.CSS_SELECTOR, '#gpus [data-gpu="0"]')
+    slots = card.find_elements(By.CSS_SELECTOR, ".slot")
+    assert sorted(x.get_attribute("data-replica") for x in slots) == [f"quarters#{i}" for i in range(4)]
+    widths = [x.size["width"] for x in slots]
+    assert max(widths) - min(widths) <= 2 and sum(widths) > 0.9 * card.find_element(By.CSS_SELECTOR, ".slots").size["width"]
+    assert "100% placed" in card.text, card.text
+    # Two CPU replicas; the one that found no room waits, saying why.
+    cpu = driver.find_element(By.ID, "cpu")
+    assert sorted(x.get_attribute("data-replica") for x in cpu.find_elements(By.CSS_SELECTOR, ".chip:not(.pending)")) == [
+        "celsius#0", "celsius#1"]
+    (pending,) = cpu.find_elements(By.CSS_SELECTOR, ".chip.pending")
+    assert pending.get_attribute("data-replica") == "waiting#0"
+    assert "room" in cpu.text or "GPU" in cpu.text, cpu.text
+    assert driver.find_element(By.CSS_SELECTOR, '#resources [data-resource="GPU"]')
+    assert "<b id='injected'>licence</b>" in driver.find_element(By.ID, "resources").text
+    assert not driver.find_elements(By.ID, "injected"), "a server string became markup"
