@@ -311,16 +311,20 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
         duration: args.duration,
         timeout: args.timeout,
     };
-    let max_connections = loads
-        .iter()
-        .map(|l| match l {
-            Load::Closed { concurrency } => *concurrency,
-            Load::Open { max_in_flight, .. } => *max_in_flight,
-        })
-        .max()
-        .unwrap_or(1);
-    let transport = match args.protocol {
-        Protocol::Http => Transport::Http {
+    let in_flight = |l: &Load| match l {
+        Load::Closed { concurrency } => *concurrency,
+        Load::Open { max_in_flight, .. } => *max_in_flight,
+    };
+    let max_connections = loads.iter().map(in_flight).max().unwrap_or(1);
+    // REST shares one pool across the points; gRPC opens its connections for each point
+    // (one per 8 calls in flight), so none sits idle through a point and is closed by
+    // the server's idle timeout under a later one.
+    enum Via {
+        Rest(Transport),
+        Grpc(String),
+    }
+    let via = match args.protocol {
+        Protocol::Http => Via::Rest(Transport::Http {
             client: reqwest::Client::builder()
                 .default_headers(match client.token() {
                     Some(t) => prism_client::bearer_headers(t)?,
@@ -331,15 +335,11 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
                 .tcp_nodelay(true)
                 .build()?,
             url: client.url().to_owned(),
-        },
-        Protocol::Grpc => {
-            let url = match &args.grpc_url {
-                Some(u) => u.clone(),
-                None => grpc_url_beside(client.url())?,
-            };
-            // Calls multiplex on HTTP/2: a connection per 8 calls in flight.
-            Transport::grpc(&url, max_connections.div_ceil(8), args.timeout, client.token()).await?
-        }
+        }),
+        Protocol::Grpc => Via::Grpc(match &args.grpc_url {
+            Some(u) => u.clone(),
+            None => grpc_url_beside(client.url())?,
+        }),
     };
     let format = match (args.protocol, args.shared_memory) {
         (Protocol::Http, SharedMemory::None) => args.format.to_string(),
@@ -361,6 +361,10 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
             bar.set_prefix(format!("{}/{} {}", i + 1, loads.len(), load));
             bar
         });
+        let transport = match &via {
+            Via::Rest(http) => http.clone(),
+            Via::Grpc(url) => Transport::grpc(url, in_flight(&load).div_ceil(8), args.timeout, client.token()).await?,
+        };
         points.push(bench::run_point_over(&transport, &workload, load, window, bar).await);
     }
     let report = Report {

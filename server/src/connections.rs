@@ -41,6 +41,17 @@ use tower::ServiceExt;
 /// (which closes them) before idle ones are closed.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
+/// HTTP/2 flow control, sized for tensors rather than web pages (hyper's defaults are a
+/// 1 MiB window for a stream and for the whole connection, and 16 KiB frames): a client
+/// may send 8 MiB of one call, 32 MiB over all of a connection's calls, before the server
+/// has read it, in frames of up to 1 MiB. With the defaults a 4 MiB call waited on four
+/// window updates and was cut into 256 frames.
+/// What a call's body holds is still bounded by `max_request_bytes`; the windows only
+/// say how much may be in flight.
+const H2_STREAM_WINDOW: u32 = 8 << 20;
+const H2_CONNECTION_WINDOW: u32 = 32 << 20;
+const H2_MAX_FRAME: u32 = 1 << 20;
+
 /// Serves `router` on `listener` under `limits` until `stop`; then closes the listener,
 /// lets busy connections end after their answers, and waits for every request already
 /// read to be answered.
@@ -54,7 +65,12 @@ pub async fn serve(
     let closing = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown) = watch::channel(false);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME);
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {

@@ -213,3 +213,38 @@ async fn grpc_and_shared_memory_runs_measure_a_v2_server() {
     }
     server.stop().await.unwrap();
 }
+
+/// A gRPC URL is `http://host:port` or refused with the form it needs; a server that
+/// takes the connection and never answers ends each call at the client's timeout,
+/// counted as `timeout`, and the run goes on.
+#[tokio::test]
+async fn grpc_urls_are_checked_and_an_unanswered_call_times_out() {
+    for bad in ["127.0.0.1:8001", "https://127.0.0.1:8001", "http://127.0.0.1:8001/v2"] {
+        let e = Transport::grpc(bad, 1, Duration::from_secs(1), None).await.unwrap_err();
+        assert!(e.to_string().contains("must be http://host:port"), "{bad}: {e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(config(prism_config::DEFAULT_TOML, dir.path())).await;
+    let s = WorkloadSpec {
+        protocol: Protocol::Grpc,
+        ..spec("mlp", Format::Binary)
+    };
+    let workload = Workload::prepare(&server.client, &s).await.unwrap();
+    // Accepts, holds the connection open, reads nothing and writes nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let grpc = Transport::grpc(&format!("http://{addr}"), 1, Duration::from_millis(150), None)
+        .await
+        .unwrap();
+    let p = bench::run_point_over(&grpc, &workload, Load::Closed { concurrency: 2 }, WINDOW, None).await;
+    assert_eq!(p.requests, 0, "{p:?}");
+    assert!(p.errors.0.get("timeout").is_some_and(|&n| n >= 2), "{:?}", p.errors);
+    assert_eq!(p.error_count, p.errors.0.values().sum::<u64>());
+    server.stop().await.unwrap();
+}

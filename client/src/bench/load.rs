@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use prism_protocol::grpc::GrpcInferenceServiceClient;
-use tonic::transport::Channel;
+use tonic::codegen::http;
 
 use super::report::{Errors, Point};
 use super::workload::{Request, Workload};
@@ -26,7 +26,7 @@ pub enum Transport {
     /// gRPC over HTTP/2 connections, each multiplexing many calls: worker `w` uses
     /// `channels[w % len]`.
     Grpc {
-        channels: Vec<GrpcInferenceServiceClient<Channel>>,
+        channels: Vec<GrpcInferenceServiceClient<H2>>,
         timeout: Duration,
         /// `authorization` metadata every call carries, if the server needs a token.
         token: Option<tonic::metadata::AsciiMetadataValue>,
@@ -46,15 +46,20 @@ impl Transport {
             .map(|t| format!("Bearer {t}").parse())
             .transpose()
             .map_err(|_| anyhow::anyhow!("the token must be printable ASCII"))?;
+        let origin: http::Uri = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("the gRPC URL {url:?} is not a URL: {e}"))?;
+        // Cleartext HTTP/2 only, at the root: tonic puts the URL's path before each method.
+        if origin.scheme_str() != Some("http") || !matches!(origin.path(), "" | "/") {
+            anyhow::bail!("the gRPC URL must be http://host:port (no TLS, no path), got {url:?}");
+        }
         let mut channels = Vec::new();
         for _ in 0..connections.max(1) {
-            let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
-                .tcp_nodelay(true)
-                .connect()
+            let connection = H2::connect(&origin)
                 .await
                 .map_err(|e| anyhow::anyhow!("connecting to the gRPC server at {url}: {e}"))?;
             channels.push(
-                GrpcInferenceServiceClient::new(channel)
+                GrpcInferenceServiceClient::with_origin(connection, origin.clone())
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX),
             );
@@ -64,6 +69,45 @@ impl Transport {
             timeout,
             token,
         })
+    }
+}
+
+/// One HTTP/2 connection, each call handed to hyper's connection as it is made: tonic's
+/// `Channel` adds a queue and a task of its own per call, and the load generator shares
+/// this machine's cores with the server being measured. Its windows and frames match
+/// the server's (`connections.rs`).
+#[derive(Clone, Debug)]
+pub struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl H2 {
+    async fn connect(origin: &http::Uri) -> anyhow::Result<H2> {
+        let host = origin.host().ok_or_else(|| anyhow::anyhow!("no host in {origin}"))?;
+        let port = origin.port_u16().unwrap_or(80);
+        let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
+        tcp.set_nodelay(true)?;
+        let (send, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20)
+            .max_frame_size(1 << 20)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await?;
+        // A connection that fails shows as its calls' errors.
+        tokio::spawn(connection);
+        Ok(H2(send))
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for H2 {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, hyper::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(request))
     }
 }
 
@@ -108,9 +152,12 @@ async fn send(transport: &Transport, path: &str, workload: &Workload, w: usize, 
             if let Some(t) = token {
                 request.metadata_mut().insert("authorization", t.clone());
             }
-            match client.model_infer(request).await {
-                Ok(_) => Ok(()),
-                Err(status) => Err(format!("grpc_{:?}", status.code()).to_lowercase()),
+            // The server keeps to the call's grpc-timeout; the client does too, so that a
+            // server that stops answering (or a lost connection) ends the call.
+            match tokio::time::timeout(*timeout, client.model_infer(request)).await {
+                Err(_) => Err("timeout".into()),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => Err(format!("grpc_{:?}", status.code()).to_lowercase()),
             }
         }
         _ => Err("protocol_mismatch".into()),
