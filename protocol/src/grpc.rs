@@ -9,6 +9,17 @@ tonic::include_proto!("inference");
 pub use grpc_inference_service_client::GrpcInferenceServiceClient;
 pub use grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
+/// HTTP/2 flow control for tensors, the same at both ends (the server's listener and
+/// `prism bench`'s connections), where hyper's defaults are 1 MiB windows and 16 KiB
+/// frames: a peer may send 8 MiB of one call, 32 MiB over all of a connection's calls,
+/// before the other has read it, in frames of up to 1 MiB. With the defaults a 4 MiB
+/// call waited on four window updates and was cut into 256 frames.
+pub mod flow {
+    pub const STREAM_WINDOW: u32 = 8 << 20;
+    pub const CONNECTION_WINDOW: u32 = 32 << 20;
+    pub const MAX_FRAME: u32 = 1 << 20;
+}
+
 /// V2 JSON parameters as gRPC's: integers as `int64_param` (`uint64_param` beyond it), as
 /// Triton writes them; other numbers as `double_param`; anything else as its JSON text.
 pub fn json_parameters(p: Option<&crate::v2::Parameters>) -> std::collections::HashMap<String, InferParameter> {

@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prism_config::ConnectionLimits;
+use prism_protocol::grpc::flow;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -40,17 +41,6 @@ use tower::ServiceExt;
 /// How long busy HTTP/1 connections get, after shutdown begins, to take one more answer
 /// (which closes them) before idle ones are closed.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
-
-/// HTTP/2 flow control, sized for tensors rather than web pages (hyper's defaults are a
-/// 1 MiB window for a stream and for the whole connection, and 16 KiB frames): a client
-/// may send 8 MiB of one call, 32 MiB over all of a connection's calls, before the server
-/// has read it, in frames of up to 1 MiB. With the defaults a 4 MiB call waited on four
-/// window updates and was cut into 256 frames.
-/// What a call's body holds is still bounded by `max_request_bytes`; the windows only
-/// say how much may be in flight.
-const H2_STREAM_WINDOW: u32 = 8 << 20;
-const H2_CONNECTION_WINDOW: u32 = 32 << 20;
-const H2_MAX_FRAME: u32 = 1 << 20;
 
 /// Serves `router` on `listener` under `limits` until `stop`; then closes the listener,
 /// lets busy connections end after their answers, and waits for every request already
@@ -68,9 +58,11 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_frame_size(H2_MAX_FRAME);
+        // What a call's body holds is still bounded by `max_request_bytes`; the windows
+        // only say how much may be in flight.
+        .initial_stream_window_size(flow::STREAM_WINDOW)
+        .initial_connection_window_size(flow::CONNECTION_WINDOW)
+        .max_frame_size(flow::MAX_FRAME);
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {

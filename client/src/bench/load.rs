@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use prism_protocol::grpc::GrpcInferenceServiceClient;
+use prism_protocol::grpc::{GrpcInferenceServiceClient, flow};
 use tonic::codegen::http;
 
 use super::report::{Errors, Point};
@@ -74,8 +74,8 @@ impl Transport {
 
 /// One HTTP/2 connection, each call handed to hyper's connection as it is made: tonic's
 /// `Channel` adds a queue and a task of its own per call, and the load generator shares
-/// this machine's cores with the server being measured. Its windows and frames match
-/// the server's (`connections.rs`).
+/// this machine's cores with the server being measured. Its windows and frames are the
+/// server's ([`flow`]).
 #[derive(Clone, Debug)]
 pub struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
 
@@ -86,9 +86,9 @@ impl H2 {
         let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
         tcp.set_nodelay(true)?;
         let (send, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(32 << 20)
-            .max_frame_size(1 << 20)
+            .initial_stream_window_size(flow::STREAM_WINDOW)
+            .initial_connection_window_size(flow::CONNECTION_WINDOW)
+            .max_frame_size(flow::MAX_FRAME)
             .handshake(hyper_util::rt::TokioIo::new(tcp))
             .await?;
         // A connection that fails shows as its calls' errors.
