@@ -13,9 +13,10 @@ use ndarray::Array2;
 use prism_config::Deployment as Spec;
 use prism_kernels::encoder::TextTokenizer;
 
-use super::batcher::{Input, Reply, SubmitError};
+use super::batcher::SubmitError;
 use super::engine::{Engine, ReplicaStatus, StartError};
 use super::model::{Loaded, Signature, load};
+use super::queue::{Input, Reply};
 use super::stats::ModelStats;
 use super::{BatchError, ServeError};
 use crate::metrics::{Metrics, RequestMetrics};

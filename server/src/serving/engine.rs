@@ -13,9 +13,9 @@ use prism_config::Deployment as Spec;
 use prism_kernels::Device;
 use tokio::sync::{mpsc, watch};
 
-use super::batcher::{Batch, Batcher, BatcherHandle, Hooks, SharedHealth, Supervisor};
-use super::batcher::{Input, Rows};
+use super::batcher::{Batcher, BatcherHandle, Hooks, SharedHealth, Supervisor};
 use super::model::ServedModel;
+use super::queue::{Batch, Input, Rows};
 use super::replica::{self, ReplicaMetrics, ReplicaSpec, Warmup};
 use super::stats::ModelStats;
 use crate::metrics::Metrics;

@@ -11,13 +11,14 @@ mod deployment;
 mod engine;
 pub mod faults;
 pub mod model;
+mod queue;
 mod replica;
 pub mod stats;
 
-pub use batcher::{Input, Rows};
 pub use deployment::{Deployment, MODEL_VERSION};
 pub use engine::{ReplicaStatus, StartError};
 pub use model::{Io, Loaded, ServedModel, Signature, TensorSig, load};
+pub use queue::{Input, Rows};
 
 use prism_config::ErrorKind;
 

@@ -24,9 +24,10 @@ use prometheus::{CounterVec, Histogram, IntCounterVec};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::BatchError;
-use super::batcher::{Batch, Entry, Input, REPLICA_SLOTS, Reply, Report, Rows};
+use super::batcher::{REPLICA_SLOTS, Report};
 use super::faults;
 use super::model::ServedModel;
+use super::queue::{Batch, Entry, Input, Reply, Rows};
 use super::stats::{BatchTimes, ModelStats};
 
 /// The metrics one replica writes, bound to its model's labels once.
