@@ -134,6 +134,11 @@ struct BenchArgs {
     /// URL is still used to read the model's metadata and register shared memory.
     #[arg(long)]
     grpc_url: Option<String>,
+    /// gRPC: the HTTP/2 connections a point's calls share, each carrying many calls
+    /// (default: one for every 32 calls in flight; one `tritonclient.grpc` client sends
+    /// all its calls on one channel).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    grpc_connections: Option<u32>,
     /// `system`: the tensors in POSIX shared memory registered with the server, the
     /// requests carrying only where they are (closed loop only: each worker has its own
     /// output region).
@@ -317,8 +322,8 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
     };
     let max_connections = loads.iter().map(in_flight).max().unwrap_or(1);
     // REST shares one pool across the points; gRPC opens its connections for each point
-    // (one per 8 calls in flight), so none sits idle through a point and is closed by
-    // the server's idle timeout under a later one.
+    // (`--grpc-connections`, or one per 32 calls in flight), so none sits idle through a
+    // point and is closed by the server's idle timeout under a later one.
     enum Via {
         Rest(Transport),
         Grpc(String),
@@ -363,7 +368,12 @@ async fn run_bench(client: &Client, args: BenchArgs) -> Result<()> {
         });
         let transport = match &via {
             Via::Rest(http) => http.clone(),
-            Via::Grpc(url) => Transport::grpc(url, in_flight(&load).div_ceil(8), args.timeout, client.token()).await?,
+            Via::Grpc(url) => {
+                let connections = args
+                    .grpc_connections
+                    .map_or_else(|| in_flight(&load).div_ceil(32), |n| n as usize);
+                Transport::grpc(url, connections, args.timeout, client.token()).await?
+            }
         };
         points.push(bench::run_point_over(&transport, &workload, load, window, bar).await);
     }
