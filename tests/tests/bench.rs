@@ -248,3 +248,42 @@ async fn grpc_urls_are_checked_and_an_unanswered_call_times_out() {
     assert_eq!(p.error_count, p.errors.0.values().sum::<u64>());
     server.stop().await.unwrap();
 }
+
+/// A gRPC call is good only when its `grpc-status` is 0: a server that refuses every
+/// call (here for want of a token) shows as errors of that code, and no request is
+/// counted as answered; with the token the same run has no error.
+#[tokio::test]
+async fn grpc_calls_are_counted_by_their_status() {
+    const TOKEN: &str = "bench-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\napi_token = \"{TOKEN}\"\n{}",
+        prism_config::DEFAULT_TOML.replacen("[server]\n", "", 1)
+    );
+    let server = TestServer::start(config(&text, dir.path())).await;
+    let client = prism_client::Client::new(&server.url).with_token(TOKEN).unwrap();
+    let s = WorkloadSpec {
+        protocol: Protocol::Grpc,
+        ..spec("mlp", Format::Binary)
+    };
+    let workload = Workload::prepare(&client, &s).await.unwrap();
+    let closed = Load::Closed { concurrency: 2 };
+    for (token, refused) in [(None, true), (Some("not-the-token"), true), (Some(TOKEN), false)] {
+        let grpc = Transport::grpc(&server.grpc_url, 1, Duration::from_secs(5), token)
+            .await
+            .unwrap();
+        let p = bench::run_point_over(&grpc, &workload, closed, WINDOW, None).await;
+        if refused {
+            assert_eq!(p.requests, 0, "{token:?}: {p:?}");
+            assert!(p.error_count > 0, "{token:?}: {p:?}");
+            assert_eq!(
+                p.errors.0.keys().collect::<Vec<_>>(),
+                vec!["grpc_unauthenticated"],
+                "{token:?}"
+            );
+        } else {
+            assert!(p.requests > 10 && p.error_count == 0, "{p:?}");
+        }
+    }
+    server.stop().await.unwrap();
+}

@@ -10,7 +10,9 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use prism_protocol::grpc::{GrpcInferenceServiceClient, flow};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use prism_protocol::grpc::flow;
 use tonic::codegen::http;
 
 use super::report::{Errors, Point};
@@ -24,12 +26,16 @@ pub enum Transport {
     /// REST: `POST {url}{workload.path}`, over a pool of HTTP/1.1 connections.
     Http { client: reqwest::Client, url: String },
     /// gRPC over HTTP/2 connections, each multiplexing many calls: worker `w` uses
-    /// `channels[w % len]`.
+    /// `connections[w % len]`.
     Grpc {
-        channels: Vec<GrpcInferenceServiceClient<H2>>,
+        connections: Vec<H2>,
+        /// `{url}/inference.GRPCInferenceService/ModelInfer`.
+        method: http::Uri,
         timeout: Duration,
-        /// `authorization` metadata every call carries, if the server needs a token.
-        token: Option<tonic::metadata::AsciiMetadataValue>,
+        /// The call's `grpc-timeout` header: `timeout`, as gRPC spells it.
+        grpc_timeout: http::HeaderValue,
+        /// `authorization`, if the server needs a token.
+        token: Option<http::HeaderValue>,
     },
 }
 
@@ -43,41 +49,57 @@ impl Transport {
         token: Option<&str>,
     ) -> anyhow::Result<Transport> {
         let token = token
-            .map(|t| format!("Bearer {t}").parse())
+            .map(|t| http::HeaderValue::from_str(&format!("Bearer {t}")))
             .transpose()
             .map_err(|_| anyhow::anyhow!("the token must be printable ASCII"))?;
         let origin: http::Uri = url
             .parse()
             .map_err(|e| anyhow::anyhow!("the gRPC URL {url:?} is not a URL: {e}"))?;
-        // Cleartext HTTP/2 only, at the root: tonic puts the URL's path before each method.
+        // Cleartext HTTP/2 only, at the root: the method's path follows the authority.
         if origin.scheme_str() != Some("http") || !matches!(origin.path(), "" | "/") {
             anyhow::bail!("the gRPC URL must be http://host:port (no TLS, no path), got {url:?}");
         }
-        let mut channels = Vec::new();
+        let method = format!("http://{}{MODEL_INFER}", origin.authority().map_or("", |a| a.as_str()))
+            .parse()
+            .map_err(|e| anyhow::anyhow!("the gRPC URL {url:?} makes no method URL: {e}"))?;
+        let mut opened = Vec::new();
         for _ in 0..connections.max(1) {
-            let connection = H2::connect(&origin)
-                .await
-                .map_err(|e| anyhow::anyhow!("connecting to the gRPC server at {url}: {e}"))?;
-            channels.push(
-                GrpcInferenceServiceClient::with_origin(connection, origin.clone())
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX),
+            opened.push(
+                H2::connect(&origin)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("connecting to the gRPC server at {url}: {e}"))?,
             );
         }
         Ok(Transport::Grpc {
-            channels,
+            connections: opened,
+            method,
             timeout,
+            grpc_timeout: grpc_timeout(timeout),
             token,
         })
     }
 }
 
-/// One HTTP/2 connection, each call handed to hyper's connection as it is made: tonic's
-/// `Channel` adds a queue and a task of its own per call, and the load generator shares
-/// this machine's cores with the server being measured. Its windows and frames are the
+/// The path of Triton's `ModelInfer`.
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// `timeout` as a `grpc-timeout` value: at most 8 digits, in the finest unit that holds it.
+fn grpc_timeout(timeout: Duration) -> http::HeaderValue {
+    let (micros, millis, secs) = (timeout.as_micros(), timeout.as_millis(), timeout.as_secs());
+    let value = match () {
+        _ if micros < 100_000_000 => format!("{micros}u"),
+        _ if millis < 100_000_000 => format!("{millis}m"),
+        _ => format!("{}S", secs.min(99_999_999)),
+    };
+    http::HeaderValue::from_str(&value).expect("digits and a unit")
+}
+
+/// One HTTP/2 connection, each call handed to hyper's connection as it is made (no
+/// channel, queue or task of a gRPC client between: the load generator shares this
+/// machine's cores with the server being measured). Its windows and frames are the
 /// server's ([`flow`]).
 #[derive(Clone, Debug)]
-pub struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+pub struct H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>);
 
 impl H2 {
     async fn connect(origin: &http::Uri) -> anyhow::Result<H2> {
@@ -95,19 +117,34 @@ impl H2 {
         tokio::spawn(connection);
         Ok(H2(send))
     }
+
+    /// One unary call of `framed` (a gRPC message, see [`super::workload::grpc_frame`]):
+    /// the whole answer is read, as REST's is, and the call is good when its
+    /// `grpc-status` (in the trailers, or in the headers of an answer without a body) is 0.
+    async fn call(&self, request: http::Request<Full<Bytes>>) -> Result<(), String> {
+        let mut send = self.0.clone();
+        send.ready().await.map_err(|_| "transport".to_owned())?;
+        let response = send.send_request(request).await.map_err(|_| "transport".to_owned())?;
+        if response.status() != http::StatusCode::OK {
+            return Err(format!("http_{}", response.status().as_u16()));
+        }
+        let (parts, body) = response.into_parts();
+        if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+            return code(&status);
+        }
+        let answer = body.collect().await.map_err(|_| "body".to_owned())?;
+        match answer.trailers().and_then(tonic::Status::from_header_map) {
+            Some(status) => code(&status),
+            None => Err("grpc_no_status".into()),
+        }
+    }
 }
 
-impl tower::Service<http::Request<tonic::body::Body>> for H2 {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, hyper::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), hyper::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.0.send_request(request))
+/// A call's outcome from its gRPC status.
+fn code(status: &tonic::Status) -> Result<(), String> {
+    match status.code() {
+        tonic::Code::Ok => Ok(()),
+        c => Err(format!("grpc_{c:?}").to_lowercase()),
     }
 }
 
@@ -139,25 +176,31 @@ async fn send(transport: &Transport, path: &str, workload: &Workload, w: usize, 
             }
         }
         (
-            Request::Grpc(m),
+            Request::Grpc(framed),
             Transport::Grpc {
-                channels,
+                connections,
+                method,
                 timeout,
+                grpc_timeout,
                 token,
             },
         ) => {
-            let mut client = channels[w % channels.len()].clone();
-            let mut request = tonic::Request::new(m.clone());
-            request.set_timeout(*timeout);
+            let mut request = http::Request::post(method.clone())
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header(http::header::TE, "trailers")
+                .header("grpc-timeout", grpc_timeout.clone());
             if let Some(t) = token {
-                request.metadata_mut().insert("authorization", t.clone());
+                request = request.header(http::header::AUTHORIZATION, t.clone());
             }
+            let request = request
+                .body(Full::new(framed.clone()))
+                .expect("a method URL and valid headers");
             // The server keeps to the call's grpc-timeout; the client does too, so that a
             // server that stops answering (or a lost connection) ends the call.
-            match tokio::time::timeout(*timeout, client.model_infer(request)).await {
+            let connection = &connections[w % connections.len()];
+            match tokio::time::timeout(*timeout, connection.call(request)).await {
                 Err(_) => Err("timeout".into()),
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(status)) => Err(format!("grpc_{:?}", status.code()).to_lowercase()),
+                Ok(r) => r,
             }
         }
         _ => Err("protocol_mismatch".into()),

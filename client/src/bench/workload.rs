@@ -48,8 +48,13 @@ pub enum SharedMemory {
 /// One request, encoded for its protocol.
 #[derive(Clone, Debug)]
 pub enum Request {
-    Http { body: Bytes, header_len: Option<usize> },
-    Grpc(ModelInferRequest),
+    Http {
+        body: Bytes,
+        header_len: Option<usize>,
+    },
+    /// A `ModelInferRequest` encoded once, framed as gRPC frames a message (see
+    /// [`grpc_frame`]): every call sends these bytes as they are.
+    Grpc(Bytes),
 }
 
 /// How requests travel.
@@ -189,7 +194,7 @@ impl Workload {
 fn request_bytes(r: &Request) -> usize {
     match r {
         Request::Http { body, .. } => body.len(),
-        Request::Grpc(m) => prost::Message::encoded_len(m),
+        Request::Grpc(framed) => framed.len() - GRPC_PREFIX,
     }
 }
 
@@ -208,8 +213,26 @@ fn encode(spec: &WorkloadSpec, r: &InferRequest) -> Result<Request> {
                 header_len: Some(header_len),
             }
         }
-        (Protocol::Grpc, format) => Request::Grpc(grpc_request(&spec.model, r, format == Format::Binary)?),
+        (Protocol::Grpc, format) => {
+            Request::Grpc(grpc_frame(&grpc_request(&spec.model, r, format == Format::Binary)?)?)
+        }
     })
+}
+
+/// The bytes before a gRPC message: its compression flag, then its length.
+const GRPC_PREFIX: usize = 5;
+
+/// `m` as one gRPC message on the wire: an uncompressed flag (0), the message's length as
+/// a big-endian u32, then the message.
+pub fn grpc_frame(m: &impl prost::Message) -> Result<Bytes> {
+    let len = m.encoded_len();
+    let prefix =
+        u32::try_from(len).with_context(|| format!("a gRPC message holds at most 4 GiB, this one is {len} bytes"))?;
+    let mut framed = Vec::with_capacity(GRPC_PREFIX + len);
+    framed.push(0);
+    framed.extend_from_slice(&prefix.to_be_bytes());
+    m.encode(&mut framed).expect("a Vec grows as needed");
+    Ok(framed.into())
 }
 
 /// A V2 request as a gRPC message: tensors as `raw_input_contents` (`raw`, as
