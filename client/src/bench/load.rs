@@ -118,7 +118,7 @@ impl H2 {
         Ok(H2(send))
     }
 
-    /// One unary call of `framed` (a gRPC message, see [`super::workload::grpc_frame`]):
+    /// One unary call (its body a framed message, see [`super::workload::grpc_frame`]):
     /// the whole answer is read, as REST's is, and the call is good when its
     /// `grpc-status` (in the trailers, or in the headers of an answer without a body) is 0.
     async fn call(&self, request: http::Request<Full<Bytes>>) -> Result<(), String> {

@@ -195,13 +195,13 @@ impl State {
         let deadline = self.deadline()?;
         // Only a queue of texts has tokens to count (a deployment takes one kind).
         let texts = self.queue.front().is_some_and(|e| matches!(e.input, Input::Tokens(_)));
-        let full = self.rows >= self.max_batch_size || (texts && self.queued_tokens() >= self.max_batch_tokens);
+        let tokens = if texts { self.queued_tokens() } else { 0 };
+        let full = self.rows >= self.max_batch_size || tokens >= self.max_batch_tokens;
         if !(full || replica_idle || now >= deadline) {
             return None;
         }
-        let fits_whole = self.rows <= self.max_batch_size && self.queued_tokens() <= self.max_batch_tokens;
-        let crashed = self.queue.iter().any(|e| e.crashes > 0);
-        let batch = if fits_whole && !crashed {
+        let fits_whole = self.rows <= self.max_batch_size && tokens <= self.max_batch_tokens;
+        let batch = if fits_whole && self.queue.iter().all(|e| e.crashes == 0) {
             Batch {
                 rows: self.rows,
                 entries: self.queue.drain(..).collect(),
