@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use prism_protocol::grpc::flow;
 use tonic::codegen::http;
 
+use super::outbox::Coalesced;
 use super::report::{Errors, Point};
 use super::workload::{Request, Workload};
 use super::{Load, Window};
@@ -96,8 +97,9 @@ fn grpc_timeout(timeout: Duration) -> http::HeaderValue {
 
 /// One HTTP/2 connection, each call handed to hyper's connection as it is made (no
 /// channel, queue or task of a gRPC client between: the load generator shares this
-/// machine's cores with the server being measured). Its windows and frames are the
-/// server's ([`flow`]).
+/// machine's cores with the server being measured), and the requests of calls made
+/// together written together ([`Coalesced`]). Its windows and frames are the server's
+/// ([`flow`]).
 #[derive(Clone, Debug)]
 pub struct H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>);
 
@@ -107,6 +109,8 @@ impl H2 {
         let port = origin.port_u16().unwrap_or(80);
         let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
         tcp.set_nodelay(true)?;
+        let (tcp, writer) = Coalesced::new(tcp);
+        tokio::spawn(writer);
         let (send, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .initial_stream_window_size(flow::STREAM_WINDOW)
             .initial_connection_window_size(flow::CONNECTION_WINDOW)

@@ -15,6 +15,7 @@
 //! path and asks nothing else, for servers that do not speak V2.
 
 mod load;
+mod outbox;
 mod plot;
 mod report;
 mod shm;
