@@ -8,11 +8,16 @@
 # fetched into target/peers/pa on the first run (the wheel from PyPI, the libraries with
 # apt-get download from the machine's Debian mirror; needs root for apt's lists).
 #
-#   benches/peers/perf_analyzer.sh [MEASUREMENT_MS]      (default 5000)
+#   benches/peers/perf_analyzer.sh [MEASUREMENT_MS] [STABILITY_PERCENT]   (defaults 5000, 10)
+#
+# STABILITY_PERCENT is perf_analyzer's -s: how far apart its last three windows may be
+# before it takes a measurement (10 is its default; on a shared VM whose steal time
+# comes and goes, some points never settle within 10%, and fail).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=$PWD/target/peers/pa
 interval=${1:-5000}
+stability=${2:-10}
 mkdir -p "$work/results"
 
 if [ ! -x "$work/perf_analyzer/bin/perf_analyzer" ]; then
@@ -57,7 +62,7 @@ for _ in $(seq 60); do curl -sf -o /dev/null http://127.0.0.1:18100/v2/health/re
 
 run() { # name [perf_analyzer args...]
   local name=$1; shift
-  pa -m mlp --measurement-interval "$interval" -f "$work/results/$name.csv" "$@" \
+  pa -m mlp --measurement-interval "$interval" -s "$stability" -f "$work/results/$name.csv" "$@" \
     > "$work/results/$name.log" 2>&1 || { echo "$name failed: see $work/results/$name.log" >&2; return 0; }
   echo "$name done" >&2
 }
