@@ -66,6 +66,13 @@ impl Outbox {
         }
     }
 
+    /// Keeps the connection's task, to tell it when the socket fails.
+    fn remember(&mut self, cx: &Context<'_>) {
+        if !self.conn.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.conn = Some(cx.waker().clone());
+        }
+    }
+
     fn fail(&mut self, e: &io::Error) {
         self.failed = Some((e.kind(), e.to_string()));
         self.pending.clear();
@@ -171,9 +178,7 @@ impl AsyncWrite for Coalesced {
             }
             return written;
         }
-        if !o.conn.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            o.conn = Some(cx.waker().clone());
-        }
+        o.remember(cx);
         let room = LIMIT.saturating_sub(o.pending.len());
         if room == 0 {
             o.room = Some(cx.waker().clone());
@@ -200,9 +205,7 @@ impl AsyncWrite for Coalesced {
         let mut o = self.outbox();
         o.check()?;
         if !o.pending.is_empty() {
-            if !o.conn.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                o.conn = Some(cx.waker().clone());
-            }
+            o.remember(cx);
             o.wake_writer();
         }
         Poll::Ready(Ok(()))
