@@ -12,7 +12,7 @@
 //!   │  codec::signature::model_input           the inputs against the model's → rows
 //!   │  serving::Deployment::submit             into the deployment's queue
 //!   ▼
-//! serving::batcher::Batcher                    an actor: cuts batches (queue::State::next_batch)
+//! serving::batcher::Batcher                    the queue: cuts batches (queue::State::next_batch)
 //!   ▼
 //! serving::replica (its own thread)            gathers rows, runs the model, retries
 //!   │  prism_kernels: Model::forward (CPU) or GpuModel::forward (cuBLAS, NVRTC)

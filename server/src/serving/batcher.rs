@@ -9,17 +9,20 @@
 //!   still decides when a batch is handed over as the replica's next one (one batch is
 //!   prefetched per replica).
 //!
-//! The batcher is an actor: [`BatcherHandle`] is a cheap clone holding a sender, and one
-//! task owns the queue. Batch formation is a plain method on [`State`]
-//! ([`super::queue`]), unit-tested without channels or clocks.
+//! The queue and the replicas' slots are one [`Core`] behind a lock. The batcher task
+//! receives requests ([`BatcherHandle`] is a cheap clone holding a sender), times the
+//! window, and handles crashes, restarts and the stop; a replica that finishes a batch
+//! takes its next one itself, under the lock ([`Reporter::done`]), so under load a busy
+//! replica never waits for the batcher task to be scheduled. Batch formation is a plain
+//! method on [`State`] ([`super::queue`]), unit-tested without channels or clocks.
 //!
 //! Owns the queue of one deployment; it runs no kernel, reads no request and counts no
 //! request outcome (whoever waits for an answer does).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use prometheus::IntGauge;
@@ -102,10 +105,11 @@ pub enum SlotState {
     Gone,
 }
 
-/// What replicas (and their restarts) tell the batcher.
+/// What replicas (and their restarts) tell the batcher task.
 pub enum Report {
-    /// Start `generation` of replica `index` finished a batch.
-    Done { index: usize, generation: u64 },
+    /// A replica finished a batch and changed what the task waits for (a window to time
+    /// for a slot that freed, or a stop that may now end): look again.
+    Recheck,
     /// It crashed (a system failure): `batch`, which it could not run, is handed back;
     /// it hands back every batch it still receives, and ends once it receives no more.
     Crashed {
@@ -122,6 +126,61 @@ pub enum Report {
     },
     /// Starting it again failed.
     RestartFailed { index: usize, reason: String },
+}
+
+/// The batcher's core, once the batcher is made; weak, so that the replicas, which hold
+/// it, do not keep their own senders alive.
+type CoreLink = Arc<OnceLock<Weak<Mutex<Core>>>>;
+
+/// How a replica (and a restart under way) reaches its batcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Reporter {
+    reports: mpsc::UnboundedSender<Report>,
+    core: CoreLink,
+}
+
+/// The batcher's end of [`channel`].
+pub struct Reports {
+    rx: mpsc::UnboundedReceiver<Report>,
+    core: CoreLink,
+}
+
+/// A reporter for the replicas, and its batcher's end (for [`Batcher::new`]).
+pub fn channel() -> (Reporter, Reports) {
+    let (reports, rx) = mpsc::unbounded_channel();
+    let core = CoreLink::default();
+    (
+        Reporter {
+            reports,
+            core: Arc::clone(&core),
+        },
+        Reports { rx, core },
+    )
+}
+
+impl Reporter {
+    /// Start `generation` of replica `index` finished a batch: its slot frees and it is
+    /// handed its next batch at once, on the caller's thread. The batcher task is woken
+    /// only when it has something to do about it.
+    pub fn done(&self, index: usize, generation: u64) {
+        // Gone once the batcher has ended (the server stopping).
+        let Some(core) = self.core.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        if lock(&core).finished(index, generation) {
+            let _ = self.reports.send(Report::Recheck);
+        }
+    }
+
+    /// Tells the batcher task; false once it has ended.
+    pub fn send(&self, report: Report) -> bool {
+        self.reports.send(report).is_ok()
+    }
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    // The core's methods leave it whole between statements that may panic.
+    core.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A replica's health, as the status page shows it.
@@ -174,9 +233,9 @@ pub struct Supervisor {
     pub restarts: prometheus::IntCounter,
     /// The deployment's readiness: false once no replica can run again.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
-    /// Holds a sender, so `done` never closes while the batcher runs: the batcher ends by
-    /// counting what its replicas hold instead.
-    pub reports: mpsc::UnboundedSender<Report>,
+    /// Holds a sender, so the reports never close while the batcher runs: the batcher
+    /// ends by counting what its replicas hold instead.
+    pub reports: Reporter,
     /// Set when the batcher has ended: a restart under way starts nothing.
     pub stopped: Arc<std::sync::atomic::AtomicBool>,
     /// Crashed requests run again, counted as retries for the reason `Panic`.
@@ -191,12 +250,20 @@ pub struct Hooks {
     pub model: String,
 }
 
-/// The batcher task: owns the queue, cuts batches, hands them to the least-loaded
-/// replica.
+/// The batcher task: receives requests, times the window, handles what replicas report
+/// and the stop; the queue and the replicas' slots are its [`Core`], which replicas
+/// finishing a batch lock too.
 pub struct Batcher {
-    state: State,
+    core: Arc<Mutex<Core>>,
     rx: mpsc::UnboundedReceiver<Entry>,
     done: mpsc::UnboundedReceiver<Report>,
+    /// Turns `true` when the server stops: take no more requests, run what is queued.
+    closing: watch::Receiver<bool>,
+}
+
+/// The queue, and the replicas it hands batches to (the least-loaded first).
+struct Core {
+    state: State,
     supervisor: Option<Supervisor>,
     /// A replica failed for good (its restarts spent).
     failed: bool,
@@ -205,19 +272,20 @@ pub struct Batcher {
     replicas: Vec<ReplicaSlot>,
     queued: Arc<AtomicUsize>,
     hooks: Hooks,
-    /// Turns `true` when the server stops: take no more requests, run what is queued.
-    closing: watch::Receiver<bool>,
+    /// Where restarts run: the core is also driven from replica threads.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Batcher {
-    /// A batcher over `replicas`, each of which reports on `done` when it finishes a
-    /// batch (or crashes). Returns the handle and the task to spawn.
-    /// `limits`: the deployment's batching (sizes, window, queue bound). Without a
-    /// `supervisor`, a crashed replica is gone.
+    /// A batcher over `replicas`, each of which reports through the [`Reporter`] of
+    /// `reports` when it finishes a batch (or crashes). Returns the handle and the task to
+    /// spawn; call it within the runtime it is spawned on. `limits`: the deployment's
+    /// batching (sizes, window, queue bound). Without a `supervisor`, a crashed replica is
+    /// gone.
     pub fn new(
         limits: &prism_config::Batching,
         replicas: Vec<SyncSender<Batch>>,
-        done: mpsc::UnboundedReceiver<Report>,
+        reports: Reports,
         hooks: Hooks,
         closing: watch::Receiver<bool>,
         supervisor: Option<Supervisor>,
@@ -239,25 +307,33 @@ impl Batcher {
                 restarts: VecDeque::new(),
             })
             .collect();
-        let batcher = Batcher {
+        let core = Arc::new(Mutex::new(Core {
             state: State::new(
                 limits.max_batch_size,
                 limits.max_batch_tokens,
                 limits.batch_wait_timeout,
             ),
-            rx,
-            done,
             supervisor,
             failed: false,
             closing_now: false,
             replicas,
             queued,
             hooks,
+            runtime: tokio::runtime::Handle::current(),
+        }));
+        let linked = reports.core.set(Arc::downgrade(&core)).is_ok();
+        assert!(linked, "one batcher per reports channel. This is a bug.");
+        let batcher = Batcher {
+            core,
+            rx,
+            done: reports.rx,
             closing,
         };
         (handle, batcher)
     }
+}
 
+impl Core {
     /// The least-loaded live replica with a free slot.
     fn pick_replica(&self) -> Option<usize> {
         (0..self.replicas.len())
@@ -327,14 +403,23 @@ impl Batcher {
         self.hooks.queue_depth.set(self.queued.load(Ordering::Acquire) as i64);
     }
 
+    /// Replica `index` (start `generation`) finished a batch: its slot frees, and what
+    /// may leave now is handed out. Answers whether the batcher task must look again: a
+    /// request left queued with a slot free has a window to time that the task may not
+    /// know of, and a stop ends once the replicas hold nothing.
+    fn finished(&mut self, index: usize, generation: u64) -> bool {
+        let slot = &mut self.replicas[index];
+        if slot.generation != generation {
+            return false;
+        }
+        slot.outstanding = slot.outstanding.saturating_sub(1);
+        self.dispatch(self.closing_now);
+        self.closing_now || (!self.state.is_empty() && self.pick_replica().is_some())
+    }
+
     fn report(&mut self, report: Report) {
         match report {
-            Report::Done { index, generation } => {
-                let slot = &mut self.replicas[index];
-                if slot.generation == generation {
-                    slot.outstanding = slot.outstanding.saturating_sub(1);
-                }
-            }
+            Report::Recheck => {}
             Report::Crashed {
                 index,
                 generation,
@@ -450,7 +535,7 @@ impl Batcher {
         });
         tracing::warn!(%model, replica = index, %reason, backoff_ms = backoff.as_millis() as u64, "replica crashed; restarting it");
         let (start, reports, stopped) = (Arc::clone(&s.start), s.reports.clone(), Arc::clone(&s.stopped));
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             tokio::time::sleep(backoff).await;
             if stopped.load(Ordering::Acquire) {
                 return;
@@ -458,49 +543,56 @@ impl Batcher {
             let started = tokio::task::spawn_blocking(move || start(index, generation))
                 .await
                 .unwrap_or_else(|e| Err(format!("starting the replica stopped: {e}")));
-            let _ = reports.send(match started {
+            reports.send(match started {
                 Ok(tx) => Report::Restarted { index, generation, tx },
                 Err(reason) => Report::RestartFailed { index, reason },
             });
         });
     }
+}
 
+impl Batcher {
     /// Runs until the server closes it (or every handle is dropped) and every request it
     /// accepted has been handed to a replica.
     pub async fn run(mut self) {
         let mut open = true;
         loop {
-            self.closing_now = !open;
-            self.dispatch(!open);
-            // Done once nothing is queued and no replica holds a batch (one may still
-            // crash and hand its batch back).
-            let holding = self.supervisor.is_some()
-                && self
-                    .replicas
-                    .iter()
-                    .any(|r| r.state == SlotState::Running && r.outstanding > 0);
-            if !open && self.state.is_empty() && !holding {
-                if let Some(s) = &self.supervisor {
-                    s.stopped.store(true, Ordering::Release);
+            let deadline = {
+                let mut core = lock(&self.core);
+                core.closing_now = !open;
+                core.dispatch(!open);
+                // Done once nothing is queued and no replica holds a batch (one may still
+                // crash and hand its batch back).
+                let holding = core.supervisor.is_some()
+                    && core
+                        .replicas
+                        .iter()
+                        .any(|r| r.state == SlotState::Running && r.outstanding > 0);
+                if !open && core.state.is_empty() && !holding {
+                    if let Some(s) = &core.supervisor {
+                        s.stopped.store(true, Ordering::Release);
+                    }
+                    break;
                 }
-                break;
-            }
-            // Sleep to the window's end only if a replica could take the batch then.
-            let deadline = self.pick_replica().and(self.state.deadline());
+                // Sleep to the window's end only if a replica could take the batch then.
+                core.pick_replica().and(core.state.deadline())
+            };
             tokio::select! {
                 biased;
                 Some(report) = self.done.recv() => {
-                    self.report(report);
+                    let mut core = lock(&self.core);
+                    core.report(report);
                     while let Ok(report) = self.done.try_recv() {
-                        self.report(report);
+                        core.report(report);
                     }
                 }
                 msg = self.rx.recv(), if open => match msg {
                     Some(entry) => {
-                        self.state.push(entry);
+                        let mut core = lock(&self.core);
+                        core.state.push(entry);
                         // Take the whole burst before deciding, so it can share a batch.
                         while let Ok(entry) = self.rx.try_recv() {
-                            self.state.push(entry);
+                            core.state.push(entry);
                         }
                     }
                     None => open = false,
@@ -512,10 +604,11 @@ impl Batcher {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
                 else => {
                     // Closed, and no replica will ever report back: answer what is left.
-                    for r in &mut self.replicas {
+                    let mut core = lock(&self.core);
+                    for r in &mut core.replicas {
                         r.state = SlotState::Gone;
                     }
-                    self.dispatch(true);
+                    core.dispatch(true);
                     break;
                 }
             }
@@ -532,12 +625,12 @@ mod tests {
     struct Harness {
         handle: BatcherHandle,
         replicas: Vec<Receiver<Batch>>,
-        done: mpsc::UnboundedSender<Report>,
+        done: Reporter,
         _close: watch::Sender<bool>,
     }
 
     fn harness(replicas: usize, max_batch: usize, window: Duration, max_queue: usize) -> Harness {
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = channel();
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..replicas).map(|_| sync_channel(REPLICA_SLOTS)).unzip();
         let hooks = Hooks {
             queue_depth: IntGauge::new("q", "q").unwrap(),
@@ -605,16 +698,43 @@ mod tests {
             h.replicas[0].try_recv().is_err(),
             "the replica holds two batches already"
         );
-        h.done
-            .send(Report::Done {
-                index: 0,
-                generation: 0,
-            })
-            .unwrap();
+        h.done.done(0, 0);
         settle().await;
         assert_eq!(h.replicas[0].try_recv().expect("a slot freed").rows, 4);
         drop(first);
         drop(second);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_finishes_takes_its_next_batch_and_the_window_still_runs() {
+        let h = harness(1, 2, Duration::from_millis(5), 100);
+        let _rs: Vec<_> = (0..6)
+            .map(|_| h.handle.submit(Array2::zeros((1, 1))).unwrap())
+            .collect();
+        settle().await;
+        // Running and prefetched: two full batches; two rows wait.
+        assert_eq!(h.replicas[0].try_recv().unwrap().rows, 2);
+        assert_eq!(h.replicas[0].try_recv().unwrap().rows, 2);
+        assert_eq!(h.handle.queued(), 2);
+        // Finishing one hands over the next full batch on the spot, without the batcher
+        // task running.
+        h.done.done(0, 0);
+        assert_eq!(
+            h.replicas[0].try_recv().expect("taken by the finishing replica").rows,
+            2
+        );
+        assert_eq!(h.handle.queued(), 0);
+
+        // A lone row behind a busy replica leaves when its window closes, though the
+        // batcher task last looked while no slot was free.
+        let _late = h.handle.submit(Array2::zeros((1, 1))).unwrap();
+        settle().await;
+        h.done.done(0, 0);
+        settle().await;
+        assert!(h.replicas[0].try_recv().is_err(), "the window is open");
+        tokio::time::advance(Duration::from_millis(5)).await;
+        settle().await;
+        assert_eq!(h.replicas[0].try_recv().expect("the window closed").rows, 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -632,12 +752,7 @@ mod tests {
             SubmitError::QueueFull
         );
         let _ = h.replicas[0].try_recv().unwrap();
-        h.done
-            .send(Report::Done {
-                index: 0,
-                generation: 0,
-            })
-            .unwrap();
+        h.done.done(0, 0);
         settle().await;
         assert_eq!(h.handle.queued(), 1);
         held.push(h.handle.submit(Array2::zeros((1, 1))).expect("a queue slot freed"));

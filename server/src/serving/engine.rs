@@ -11,9 +11,9 @@ use std::thread::JoinHandle;
 
 use prism_config::Deployment as Spec;
 use prism_kernels::Device;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::batcher::{Batcher, BatcherHandle, Hooks, SharedHealth, Supervisor};
+use super::batcher::{self, Batcher, BatcherHandle, Hooks, SharedHealth, Supervisor};
 use super::model::ServedModel;
 use super::queue::{Batch, Input, Rows};
 use super::replica::{self, ReplicaMetrics, ReplicaSpec, Warmup};
@@ -102,7 +102,7 @@ impl Engine {
             retries: metrics.inference_retries.clone(),
             busy: metrics.replica_busy.clone(),
         };
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (reporter, reports) = batcher::channel();
         let warmup = match spec.warmup {
             0 => None,
             batches => Some(Arc::new(Warmup {
@@ -121,12 +121,12 @@ impl Engine {
         // Starts replica thread `index` (among the running ones, which the batcher knows
         // by position), start `generation`: at start-up, and after each crash.
         let spawn_replica = {
-            let (name, spec, model, stats, done_tx) = (
+            let (name, spec, model, stats, reporter) = (
                 name.clone(),
                 spec.clone(),
                 model.clone(),
                 Arc::clone(stats),
-                done_tx.clone(),
+                reporter.clone(),
             );
             let replica_metrics = replica_metrics.clone();
             move |index: usize, generation: u64, (device, status_index): (Device, usize)| {
@@ -143,7 +143,7 @@ impl Engine {
                     max_batch_tokens: spec.batching.max_batch_tokens,
                     metrics: replica_metrics.clone(),
                     stats: Arc::clone(&stats),
-                    done: done_tx.clone(),
+                    reporter: reporter.clone(),
                     generation,
                     warmup: warmup.clone(),
                 })
@@ -256,11 +256,11 @@ impl Engine {
             health: healths,
             restarts: metrics.replica_restarts.with_label_values(&[&name]),
             ready: Arc::clone(&ready),
-            reports: done_tx,
+            reports: reporter,
             stopped: Arc::new(AtomicBool::new(false)),
             crash_retries: metrics.inference_retries.with_label_values(&[name.as_str(), "Panic"]),
         };
-        let (handle, batcher) = Batcher::new(b, senders, done_rx, hooks, closing, Some(supervisor));
+        let (handle, batcher) = Batcher::new(b, senders, reports, hooks, closing, Some(supervisor));
         let batcher = tokio::spawn(batcher.run());
         tracing::info!(
             model = %name,

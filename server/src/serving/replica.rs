@@ -2,7 +2,8 @@
 //!
 //! It receives batches from the batcher over a bounded channel (one running, one
 //! prefetched), gathers the requests' rows into one matrix, runs the model once, splits
-//! the answer back per request, and tells the batcher it is free. A panic inside the
+//! the answer back per request, and hands itself its next batch from the batcher's queue
+//! ([`Reporter::done`]). A panic inside the
 //! model is a crash: the replica hands its batches back (they run on healthy replicas)
 //! and ends, and the batcher starts it again, its device opened anew (`max_restarts`).
 //!
@@ -21,10 +22,9 @@ use prism_kernels::cuda::{CudaDevice, GpuEncoder, GpuModel};
 use prism_kernels::encoder::{EncoderError, Tokens};
 use prism_kernels::{CpuDevice, Device};
 use prometheus::{CounterVec, Histogram, IntCounterVec};
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::BatchError;
-use super::batcher::{REPLICA_SLOTS, Report};
+use super::batcher::{REPLICA_SLOTS, Report, Reporter};
 use super::faults;
 use super::model::ServedModel;
 use super::queue::{Batch, Entry, Input, Reply, Rows};
@@ -61,8 +61,9 @@ pub struct ReplicaSpec {
     pub max_batch_tokens: usize,
     pub metrics: ReplicaMetrics,
     pub stats: Arc<ModelStats>,
-    /// Where the replica reports after each batch, and when it crashes.
-    pub done: UnboundedSender<Report>,
+    /// Where the replica reports after each batch (and takes its next), and when it
+    /// crashes.
+    pub reporter: Reporter,
     /// Which start of this replica it is (restarts count up).
     pub generation: u64,
     /// Batches to run once the device is open, before the replica takes work.
@@ -180,14 +181,14 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<Option<
                 // A crash: this replica is done. It hands back what it holds, and what
                 // still comes until the batcher lets go of it, for healthy replicas to run.
                 tracing::error!(model = %spec.model_name, replica = index, %error, "replica crashed");
-                let _ = spec.done.send(Report::Crashed {
+                spec.reporter.send(Report::Crashed {
                     index,
                     generation,
                     batch,
                     error: error.clone(),
                 });
                 while let Ok(batch) = rx.recv() {
-                    let _ = spec.done.send(Report::Crashed {
+                    spec.reporter.send(Report::Crashed {
                         index,
                         generation,
                         batch,
@@ -201,7 +202,7 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<Option<
             }
         }
         // The batcher may be gone at shutdown; then nobody needs to know.
-        let _ = spec.done.send(Report::Done { index, generation });
+        spec.reporter.done(index, generation);
     }
     tracing::debug!(model = %spec.model_name, replica = spec.index, "replica stopped");
 }
