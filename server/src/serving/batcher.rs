@@ -11,9 +11,11 @@
 //!
 //! The queue and the replicas' slots are one [`Core`] behind a lock. The batcher task
 //! receives requests ([`BatcherHandle`] is a cheap clone holding a sender), times the
-//! window, and handles crashes, restarts and the stop; a replica that finishes a batch
-//! takes its next one itself, under the lock ([`Reporter::done`]), so under load a busy
-//! replica never waits for the batcher task to be scheduled. Batch formation is a plain
+//! window, and handles restarts and the stop. A replica that finishes a batch hands out
+//! what may leave now itself, under the lock ([`Reporter::done`]; its own next batch
+//! first, being the least loaded), so under load a busy replica never waits for the
+//! batcher task to be scheduled; a replica that crashes takes itself out and hands its
+//! batches back the same way ([`Reporter::crashed`]). Batch formation is a plain
 //! method on [`State`] ([`super::queue`]), unit-tested without channels or clocks.
 //!
 //! Owns the queue of one deployment; it runs no kernel, reads no request and counts no
@@ -110,15 +112,7 @@ pub enum Report {
     /// A replica finished a batch and changed what the task waits for (a window to time
     /// for a slot that freed, or a stop that may now end): look again.
     Recheck,
-    /// It crashed (a system failure): `batch`, which it could not run, is handed back;
-    /// it hands back every batch it still receives, and ends once it receives no more.
-    Crashed {
-        index: usize,
-        generation: u64,
-        batch: Batch,
-        error: BatchError,
-    },
-    /// It was started again.
+    /// A replica was started again.
     Restarted {
         index: usize,
         generation: u64,
@@ -163,13 +157,35 @@ impl Reporter {
     /// handed its next batch at once, on the caller's thread. The batcher task is woken
     /// only when it has something to do about it.
     pub fn done(&self, index: usize, generation: u64) {
-        // Gone once the batcher has ended (the server stopping).
-        let Some(core) = self.core.get().and_then(Weak::upgrade) else {
-            return;
-        };
-        if lock(&core).finished(index, generation) {
+        if self.with_core(|core| core.finished(index, generation)) == Some(true) {
             let _ = self.reports.send(Report::Recheck);
         }
+    }
+
+    /// Start `generation` of replica `index` crashed (a system failure) and hands back
+    /// `batch`, which it could not run; it hands back every batch it still receives, and
+    /// ends once it receives no more. At once, on the caller's thread, no more batches go
+    /// to it (a replica finishing meanwhile would otherwise hand it one), the batch's
+    /// requests go back to the front of the queue and run on the healthy replicas, and it
+    /// is started again.
+    pub fn crashed(&self, index: usize, generation: u64, batch: Batch, error: &BatchError) {
+        // Without the batcher (ended), the requests' senders drop: their callers are told.
+        if self
+            .with_core(|core| core.crashed(index, generation, batch, error))
+            .is_some()
+        {
+            let _ = self.reports.send(Report::Recheck);
+        }
+    }
+
+    /// Runs `f` on the batcher's core, inside its runtime's context (its clock is the one
+    /// the window is timed on, paused in tests); `None` once the batcher has ended.
+    fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
+        let core = self.core.get().and_then(Weak::upgrade)?;
+        let mut core = lock(&core);
+        let runtime = core.runtime.clone();
+        let _entered = runtime.enter();
+        Some(f(&mut core))
     }
 
     /// Tells the batcher task; false once it has ended.
@@ -417,25 +433,23 @@ impl Core {
         self.closing_now || (!self.state.is_empty() && self.pick_replica().is_some())
     }
 
+    /// See [`Reporter::crashed`]. What it hands back is dispatched again here.
+    fn crashed(&mut self, index: usize, generation: u64, batch: Batch, error: &BatchError) {
+        self.requeue(batch, error);
+        let slot = &mut self.replicas[index];
+        if slot.generation == generation && slot.state == SlotState::Running {
+            // Its first report of the crash: no more batches go to it, and the sender it
+            // waits on goes, so its thread ends.
+            slot.tx = None;
+            slot.outstanding = 0;
+            self.restart(index, error.to_string());
+        }
+        self.dispatch(self.closing_now);
+    }
+
     fn report(&mut self, report: Report) {
         match report {
             Report::Recheck => {}
-            Report::Crashed {
-                index,
-                generation,
-                batch,
-                error,
-            } => {
-                self.requeue(batch, &error);
-                let slot = &mut self.replicas[index];
-                if slot.generation == generation && slot.state == SlotState::Running {
-                    // Its first report of the crash: no more batches go to it, and the
-                    // sender it waits on goes, so its thread ends.
-                    slot.tx = None;
-                    slot.outstanding = 0;
-                    self.restart(index, error.to_string());
-                }
-            }
             Report::Restarted { index, generation, tx } => {
                 let slot = &mut self.replicas[index];
                 if slot.state == SlotState::Restarting {

@@ -2,7 +2,7 @@
 //!
 //! It receives batches from the batcher over a bounded channel (one running, one
 //! prefetched), gathers the requests' rows into one matrix, runs the model once, splits
-//! the answer back per request, and hands itself its next batch from the batcher's queue
+//! the answer back per request, and hands out the batcher's next batches, its own first
 //! ([`Reporter::done`]). A panic inside the
 //! model is a crash: the replica hands its batches back (they run on healthy replicas)
 //! and ends, and the batcher starts it again, its device opened anew (`max_restarts`).
@@ -24,7 +24,7 @@ use prism_kernels::{CpuDevice, Device};
 use prometheus::{CounterVec, Histogram, IntCounterVec};
 
 use super::BatchError;
-use super::batcher::{REPLICA_SLOTS, Report, Reporter};
+use super::batcher::{REPLICA_SLOTS, Reporter};
 use super::faults;
 use super::model::ServedModel;
 use super::queue::{Batch, Entry, Input, Reply, Rows};
@@ -181,19 +181,9 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<Option<
                 // A crash: this replica is done. It hands back what it holds, and what
                 // still comes until the batcher lets go of it, for healthy replicas to run.
                 tracing::error!(model = %spec.model_name, replica = index, %error, "replica crashed");
-                spec.reporter.send(Report::Crashed {
-                    index,
-                    generation,
-                    batch,
-                    error: error.clone(),
-                });
+                spec.reporter.crashed(index, generation, batch, &error);
                 while let Ok(batch) = rx.recv() {
-                    spec.reporter.send(Report::Crashed {
-                        index,
-                        generation,
-                        batch,
-                        error: error.clone(),
-                    });
+                    spec.reporter.crashed(index, generation, batch, &error);
                 }
                 break;
             }
