@@ -169,29 +169,36 @@ impl Reporter {
     /// requests go back to the front of the queue and run on the healthy replicas, and it
     /// is started again.
     pub fn crashed(&self, index: usize, generation: u64, batch: Batch, error: &BatchError) {
-        // Without the batcher (ended), the requests' senders drop: their callers are told.
-        if self
-            .with_core(|core| core.crashed(index, generation, batch, error))
-            .is_some()
-        {
-            let _ = self.reports.send(Report::Recheck);
-        }
+        let Some(core) = self.core.get().and_then(Weak::upgrade) else {
+            // The batcher has ended (the server stopping): nobody will run them.
+            for e in batch.entries {
+                let _ = e.reply.send(Err(error.clone()));
+            }
+            return;
+        };
+        in_core(&core, |core| core.crashed(index, generation, batch, error));
+        let _ = self.reports.send(Report::Recheck);
     }
 
-    /// Runs `f` on the batcher's core, inside its runtime's context (its clock is the one
-    /// the window is timed on, paused in tests); `None` once the batcher has ended.
+    /// Runs `f` on the batcher's core; `None` once the batcher has ended.
     fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
         let core = self.core.get().and_then(Weak::upgrade)?;
-        let mut core = lock(&core);
-        let runtime = core.runtime.clone();
-        let _entered = runtime.enter();
-        Some(f(&mut core))
+        Some(in_core(&core, f))
     }
 
     /// Tells the batcher task; false once it has ended.
     pub fn send(&self, report: Report) -> bool {
         self.reports.send(report).is_ok()
     }
+}
+
+/// Runs `f` on `core` inside its runtime's context: its clock is the one the window is
+/// timed on (paused in tests), on a replica's thread too.
+fn in_core<R>(core: &Mutex<Core>, f: impl FnOnce(&mut Core) -> R) -> R {
+    let mut core = lock(core);
+    let runtime = core.runtime.clone();
+    let _entered = runtime.enter();
+    f(&mut core)
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -644,7 +651,33 @@ mod tests {
     }
 
     fn harness(replicas: usize, max_batch: usize, window: Duration, max_queue: usize) -> Harness {
+        harness_with(replicas, max_batch, window, max_queue, None)
+    }
+
+    /// With `max_retries`, supervised: a crashed replica's requests run again, up to that
+    /// many crashes, and it is not started again (no restarts allowed).
+    fn harness_with(
+        replicas: usize,
+        max_batch: usize,
+        window: Duration,
+        max_queue: usize,
+        max_retries: Option<u32>,
+    ) -> Harness {
         let (done_tx, done_rx) = channel();
+        let supervisor = max_retries.map(|max_retries| Supervisor {
+            start: Arc::new(|_, _| Err("not in this test".into())),
+            policy: prism_config::Restarts {
+                max_restarts: 0,
+                window: Duration::from_secs(60),
+            },
+            max_retries,
+            health: (0..replicas).map(|_| SharedHealth::running()).collect(),
+            restarts: prometheus::IntCounter::new("r", "r").unwrap(),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            reports: done_tx.clone(),
+            stopped: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            crash_retries: prometheus::IntCounter::new("c", "c").unwrap(),
+        });
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..replicas).map(|_| sync_channel(REPLICA_SLOTS)).unzip();
         let hooks = Hooks {
             queue_depth: IntGauge::new("q", "q").unwrap(),
@@ -657,7 +690,7 @@ mod tests {
             batch_wait_timeout: window,
             max_queue_size: max_queue,
         };
-        let (handle, batcher) = Batcher::new(&limits, txs, done_rx, hooks, closing, None);
+        let (handle, batcher) = Batcher::new(&limits, txs, done_rx, hooks, closing, supervisor);
         tokio::spawn(batcher.run());
         Harness {
             handle,
@@ -749,6 +782,43 @@ mod tests {
         tokio::time::advance(Duration::from_millis(5)).await;
         settle().await;
         assert_eq!(h.replicas[0].try_recv().expect("the window closed").rows, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crashed_replica_is_out_at_once_and_its_batch_runs_on_another() {
+        let h = harness_with(2, 1, Duration::from_millis(5), 100, Some(1));
+        let mut answers: Vec<_> = (0..4)
+            .map(|_| h.handle.submit(Array2::zeros((1, 1))).unwrap())
+            .collect();
+        settle().await;
+        // One row a batch: each replica runs one and holds one prefetched.
+        let (first, crashed) = (h.replicas[0].try_recv().unwrap(), h.replicas[0].try_recv().unwrap());
+        let (running, _next) = (h.replicas[1].try_recv().unwrap(), h.replicas[1].try_recv().unwrap());
+        drop(first);
+        h.done.done(0, 0);
+        // Replica 0 crashes on its second batch; a request comes; replica 1 finishes
+        // before the batcher task has heard of the crash from anyone.
+        let error = BatchError::Panicked {
+            model: "m".into(),
+            replica: 0,
+            reason: "boom".into(),
+        };
+        h.done.crashed(0, 0, crashed, &error);
+        answers.push(h.handle.submit(Array2::zeros((1, 1))).unwrap());
+        settle().await;
+        drop(running);
+        h.done.done(1, 0);
+        assert!(
+            h.replicas[0].try_recv().is_err(),
+            "nothing more for the crashed replica"
+        );
+        let rerun = h.replicas[1].try_recv().expect("the crashed batch, first");
+        assert_eq!(rerun.entries[0].crashes, 1);
+        for e in rerun.entries {
+            e.reply.send(Ok(Array2::zeros((1, 1)))).unwrap();
+        }
+        // Requests 0 and 2 went to replica 0, 1 and 3 to replica 1.
+        assert!(answers[2].try_recv().unwrap().is_ok(), "its request ran again");
     }
 
     #[tokio::test(start_paused = true)]
