@@ -12,8 +12,8 @@
 //! The queue and the replicas' slots are one [`Core`] behind a lock. The batcher task
 //! receives requests ([`BatcherHandle`] is a cheap clone holding a sender), times the
 //! window, and handles restarts and the stop. A replica that finishes a batch hands out
-//! what may leave now itself, under the lock ([`Reporter::done`]; its own next batch
-//! first, being the least loaded), so under load a busy replica never waits for the
+//! what may leave now itself, under the lock ([`Reporter::done`]; to itself when it is
+//! the least loaded, as it usually is, having just freed a slot), so under load a busy replica never waits for the
 //! batcher task to be scheduled; a replica that crashes takes itself out and hands its
 //! batches back the same way ([`Reporter::crashed`]). Batch formation is a plain
 //! method on [`State`] ([`super::queue`]), unit-tested without channels or clocks.
@@ -109,8 +109,9 @@ pub enum SlotState {
 
 /// What replicas (and their restarts) tell the batcher task.
 pub enum Report {
-    /// A replica finished a batch and changed what the task waits for (a window to time
-    /// for a slot that freed, or a stop that may now end): look again.
+    /// A replica finished a batch or crashed, and changed what the task waits for (a
+    /// window to time for a slot that freed, requests handed back, or a stop that may now
+    /// end): look again.
     Recheck,
     /// A replica was started again.
     Restarted {
@@ -163,12 +164,12 @@ impl Reporter {
     }
 
     /// Start `generation` of replica `index` crashed (a system failure) and hands back
-    /// `batch`, which it could not run; it hands back every batch it still receives, and
-    /// ends once it receives no more. At once, on the caller's thread, no more batches go
-    /// to it (a replica finishing meanwhile would otherwise hand it one), the batch's
-    /// requests go back to the front of the queue and run on the healthy replicas, and it
-    /// is started again.
-    pub fn crashed(&self, index: usize, generation: u64, batch: Batch, error: &BatchError) {
+    /// `batch`: the one it crashed running (`ran`), then each prefetched one it still
+    /// holds, after which it ends. At once, on the caller's thread, no more batches go to
+    /// it (a replica finishing meanwhile would otherwise hand it one), the batch's
+    /// requests go back to the front of the queue and run on the healthy replicas (a crash
+    /// counts only against the requests that ran), and it is started again.
+    pub fn crashed(&self, index: usize, generation: u64, batch: Batch, ran: bool, error: &BatchError) {
         let Some(core) = self.core.get().and_then(Weak::upgrade) else {
             // The batcher has ended (the server stopping): nobody will run them.
             for e in batch.entries {
@@ -176,7 +177,7 @@ impl Reporter {
             }
             return;
         };
-        in_core(&core, |core| core.crashed(index, generation, batch, error));
+        in_core(&core, |core| core.crashed(index, generation, batch, ran, error));
         let _ = self.reports.send(Report::Recheck);
     }
 
@@ -275,7 +276,7 @@ pub struct Hooks {
 
 /// The batcher task: receives requests, times the window, handles what replicas report
 /// and the stop; the queue and the replicas' slots are its [`Core`], which replicas
-/// finishing a batch lock too.
+/// that finish a batch or crash lock too.
 pub struct Batcher {
     core: Arc<Mutex<Core>>,
     rx: mpsc::UnboundedReceiver<Entry>,
@@ -395,7 +396,7 @@ impl Core {
                     };
                     self.replicas[i].tx = None;
                     self.replicas[i].outstanding = 0;
-                    self.requeue(batch, &error);
+                    self.requeue(batch, false, &error);
                     self.restart(i, "the replica's thread ended".into());
                 }
                 Err(TrySendError::Disconnected(batch)) => {
@@ -441,8 +442,8 @@ impl Core {
     }
 
     /// See [`Reporter::crashed`]. What it hands back is dispatched again here.
-    fn crashed(&mut self, index: usize, generation: u64, batch: Batch, error: &BatchError) {
-        self.requeue(batch, error);
+    fn crashed(&mut self, index: usize, generation: u64, batch: Batch, ran: bool, error: &BatchError) {
+        self.requeue(batch, ran, error);
         let slot = &mut self.replicas[index];
         if slot.generation == generation && slot.state == SlotState::Running {
             // Its first report of the crash: no more batches go to it, and the sender it
@@ -481,15 +482,16 @@ impl Core {
     }
 
     /// The requests of a batch whose replica crashed go back to the front of the queue,
-    /// in order, unless their replicas have crashed more than `max_retries` times.
-    fn requeue(&mut self, batch: Batch, error: &BatchError) {
+    /// in order, unless their replicas have crashed more than `max_retries` times. `ran`:
+    /// the replica crashed running them (counted: they are retried), not holding them.
+    fn requeue(&mut self, batch: Batch, ran: bool, error: &BatchError) {
         let max_retries = self.supervisor.as_ref().map_or(0, |s| s.max_retries);
         let mut back = 0;
         for mut e in batch.entries.into_iter().rev() {
             if e.reply.is_closed() {
                 continue;
             }
-            e.crashes += 1;
+            e.crashes += u32::from(ran);
             if e.crashes > max_retries {
                 let _ = e.reply.send(Err(BatchError::Retried {
                     last: Box::new(error.clone()),
@@ -501,7 +503,9 @@ impl Core {
             back += 1;
         }
         self.queued.fetch_add(back, Ordering::AcqRel);
-        if let Some(s) = &self.supervisor {
+        if let Some(s) = &self.supervisor
+            && ran
+        {
             s.crash_retries.inc_by(back as u64);
         }
     }
@@ -796,21 +800,23 @@ mod tests {
         let (running, _next) = (h.replicas[1].try_recv().unwrap(), h.replicas[1].try_recv().unwrap());
         drop(first);
         h.done.done(0, 0);
-        // Replica 0 crashes on its second batch; a request comes; replica 1 finishes
-        // before the batcher task has heard of the crash from anyone.
+        // Replica 0 crashes on its second batch; replica 1 finishes before the batcher
+        // task has run.
         let error = BatchError::Panicked {
             model: "m".into(),
             replica: 0,
             reason: "boom".into(),
         };
-        h.done.crashed(0, 0, crashed, &error);
-        answers.push(h.handle.submit(Array2::zeros((1, 1))).unwrap());
-        settle().await;
+        h.done.crashed(0, 0, crashed, true, &error);
+        // No yield: the batcher task has not run since.
         drop(running);
         h.done.done(1, 0);
         assert!(
-            h.replicas[0].try_recv().is_err(),
-            "nothing more for the crashed replica"
+            matches!(
+                h.replicas[0].try_recv(),
+                Err(std::sync::mpsc::TryRecvError::Disconnected)
+            ),
+            "the crashed replica is let go, with nothing more"
         );
         let rerun = h.replicas[1].try_recv().expect("the crashed batch, first");
         assert_eq!(rerun.entries[0].crashes, 1);

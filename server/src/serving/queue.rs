@@ -1,7 +1,7 @@
 //! The queue of one deployment and the rule that cuts batches from it: what a request
 //! brings ([`Input`]), how it waits ([`Entry`]) and which requests leave together
 //! ([`State::next_batch`]). Plain data and methods, unit-tested without channels or
-//! clocks; the batcher actor ([`super::batcher`]) owns one.
+//! clocks; the batcher's core ([`super::batcher`]) owns one.
 
 use std::collections::VecDeque;
 use std::time::Duration;

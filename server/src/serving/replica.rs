@@ -178,12 +178,13 @@ fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<Option<
         match ran {
             Ok(None) => {}
             Ok(Some((batch, error))) => {
-                // A crash: this replica is done. It hands back what it holds, and what
-                // still comes until the batcher lets go of it, for healthy replicas to run.
+                // A crash: this replica is done. It hands back the batch and the one it
+                // holds prefetched (the batcher lets go of it at once), for healthy
+                // replicas to run.
                 tracing::error!(model = %spec.model_name, replica = index, %error, "replica crashed");
-                spec.reporter.crashed(index, generation, batch, &error);
+                spec.reporter.crashed(index, generation, batch, true, &error);
                 while let Ok(batch) = rx.recv() {
-                    spec.reporter.crashed(index, generation, batch, &error);
+                    spec.reporter.crashed(index, generation, batch, false, &error);
                 }
                 break;
             }
