@@ -13,10 +13,11 @@
 //! receives requests ([`BatcherHandle`] is a cheap clone holding a sender), times the
 //! window, and handles restarts and the stop. A replica that finishes a batch hands out
 //! what may leave now itself, under the lock ([`Reporter::done`]; to itself when it is
-//! the least loaded, as it usually is, having just freed a slot), so under load a busy replica never waits for the
-//! batcher task to be scheduled; a replica that crashes takes itself out and hands its
-//! batches back the same way ([`Reporter::crashed`]). Batch formation is a plain
-//! method on [`State`] ([`super::queue`]), unit-tested without channels or clocks.
+//! the least loaded, as it usually is, having just freed a slot), so under load a busy
+//! replica never waits for the batcher task to be scheduled; a replica that crashes
+//! takes itself out and hands its batches back the same way ([`Reporter::crashed`]).
+//! Batch formation is a plain method on [`State`] ([`super::queue`]), unit-tested
+//! without channels or clocks.
 //!
 //! Owns the queue of one deployment; it runs no kernel, reads no request and counts no
 //! request outcome (whoever waits for an answer does).
@@ -132,6 +133,7 @@ type CoreLink = Arc<OnceLock<Weak<Mutex<Core>>>>;
 pub struct Reporter {
     reports: mpsc::UnboundedSender<Report>,
     core: CoreLink,
+    runtime: tokio::runtime::Handle,
 }
 
 /// The batcher's end of [`channel`].
@@ -140,7 +142,8 @@ pub struct Reports {
     core: CoreLink,
 }
 
-/// A reporter for the replicas, and its batcher's end (for [`Batcher::new`]).
+/// A reporter for the replicas, and its batcher's end (for [`Batcher::new`]). Call it
+/// within the runtime the batcher runs on.
 pub fn channel() -> (Reporter, Reports) {
     let (reports, rx) = mpsc::unbounded_channel();
     let core = CoreLink::default();
@@ -148,6 +151,7 @@ pub fn channel() -> (Reporter, Reports) {
         Reporter {
             reports,
             core: Arc::clone(&core),
+            runtime: tokio::runtime::Handle::current(),
         },
         Reports { rx, core },
     )
@@ -177,29 +181,27 @@ impl Reporter {
             }
             return;
         };
-        in_core(&core, |core| core.crashed(index, generation, batch, ran, error));
+        lock(&core).crashed(index, generation, batch, ran, error);
         let _ = self.reports.send(Report::Recheck);
     }
 
     /// Runs `f` on the batcher's core; `None` once the batcher has ended.
     fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
         let core = self.core.get().and_then(Weak::upgrade)?;
-        Some(in_core(&core, f))
+        Some(f(&mut lock(&core)))
+    }
+
+    /// Enters the batcher's runtime, for a replica's thread to hold for its whole life:
+    /// the core it drives times the window on the runtime's clock (paused in tests) and
+    /// spawns restarts there.
+    pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.runtime.enter()
     }
 
     /// Tells the batcher task; false once it has ended.
     pub fn send(&self, report: Report) -> bool {
         self.reports.send(report).is_ok()
     }
-}
-
-/// Runs `f` on `core` inside its runtime's context: its clock is the one the window is
-/// timed on (paused in tests), on a replica's thread too.
-fn in_core<R>(core: &Mutex<Core>, f: impl FnOnce(&mut Core) -> R) -> R {
-    let mut core = lock(core);
-    let runtime = core.runtime.clone();
-    let _entered = runtime.enter();
-    f(&mut core)
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -296,16 +298,13 @@ struct Core {
     replicas: Vec<ReplicaSlot>,
     queued: Arc<AtomicUsize>,
     hooks: Hooks,
-    /// Where restarts run: the core is also driven from replica threads.
-    runtime: tokio::runtime::Handle,
 }
 
 impl Batcher {
     /// A batcher over `replicas`, each of which reports through the [`Reporter`] of
     /// `reports` when it finishes a batch (or crashes). Returns the handle and the task to
-    /// spawn; call it within the runtime it is spawned on. `limits`: the deployment's
-    /// batching (sizes, window, queue bound). Without a `supervisor`, a crashed replica is
-    /// gone.
+    /// spawn (on the runtime `reports` was made in). `limits`: the deployment's batching
+    /// (sizes, window, queue bound). Without a `supervisor`, a crashed replica is gone.
     pub fn new(
         limits: &prism_config::Batching,
         replicas: Vec<SyncSender<Batch>>,
@@ -343,7 +342,6 @@ impl Batcher {
             replicas,
             queued,
             hooks,
-            runtime: tokio::runtime::Handle::current(),
         }));
         let linked = reports.core.set(Arc::downgrade(&core)).is_ok();
         assert!(linked, "one batcher per reports channel. This is a bug.");
@@ -560,7 +558,7 @@ impl Core {
         });
         tracing::warn!(%model, replica = index, %reason, backoff_ms = backoff.as_millis() as u64, "replica crashed; restarting it");
         let (start, reports, stopped) = (Arc::clone(&s.start), s.reports.clone(), Arc::clone(&s.stopped));
-        self.runtime.spawn(async move {
+        tokio::spawn(async move {
             tokio::time::sleep(backoff).await;
             if stopped.load(Ordering::Acquire) {
                 return;

@@ -143,6 +143,7 @@ impl Backend {
 }
 
 fn run(spec: ReplicaSpec, rx: Receiver<Batch>, opened: SyncSender<Result<Option<Duration>, String>>) {
+    let _runtime = spec.reporter.enter();
     tracing::debug!(model = %spec.model_name, replica = spec.index, device = %spec.device.location(), "replica started");
     let (mut backend, how) = Backend::open(&spec);
     // A replica that could not open its card says so at once: whoever started it may
