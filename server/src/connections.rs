@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Version, header};
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -231,6 +231,45 @@ struct Watched {
     sniffed: Option<Vec<u8>>,
     /// The idle timeout has fired: the connection is ending.
     expired: bool,
+    /// What the socket held beyond the last small read (see [`ReadAhead`]).
+    ahead: ReadAhead,
+}
+
+/// How much a small read takes from the socket at once.
+const READ_AHEAD: usize = 32 * 1024;
+
+/// Bytes read from the socket beyond what the protocol asked for. HTTP/2 asks for a few
+/// KiB at a time (what is left of its frame buffer), so a connection carrying many calls
+/// made a `recvfrom` for every 5 KiB or so, and a second one whenever the ask was filled;
+/// a small ask now takes all the socket holds (up to [`READ_AHEAD`]) in one call and is
+/// served from here until it is drained. Asks of `READ_AHEAD` or more (HTTP/1 bodies)
+/// read straight into the caller's buffer. The buffer is let go whenever the socket has
+/// nothing more, so an idle connection holds none.
+#[derive(Default)]
+struct ReadAhead(BytesMut);
+
+impl ReadAhead {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Hands out as much of what is pending as `out` takes.
+    fn take_into(&mut self, out: &mut ReadBuf<'_>) {
+        let n = out.remaining().min(self.0.len());
+        out.put_slice(&self.0[..n]);
+        self.0.advance(n);
+    }
+
+    /// One read of up to [`READ_AHEAD`] bytes from `tcp` into the (empty) buffer.
+    fn fill(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        debug_assert!(self.is_empty());
+        self.0.reserve(READ_AHEAD);
+        let polled = tokio_util::io::poll_read_buf(Pin::new(tcp), cx, &mut self.0).map_ok(|_| ());
+        if self.0.is_empty() {
+            self.0 = BytesMut::new();
+        }
+        polled
+    }
 }
 
 impl Watched {
@@ -242,6 +281,7 @@ impl Watched {
             timer: Box::pin(tokio::time::sleep(limits.idle_timeout)),
             sniffed: Some(Vec::with_capacity(H2_PREFACE.len())),
             expired: false,
+            ahead: ReadAhead::default(),
         }
     }
 
@@ -282,7 +322,15 @@ impl AsyncRead for Watched {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        if let Poll::Ready(result) = Pin::new(&mut this.tcp).poll_read(cx, buf) {
+        let polled = if !this.ahead.is_empty() {
+            Poll::Ready(Ok(()))
+        } else if buf.remaining() >= READ_AHEAD {
+            Pin::new(&mut this.tcp).poll_read(cx, buf)
+        } else {
+            this.ahead.fill(&mut this.tcp, cx)
+        };
+        if let Poll::Ready(result) = polled {
+            this.ahead.take_into(buf);
             if buf.filled().len() > before {
                 this.saw(&buf.filled()[before..]);
             }

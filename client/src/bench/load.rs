@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use prism_protocol::grpc::flow;
 use tonic::codegen::http;
 
@@ -95,13 +94,13 @@ fn grpc_timeout(timeout: Duration) -> http::HeaderValue {
     http::HeaderValue::from_str(&value).expect("digits and a unit")
 }
 
-/// One HTTP/2 connection, each call handed to hyper's connection as it is made (no
-/// channel, queue or task of a gRPC client between: the load generator shares this
-/// machine's cores with the server being measured), and the requests of calls made
-/// together written together ([`Coalesced`]). Its windows and frames are the server's
-/// ([`flow`]).
+/// One HTTP/2 connection, driven with `h2` itself: a call opens its stream and writes
+/// its message from its own task (no channel, dispatch task or body task of an HTTP
+/// client between: the load generator shares this machine's cores with the server being
+/// measured), and the requests of calls made together are written together
+/// ([`Coalesced`]). Its windows and frames are the server's ([`flow`]).
 #[derive(Clone, Debug)]
-pub struct H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>);
+pub struct H2(h2::client::SendRequest<Bytes>);
 
 impl H2 {
     async fn connect(origin: &http::Uri) -> anyhow::Result<H2> {
@@ -111,33 +110,40 @@ impl H2 {
         tcp.set_nodelay(true)?;
         let (tcp, writer) = Coalesced::new(tcp);
         tokio::spawn(writer);
-        let (send, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(flow::STREAM_WINDOW)
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(flow::STREAM_WINDOW)
             .initial_connection_window_size(flow::CONNECTION_WINDOW)
             .max_frame_size(flow::MAX_FRAME)
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .handshake(tcp)
             .await?;
         // A connection that fails shows as its calls' errors.
         tokio::spawn(connection);
         Ok(H2(send))
     }
 
-    /// One unary call (its body a framed message, see [`super::workload::grpc_frame`]):
-    /// the whole answer is read, as REST's is, and the call is good when its
-    /// `grpc-status` (in the trailers, or in the headers of an answer without a body) is 0.
-    async fn call(&self, request: http::Request<Full<Bytes>>) -> Result<(), String> {
-        let mut send = self.0.clone();
-        send.ready().await.map_err(|_| "transport".to_owned())?;
-        let response = send.send_request(request).await.map_err(|_| "transport".to_owned())?;
+    /// One unary call, its body `message` (a framed message, see
+    /// [`super::workload::grpc_frame`]): the whole answer is read, as REST's is, and the
+    /// call is good when its `grpc-status` (in the trailers, or in the headers of an
+    /// answer without a body) is 0.
+    async fn call(&self, request: http::Request<()>, message: Bytes) -> Result<(), String> {
+        let transport = |_| "transport".to_owned();
+        let mut send = self.0.clone().ready().await.map_err(transport)?;
+        let (response, mut body) = send.send_request(request, false).map_err(transport)?;
+        body.send_data(message, true).map_err(transport)?;
+        let response = response.await.map_err(transport)?;
         if response.status() != http::StatusCode::OK {
             return Err(format!("http_{}", response.status().as_u16()));
         }
-        let (parts, body) = response.into_parts();
+        let (parts, mut body) = response.into_parts();
         if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
             return code(&status);
         }
-        let answer = body.collect().await.map_err(|_| "body".to_owned())?;
-        match answer.trailers().and_then(tonic::Status::from_header_map) {
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|_| "body".to_owned())?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        let trailers = body.trailers().await.map_err(|_| "body".to_owned())?;
+        match trailers.as_ref().and_then(tonic::Status::from_header_map) {
             Some(status) => code(&status),
             None => Err("grpc_no_status".into()),
         }
@@ -196,13 +202,11 @@ async fn send(transport: &Transport, path: &str, workload: &Workload, w: usize, 
             if let Some(t) = token {
                 request = request.header(http::header::AUTHORIZATION, t.clone());
             }
-            let request = request
-                .body(Full::new(framed.clone()))
-                .expect("a method URL and valid headers");
+            let request = request.body(()).expect("a method URL and valid headers");
             // The server keeps to the call's grpc-timeout; the client does too, so that a
             // server that stops answering (or a lost connection) ends the call.
             let connection = &connections[w % connections.len()];
-            match tokio::time::timeout(*timeout, connection.call(request)).await {
+            match tokio::time::timeout(*timeout, connection.call(request, framed.clone())).await {
                 Err(_) => Err("timeout".into()),
                 Ok(r) => r,
             }

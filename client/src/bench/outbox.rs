@@ -5,7 +5,7 @@
 //! load generator with 32 calls of 3 KB in flight on one connection then makes a system
 //! call per request (1.09 `writev`s a call were counted, most of the generator's time:
 //! on loopback the sender also pays for delivering each segment). gRPC's own clients
-//! gather what their calls wrote and write it at once; this does the same for hyper's
+//! gather what their calls wrote and write it at once; this does the same for h2's
 //! connection:
 //!
 //! * a write is copied into the outbox and answers at once; a flush wakes the outbox's
