@@ -497,3 +497,59 @@ impl http_body::Body for Tracked {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback connection: the server's side, watched, and the client's.
+    async fn pair() -> (Watched, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let watched = Watched::new(server, Arc::new(Conn::new()), ConnectionLimits::default());
+        (watched, client)
+    }
+
+    #[tokio::test]
+    async fn reads_small_and_large_hand_out_every_byte_in_order_and_hold_nothing_when_drained() {
+        let (mut watched, mut client) = pair().await;
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = tokio::spawn({
+            let sent = sent.clone();
+            async move {
+                // Uneven writes, so reads find partial bursts.
+                for chunk in sent.chunks(7_001) {
+                    client.write_all(chunk).await.unwrap();
+                }
+                client
+            }
+        });
+        let mut got = Vec::new();
+        // Asks below READ_AHEAD (served from the read-ahead) and above it (straight).
+        let asks = [3_000, 100, READ_AHEAD + 1, 9_000, 1];
+        let mut small_reads_ahead = 0;
+        for ask in asks.iter().cycle() {
+            if got.len() == sent.len() {
+                break;
+            }
+            let mut buf = vec![0u8; *ask];
+            let n = watched.read(&mut buf).await.unwrap();
+            assert!(n > 0, "no EOF before the peer closes");
+            got.extend_from_slice(&buf[..n]);
+            small_reads_ahead += usize::from(*ask < READ_AHEAD && !watched.ahead.is_empty());
+        }
+        assert_eq!(got, sent, "every byte, in order");
+        assert!(small_reads_ahead > 0, "small asks were served from bytes read ahead");
+        assert!(watched.ahead.is_empty());
+        // Nothing more on the socket: the read waits, and the buffer is let go.
+        let mut buf = [0u8; 100];
+        let waited = tokio::time::timeout(Duration::from_millis(50), watched.read(&mut buf)).await;
+        assert!(waited.is_err(), "nothing to read yet");
+        assert_eq!(watched.ahead.0.capacity(), 0, "an idle connection holds no read-ahead buffer");
+        // The peer closing reads as EOF.
+        drop(writer.await.unwrap());
+        assert_eq!(watched.read(&mut buf).await.unwrap(), 0);
+    }
+}
