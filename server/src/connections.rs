@@ -547,7 +547,11 @@ mod tests {
         let mut buf = [0u8; 100];
         let waited = tokio::time::timeout(Duration::from_millis(50), watched.read(&mut buf)).await;
         assert!(waited.is_err(), "nothing to read yet");
-        assert_eq!(watched.ahead.0.capacity(), 0, "an idle connection holds no read-ahead buffer");
+        assert_eq!(
+            watched.ahead.0.capacity(),
+            0,
+            "an idle connection holds no read-ahead buffer"
+        );
         // The peer closing reads as EOF.
         drop(writer.await.unwrap());
         assert_eq!(watched.read(&mut buf).await.unwrap(), 0);
