@@ -110,7 +110,11 @@ impl H2 {
         tcp.set_nodelay(true)?;
         let (tcp, writer) = Coalesced::new(tcp);
         tokio::spawn(writer);
+        // Before the server's SETTINGS arrive, open no more streams than any server
+        // allows (hyper's client did the same); no pushes.
         let (send, connection) = h2::client::Builder::new()
+            .initial_max_send_streams(100)
+            .enable_push(false)
             .initial_window_size(flow::STREAM_WINDOW)
             .initial_connection_window_size(flow::CONNECTION_WINDOW)
             .max_frame_size(flow::MAX_FRAME)
