@@ -163,7 +163,7 @@ impl Reporter {
     /// only when it has something to do about it.
     pub fn done(&self, index: usize, generation: u64) {
         if self.with_core(|core| core.finished(index, generation)) == Some(true) {
-            let _ = self.reports.send(Report::Recheck);
+            self.send(Report::Recheck);
         }
     }
 
@@ -182,7 +182,7 @@ impl Reporter {
             return;
         };
         lock(&core).crashed(index, generation, batch, ran, error);
-        let _ = self.reports.send(Report::Recheck);
+        self.send(Report::Recheck);
     }
 
     /// Runs `f` on the batcher's core; `None` once the batcher has ended.
@@ -198,9 +198,9 @@ impl Reporter {
         self.runtime.enter()
     }
 
-    /// Tells the batcher task; false once it has ended.
-    pub fn send(&self, report: Report) -> bool {
-        self.reports.send(report).is_ok()
+    /// Tells the batcher task (nobody hears it once the batcher has ended).
+    pub fn send(&self, report: Report) {
+        let _ = self.reports.send(report);
     }
 }
 
@@ -398,8 +398,9 @@ impl Core {
                     self.restart(i, "the replica's thread ended".into());
                 }
                 Err(TrySendError::Disconnected(batch)) => {
-                    // The replica's thread is gone at exit.
+                    // The replica's thread is gone at exit, with whatever it held.
                     self.replicas[i].state = SlotState::Gone;
+                    self.replicas[i].outstanding = 0;
                     for e in batch.entries {
                         let _ = e.reply.send(Err(BatchError::ShuttingDown {
                             model: self.hooks.model.clone(),
@@ -443,12 +444,16 @@ impl Core {
     fn crashed(&mut self, index: usize, generation: u64, batch: Batch, ran: bool, error: &BatchError) {
         self.requeue(batch, ran, error);
         let slot = &mut self.replicas[index];
-        if slot.generation == generation && slot.state == SlotState::Running {
-            // Its first report of the crash: no more batches go to it, and the sender it
-            // waits on goes, so its thread ends.
-            slot.tx = None;
-            slot.outstanding = 0;
-            self.restart(index, error.to_string());
+        if slot.generation == generation {
+            // It holds one batch fewer: the batcher does not end while a crashed replica
+            // still has batches to hand back (see `Batcher::run`).
+            slot.outstanding = slot.outstanding.saturating_sub(1);
+            if slot.state == SlotState::Running {
+                // Its first report of the crash: no more batches go to it, and the sender
+                // it waits on goes, so its thread ends once it has handed back the rest.
+                slot.tx = None;
+                self.restart(index, error.to_string());
+            }
         }
         self.dispatch(self.closing_now);
     }
@@ -584,13 +589,10 @@ impl Batcher {
                 let mut core = lock(&self.core);
                 core.closing_now = !open;
                 core.dispatch(!open);
-                // Done once nothing is queued and no replica holds a batch (one may still
-                // crash and hand its batch back).
-                let holding = core.supervisor.is_some()
-                    && core
-                        .replicas
-                        .iter()
-                        .any(|r| r.state == SlotState::Running && r.outstanding > 0);
+                // Done once nothing is queued and no replica holds a batch: a running one
+                // may still crash and hand its batch back, and a crashed one hands back
+                // what it held prefetched.
+                let holding = core.supervisor.is_some() && core.replicas.iter().any(|r| r.outstanding > 0);
                 if !open && core.state.is_empty() && !holding {
                     if let Some(s) = &core.supervisor {
                         s.stopped.store(true, Ordering::Release);
@@ -703,6 +705,31 @@ mod tests {
     }
 
     /// Lets the batcher task run without moving the clock.
+    /// The error of a replica's panic, as a replica reports it.
+    fn crash() -> BatchError {
+        BatchError::Panicked {
+            model: "m".into(),
+            replica: 0,
+            reason: "boom".into(),
+        }
+    }
+
+    /// Answers every request of `batch` with a 1 × 1 zero.
+    fn answer(batch: Batch) {
+        for e in batch.entries {
+            e.reply.send(Ok(Array2::zeros((1, 1)))).unwrap();
+        }
+    }
+
+    /// Submits `n` one-row requests and lets the batcher hand them out.
+    async fn submit_rows(h: &Harness, n: usize) -> Vec<oneshot::Receiver<Reply>> {
+        let answers = (0..n)
+            .map(|_| h.handle.submit(Array2::zeros((1, 1))).unwrap())
+            .collect();
+        settle().await;
+        answers
+    }
+
     async fn settle() {
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -789,10 +816,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_crashed_replica_is_out_at_once_and_its_batch_runs_on_another() {
         let h = harness_with(2, 1, Duration::from_millis(5), 100, Some(1));
-        let mut answers: Vec<_> = (0..4)
-            .map(|_| h.handle.submit(Array2::zeros((1, 1))).unwrap())
-            .collect();
-        settle().await;
+        let mut answers = submit_rows(&h, 4).await;
         // One row a batch: each replica runs one and holds one prefetched.
         let (first, crashed) = (h.replicas[0].try_recv().unwrap(), h.replicas[0].try_recv().unwrap());
         let (running, _next) = (h.replicas[1].try_recv().unwrap(), h.replicas[1].try_recv().unwrap());
@@ -800,11 +824,7 @@ mod tests {
         h.done.done(0, 0);
         // Replica 0 crashes on its second batch; replica 1 finishes before the batcher
         // task has run.
-        let error = BatchError::Panicked {
-            model: "m".into(),
-            replica: 0,
-            reason: "boom".into(),
-        };
+        let error = crash();
         h.done.crashed(0, 0, crashed, true, &error);
         // No yield: the batcher task has not run since.
         drop(running);
@@ -818,11 +838,39 @@ mod tests {
         );
         let rerun = h.replicas[1].try_recv().expect("the crashed batch, first");
         assert_eq!(rerun.entries[0].crashes, 1);
-        for e in rerun.entries {
-            e.reply.send(Ok(Array2::zeros((1, 1)))).unwrap();
-        }
+        answer(rerun);
         // Requests 0 and 2 went to replica 0, 1 and 3 to replica 1.
         assert!(answers[2].try_recv().unwrap().is_ok(), "its request ran again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_crashing_while_the_server_stops_hands_its_prefetched_batch_to_another() {
+        let h = harness_with(2, 1, Duration::from_millis(5), 100, Some(1));
+        let mut answers = submit_rows(&h, 4).await;
+        // Requests 0 and 2 go to replica 0 (one running, one prefetched), 1 and 3 to 1.
+        let (crashing, prefetched) = (h.replicas[0].try_recv().unwrap(), h.replicas[0].try_recv().unwrap());
+        h._close.send(true).unwrap();
+        settle().await;
+        for _ in 0..2 {
+            answer(h.replicas[1].try_recv().unwrap());
+            h.done.done(1, 0);
+        }
+        let error = crash();
+        h.done.crashed(0, 0, crashing, true, &error);
+        let rerun = h.replicas[1].try_recv().expect("the crashed batch runs on replica 1");
+        answer(rerun);
+        h.done.done(1, 0);
+        // The batcher task runs with nothing queued and no batch out on a running
+        // replica; replica 0 has yet to hand back its prefetched batch.
+        settle().await;
+        h.done.crashed(0, 0, prefetched, false, &error);
+        let handed_back = h.replicas[1]
+            .try_recv()
+            .expect("the prefetched batch runs on replica 1, the stop waiting for it");
+        answer(handed_back);
+        for (i, a) in answers.iter_mut().enumerate() {
+            assert!(a.try_recv().unwrap().is_ok(), "request {i} answered by a run");
+        }
     }
 
     #[tokio::test(start_paused = true)]
